@@ -1,0 +1,100 @@
+"""The metric table of DESIGN.md, encoded once.
+
+Every point the worker writes is a :class:`detectors.points.Point` whose
+measurement, tags and fields appear here. Dashboards, InfluxDB checks, the
+default policies and their tests read this module instead of repeating names.
+It is a pure constant module: no imports beyond the standard library.
+
+>>> tags, fields = METRICS["feature_drift"]
+>>> sorted(tags)
+['feature', 'method', 'model_id', 'model_version']
+>>> sorted(fields)
+['drift', 'n', 'threshold', 'value']
+>>> is_known("performance", tags={"metric": "accuracy"}, fields=("value",))
+True
+>>> is_known("performance", tags={"metric": "accuarcy"})
+False
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+COMMON_TAGS: frozenset[str] = frozenset({"model_id", "model_version"})
+"""Tags every point carries."""
+
+
+def _m(tags: Iterable[str], fields: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
+    return COMMON_TAGS | frozenset(tags), frozenset(fields)
+
+
+METRICS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType(
+    {
+        "feature_drift": _m({"feature", "method"}, {"value", "drift", "threshold", "n"}),
+        "prediction_drift": _m({"method", "target"}, {"value", "drift", "n"}),
+        # per class: reference_share/current_share; class="all": value, drift, threshold, n
+        "label_shift": _m(
+            {"source", "class"},
+            {"reference_share", "current_share", "value", "drift", "threshold", "n"},
+        ),
+        "data_quality": _m({"feature", "check"}, {"rate", "count"}),
+        "performance": _m({"metric"}, {"value", "n"}),
+        "performance_estimate": _m({"metric"}, {"value", "n"}),
+        "concept_drift": _m({"detector"}, {"drift", "n"}),
+        "fairness": _m({"attribute", "group", "metric"}, {"value", "n"}),
+        "monitor": _m({"stat"}, {"value"}),
+    }
+)
+"""measurement -> (tag keys, field names), exactly as the worker writes them."""
+
+PERFORMANCE_METRICS: frozenset[str] = frozenset(
+    {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier", "mae", "rmse", "mape", "r2"}
+)
+FAIRNESS_GROUP_METRICS: frozenset[str] = frozenset(
+    {"selection_rate", "tpr", "fpr", "fnr", "precision", "accuracy"}
+)
+"""Fairness metrics written per group (tag ``group`` = the group's value)."""
+FAIRNESS_DISPARITY_METRICS: frozenset[str] = frozenset(
+    {
+        "demographic_parity_difference",
+        "demographic_parity_ratio",
+        "equalized_odds_difference",
+        "equal_opportunity_difference",
+    }
+)
+"""Fairness metrics written with ``group="all"``."""
+MONITOR_STATS: frozenset[str] = frozenset(
+    {"throughput", "lag", "dead_letters", "join_rate", "events", "pairs"}
+)
+
+TAG_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
+    {
+        ("prediction_drift", "target"): frozenset({"prediction", "score"}),
+        ("label_shift", "source"): frozenset({"prediction", "feedback"}),
+        ("performance", "metric"): PERFORMANCE_METRICS,
+        ("performance_estimate", "metric"): PERFORMANCE_METRICS,
+        ("fairness", "metric"): FAIRNESS_GROUP_METRICS | FAIRNESS_DISPARITY_METRICS,
+        ("monitor", "stat"): MONITOR_STATS,
+    }
+)
+"""(measurement, tag) -> the closed set of values that tag takes. Tags not listed
+here (``feature``, ``method``, ``class``, ``group``, ``check``, ...) take open values."""
+
+BOOL_FIELDS: frozenset[str] = frozenset({"drift"})
+"""Fields written as booleans; every other field is a number."""
+
+
+def is_known(measurement: str, *, tags: Mapping[str, str] | None = None, fields: Iterable[str] = ()) -> bool:
+    """Whether a measurement, tag filter and field names are ones the worker writes."""
+    spec = METRICS.get(measurement)
+    if spec is None:
+        return False
+    tag_keys, field_names = spec
+    for key, value in (tags or {}).items():
+        if key not in tag_keys:
+            return False
+        allowed = TAG_VALUES.get((measurement, key))
+        if allowed is not None and value not in allowed:
+            return False
+    return all(name in field_names for name in fields)
