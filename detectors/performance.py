@@ -201,7 +201,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def confusion_metrics(confusion: np.ndarray, positive: int | None) -> dict[str, float]:
-    """Label metrics from a confusion matrix (rows: true class, columns: predicted class).
+    """Label metrics from a confusion matrix (rows: true class, columns: predicted class; counts or expectations).
 
     Macro averages run over the classes seen as a true or predicted label, and
     skip classes on which a metric is undefined (sklearn's ``zero_division=np.nan``).
@@ -210,7 +210,7 @@ def confusion_metrics(confusion: np.ndarray, positive: int | None) -> dict[str, 
     >>> confusion_metrics(np.array([[5, 1], [2, 2]]), positive=1)["f1"]
     0.5714285714285714
     """
-    n = int(confusion.sum())
+    n = float(confusion.sum())  # float: expected confusion matrices (detectors.estimate) are real-valued
     tp = np.diag(confusion).astype(np.float64)
     pred = confusion.sum(axis=0).astype(np.float64)
     true = confusion.sum(axis=1).astype(np.float64)
