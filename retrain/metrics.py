@@ -64,14 +64,19 @@ FAIRNESS_DISPARITY_METRICS: frozenset[str] = frozenset(
     }
 )
 """Fairness metrics written with ``group="all"``."""
+DATA_QUALITY_CHECKS: frozenset[str] = frozenset({"missing", "out_of_range", "unseen_category", "type_error"})
+"""Values of the ``check`` tag of ``data_quality`` (``detectors.quality.CHECKS``)."""
 MONITOR_STATS: frozenset[str] = frozenset(
-    {"throughput", "lag", "dead_letters", "join_rate", "events", "pairs"}
+    {"throughput", "lag", "dead_letters", "join_rate", "events", "pairs",
+     # counters the worker adds when they occur (streams/monitor.py, streams/pipeline.py)
+     "late", "expired", "dead_letters_unattributed"}
 )
 
 TAG_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     {
         ("prediction_drift", "target"): frozenset({"prediction", "score"}),
         ("label_shift", "source"): frozenset({"prediction", "feedback"}),
+        ("data_quality", "check"): DATA_QUALITY_CHECKS,
         ("performance", "metric"): PERFORMANCE_METRICS,
         ("performance_estimate", "metric"): PERFORMANCE_METRICS,
         ("fairness", "metric"): FAIRNESS_GROUP_METRICS | FAIRNESS_DISPARITY_METRICS,
@@ -79,7 +84,8 @@ TAG_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     }
 )
 """(measurement, tag) -> the closed set of values that tag takes. Tags not listed
-here (``feature``, ``method``, ``class``, ``group``, ``check``, ...) take open values."""
+here (``feature``, ``method``, ``class``, ``group``, ``attribute``, ...) take open values.
+``monitor``'s ``stat`` lists the stats every window carries; the worker may add counters."""
 
 BOOL_FIELDS: frozenset[str] = frozenset({"drift"})
 """Fields written as booleans; every other field is a number."""

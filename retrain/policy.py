@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Self, Sequence
 
 from detectors.points import Point
 from retrain.events import Alert, Observation, RetrainTrigger, alert_id
-from retrain.metrics import METRICS
+from retrain.metrics import METRICS, TAG_VALUES
 
 Op = Literal[">", ">=", "<", "<=", "=="]
 Combine = Literal["any", "all"]
@@ -57,6 +57,7 @@ ERR_THRESHOLD = "{where}: threshold must be a finite number or a boolean, got {v
 ERR_MEASUREMENT = "{where}: unknown measurement {value!r} (known: {choices})"
 ERR_FIELD = "{where}: measurement {measurement!r} has no field {value!r} (fields: {choices})"
 ERR_TAG = "{where}: measurement {measurement!r} has no tag {value!r} (tags: {choices})"
+ERR_TAG_VALUE = "{where}: tag {key}={value!r} is never written (values: {choices})"
 ERR_INT = "{where}: {key} must be an integer >= {minimum}, got {value!r}"
 ERR_TEXT = "{where}: {key} must be a non-empty string, got {value!r}"
 ERR_CHOICE = "{where}: {key} must be one of {choices}, got {value!r}"
@@ -154,6 +155,11 @@ class Condition:
                 )
             if not isinstance(value, (str, int)) or isinstance(value, bool):
                 raise PolicyError(f"{where}: tag {key!r} must be a string, got {value!r}")
+            allowed = TAG_VALUES.get((self.measurement, key))
+            if allowed is not None and str(value) not in allowed:
+                raise PolicyError(
+                    ERR_TAG_VALUE.format(where=where, key=key, value=value, choices=sorted(allowed))
+                )
             tags[str(key)] = str(value)
         object.__setattr__(self, "tags", tags)
         if self.op not in OPS:
