@@ -1,0 +1,20 @@
+# driftwarden: the worker, the retrain worker and the simulator (one image).
+#   docker build -t driftwarden .
+#   docker run --rm driftwarden driftwarden --help
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY . /app
+RUN pip install . \
+    && useradd --create-home --uid 10001 driftwarden \
+    && mkdir -p /data/reports /data/state \
+    && chown -R driftwarden /data
+
+USER driftwarden
+VOLUME ["/data"]
+CMD ["driftwarden", "--help"]
