@@ -53,6 +53,8 @@ from numpy.typing import ArrayLike
 from scipy import stats
 from scipy.spatial import distance
 
+from detectors.base import DetectorError
+
 FeatureKind = Literal["numeric", "categorical"]
 
 DISTANCE_THRESHOLD = 0.1
@@ -269,9 +271,9 @@ def get_stattest(method: str, feature_type: str) -> StatTest:
     """The test called ``method``, checked to apply to ``feature_type``."""
     test = STATTESTS.get(method)
     if test is None:
-        raise ValueError(f"unknown drift method {method!r}; known: {', '.join(sorted(STATTESTS))}")
+        raise DetectorError(f"unknown drift method {method!r}; known: {', '.join(sorted(STATTESTS))}")
     if feature_type not in test.feature_types:
-        raise ValueError(f"drift method {method!r} does not apply to {feature_type} features")
+        raise DetectorError(f"drift method {method!r} does not apply to {feature_type} features")
     return test
 
 
@@ -297,7 +299,7 @@ def auto_method(feature_type: str, reference_n: int, n_unique: int) -> str:
     ('ks', 'chisquare')
     """
     if feature_type not in ("numeric", "categorical"):
-        raise ValueError(f"feature type must be 'numeric' or 'categorical', got {feature_type!r}")
+        raise DetectorError(f"feature type must be 'numeric' or 'categorical', got {feature_type!r}")
     if reference_n <= 1000:
         if feature_type == "numeric" and n_unique > 5:
             return "ks"
