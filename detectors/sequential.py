@@ -12,7 +12,10 @@ feeds it to one River detector per stream (``ADWIN``, ``PageHinkley`` or
 ``KSWIN``). A 0.5σ shift in batches of 1,000 moves ``t`` by ~16, which ADWIN
 flags within a handful of batches. The cost is one mean per feature per batch.
 
-River detectors are order-dependent and are not mergeable: run one
+The detectors look for a *change within* each stream: a stream already off
+the reference from its first batch holds no change for them to find (its
+``estimate`` shows the offset; the windowed tests of :mod:`detectors.drift`
+catch it). River detectors are order-dependent and are not mergeable: run one
 :class:`SequentialDrift` per model on the merged (or single-partition) batch
 stream; :meth:`SequentialDrift.update_means` accepts per-batch means computed
 elsewhere. ``snapshot()`` stores each detector pickled (base64): restore only
