@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.base import DetectorError
-from detectors.performance import PerformanceResult, _check_lengths, confusion_metrics
+from detectors.performance import PerformanceResult, _check_lengths, confusion_metrics, positive_mask
 
 __all__ = ["ConfidenceBasedEstimate", "ScoreCalibration", "ESTIMATE_MEASUREMENT"]
 
@@ -241,8 +241,8 @@ class ConfidenceBasedEstimate:
             else:
                 y_pred = np.asarray(y_pred, dtype=object)
                 _check_lengths(scores, y_pred)
-                decided = y_pred == self.positive_label
-                keep = finite & ~pd.isna(y_pred)
+                decided, present = positive_mask(y_pred, self.positive_label)
+                keep = finite & present
             if not keep.all():
                 scores, decided = scores[keep], decided[keep]
             p = self.calibrate(scores)
