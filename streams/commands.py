@@ -1,0 +1,145 @@
+"""``driftwarden broker`` and ``driftwarden baseline``, and the demo workspace they share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import yaml
+
+from streams.broker import EmbeddedBroker, all_topics, create_topics
+from streams.config import Config, ConfigError, Topics, example_config_path
+
+log = logging.getLogger(__name__)
+
+
+def run_broker(port: int, config_path: str | None, partitions: int | None) -> int:
+    """Run Tansu on loopback until Ctrl-C/SIGTERM; create the configured topics."""
+    cfg = Config.load(config_path) if config_path else None
+    topics = cfg.kafka.topics if cfg else Topics()
+    parts = partitions or (cfg.kafka.partitions if cfg else 1)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with EmbeddedBroker(port=port) as broker:
+        created = create_topics(broker.bootstrap, all_topics(topics), parts)
+        print(f"embedded broker (Tansu) listening on {broker.bootstrap}; topics: {', '.join(all_topics(topics))}"
+              f" ({len(created)} created, {parts} partition(s) each). Ctrl-C stops it.", flush=True)
+        try:
+            while not stop.wait(0.5):
+                if not broker.running:
+                    print("driftwarden: the broker exited unexpectedly", flush=True)
+                    return 1
+        except KeyboardInterrupt:
+            pass
+    print("broker stopped", flush=True)
+    return 0
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read training data from CSV or Parquet (by extension)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--data: file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if suffix in (".csv", ".txt", ".gz"):
+        return pd.read_csv(path)
+    raise ConfigError(f"--data: expected a .csv or .parquet file, got {path.name}")
+
+
+def build_profile(frame: pd.DataFrame, *, model_id: str, features: Mapping[str, str] | None = None,
+                  target: str | None = None, prediction: str | None = None, score: str | None = None,
+                  attributes: tuple[str, ...] = (), task: str = "binary", bins: int = 10) -> Any:
+    from detectors.profile import ProfileMismatch, ReferenceProfile
+
+    try:
+        return ReferenceProfile.from_frame(frame, model_id=model_id, features=features, target=target,
+                                           prediction=prediction, score=score, attributes=attributes,
+                                           task=task, bins=bins)
+    except ProfileMismatch as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def write_profile(profile: Any, output: str | Path) -> Path:
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(profile.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
+    return output
+
+
+def run_baseline(args: Any) -> int:
+    frame = read_table(args.data)
+    features: dict[str, str] | None = None
+    if args.features:
+        features = {}
+        for item in args.features.split(","):
+            name, _, kind = item.partition(":")
+            features[name] = kind or ("numeric" if pd.api.types.is_numeric_dtype(frame[name]) else "categorical")
+    attributes = tuple(a for a in args.attributes.split(",") if a)
+    profile = build_profile(frame, model_id=args.model, features=features, target=args.target,
+                            prediction=args.prediction, score=args.score, attributes=attributes,
+                            task=args.task, bins=args.bins)
+    path = write_profile(profile, args.output)
+    kinds = profile.feature_types
+    print(f"wrote {path}: model {args.model}, {profile.n} rows, {len(kinds)} features "
+          f"({sum(k == 'numeric' for k in kinds.values())} numeric, "
+          f"{sum(k == 'categorical' for k in kinds.values())} categorical)")
+    print("features for the config:\n  features: {" + ", ".join(f"{k}: {v}" for k, v in kinds.items()) + "}")
+    return 0
+
+
+def prepare_workspace(
+    workdir: Path,
+    *,
+    bootstrap: str,
+    influx_url: str | None = None,
+    models: tuple[str, ...] = ("credit-risk",),
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 7,
+) -> Path:
+    """Write a config (the shipped example, adapted) and reference profiles built from the
+    simulator's training data into ``workdir``; return the config path. Used by the demo and the tests."""
+    from streams.simulate import ATTRIBUTES, FEATURES, CreditRiskWorld
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load(example_config_path().read_text(encoding="utf-8"))
+    raw["kafka"]["bootstrap"] = bootstrap
+    if influx_url:
+        raw["influx"]["url"] = influx_url
+    else:
+        raw["influx"]["enabled"] = False
+    template = raw["models"][0]
+    raw["models"] = []
+    for i, model_id in enumerate(models):
+        model = {**template, "id": model_id, "reference": f"profiles/{model_id}.json"}
+        raw["models"].append(model)
+        frame = CreditRiskWorld(seed + i).training_frame(20_000)
+        profile = build_profile(frame, model_id=model_id, features=FEATURES, target="label",
+                                prediction="prediction", score="score", attributes=ATTRIBUTES)
+        write_profile(profile, workdir / "profiles" / f"{model_id}.json")
+        frame.to_csv(workdir / f"{model_id}-train.csv", index=False)
+    for key, value in (overrides or {}).items():
+        _set_path(raw, key, value)
+    path = workdir / "driftwarden.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested mapping; ``models.*.x`` sets ``x`` on every model."""
+    head, _, rest = dotted.partition(".")
+    if head == "*" and isinstance(raw, list):
+        for item in raw:
+            _set_path(item, rest, value)
+        return
+    if not rest:
+        raw[head] = value
+        return
+    target = raw.setdefault(head, {})
+    _set_path(target, rest, value)  # type: ignore[arg-type]

@@ -1,0 +1,172 @@
+"""Join feedback to its prediction, whichever arrives first, exactly once.
+
+The join state is a key-value store keyed by ``prediction_id`` (in the worker,
+a changelog-backed Faust table; in ``replay`` and unit tests, a ``dict``). An
+entry holds the prediction waiting for its label, or the label waiting for its
+prediction, or, once joined, a small tombstone that makes a duplicate feedback
+(or a redelivered prediction) a no-op until the entry's TTL ends.
+
+Counts the README promises:
+
+- ``pairs``: a prediction and its first feedback, joined once;
+- ``duplicate_feedback``: feedback for a prediction that already has a label;
+- ``duplicate_predictions``: a ``prediction_id`` seen again while its entry lives
+  (a producer retry or a redelivery after a restart) — not counted again;
+- ``orphan_feedback``: feedback whose prediction never arrived within the TTL;
+- ``expired_predictions``: predictions whose label never arrived within the TTL;
+- ``late_feedback``: feedback arriving after its prediction expired is an orphan
+  too (it waits a TTL for a prediction that will not come, then is counted).
+
+TTLs run on event time (the largest timestamp seen), so replaying last month's
+logs expires entries exactly as the live worker did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, MutableMapping, Protocol
+
+from streams.events import Feedback, Prediction
+
+
+class JoinStore(Protocol):
+    """The little a join needs from its state: get, set, delete, iterate."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def set(self, key: str, value: dict[str, Any]) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+
+class DictStore:
+    """A :class:`JoinStore` over a plain mapping (replay, tests)."""
+
+    def __init__(self, data: MutableMapping[str, dict[str, Any]] | None = None) -> None:
+        self.data: MutableMapping[str, dict[str, Any]] = {} if data is None else data
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def set(self, key: str, value: dict[str, Any]) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return iter(list(self.data.items()))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledPair:
+    """A prediction joined to its label."""
+
+    prediction: Prediction
+    label: str | float
+    feedback_timestamp: float
+
+
+@dataclass
+class JoinCounts:
+    pairs: int = 0
+    duplicate_feedback: int = 0
+    duplicate_predictions: int = 0
+    orphan_feedback: int = 0
+    expired_predictions: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class FeedbackJoin:
+    """Joins predictions and feedback through a :class:`JoinStore`.
+
+    >>> join = FeedbackJoin(DictStore(), ttl_seconds=60)
+    >>> from streams.events import Feedback
+    >>> join.add_feedback(Feedback("a", "m", 5.0, "1"))   # label first: waits
+    >>> p = Prediction("a", "m", "1", 1.0, {}, "1")
+    >>> [(pair.prediction.prediction_id, pair.label) for pair in [join.add_prediction(p)] if pair]
+    [('a', '1')]
+    >>> join.add_feedback(Feedback("a", "m", 6.0, "1")) is None, join.counts.duplicate_feedback
+    (True, 1)
+    """
+
+    store: JoinStore
+    ttl_seconds: float
+    counts: JoinCounts = field(default_factory=JoinCounts)
+    watermark: float = 0.0
+
+    def add_prediction(self, event: Prediction) -> LabelledPair | None:
+        """Store a prediction; return its pair when its label was already waiting.
+
+        Returns ``None`` as well for a duplicate prediction; check
+        :meth:`is_duplicate_prediction` first to skip one entirely.
+        """
+        self.watermark = max(self.watermark, event.timestamp)
+        entry = self.store.get(event.prediction_id)
+        if entry is not None and "label" in entry and "prediction" not in entry and not entry.get("joined"):
+            self.store.set(event.prediction_id, {"t": event.timestamp, "joined": 1, "m": event.model_id})
+            self.counts.pairs += 1
+            return LabelledPair(event, entry["label"], entry["lt"])
+        self.store.set(event.prediction_id, {"t": event.timestamp, "m": event.model_id, "prediction": _pack(event)})
+        return None
+
+    def is_duplicate_prediction(self, event: Prediction) -> bool:
+        """True when this ``prediction_id`` already has a prediction (pending or joined)."""
+        entry = self.store.get(event.prediction_id)
+        if entry is not None and ("prediction" in entry or entry.get("joined")):
+            self.counts.duplicate_predictions += 1
+            return True
+        return False
+
+    def add_feedback(self, event: Feedback) -> LabelledPair | None:
+        """Join a label to its prediction, or store it until the prediction comes."""
+        self.watermark = max(self.watermark, event.timestamp)
+        entry = self.store.get(event.prediction_id)
+        if entry is None:
+            self.store.set(event.prediction_id,
+                           {"t": event.timestamp, "m": event.model_id, "label": event.label, "lt": event.timestamp})
+            return None
+        if entry.get("joined") or "label" in entry:
+            self.counts.duplicate_feedback += 1
+            return None
+        prediction = _unpack(event.prediction_id, entry)
+        self.store.set(event.prediction_id, {"t": entry["t"], "joined": 1, "m": entry["m"]})
+        self.counts.pairs += 1
+        return LabelledPair(prediction, event.label, event.timestamp)
+
+    def expire(self) -> dict[str, int]:
+        """Drop entries older than the TTL (event time); returns per-model counts of what expired unjoined."""
+        horizon = self.watermark - self.ttl_seconds
+        expired: dict[str, int] = {}
+        for key, entry in self.store.items():
+            if entry["t"] >= horizon:
+                continue
+            self.store.delete(key)
+            if entry.get("joined"):
+                continue
+            if "prediction" in entry:
+                self.counts.expired_predictions += 1
+            else:
+                self.counts.orphan_feedback += 1
+            expired[entry["m"]] = expired.get(entry["m"], 0) + 1
+        return expired
+
+
+def _pack(event: Prediction) -> list[Any]:
+    return [event.model_version, event.prediction, event.score, event.attributes or None, event.scores,
+            event.features]
+
+
+def _unpack(prediction_id: str, entry: dict[str, Any]) -> Prediction:
+    version, prediction, score, attributes, scores, features = entry["prediction"]
+    return Prediction(prediction_id=prediction_id, model_id=entry["m"], model_version=version, timestamp=entry["t"],
+                      features=features, prediction=prediction, score=score, scores=scores,
+                      attributes=attributes or {})

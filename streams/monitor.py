@@ -1,0 +1,304 @@
+"""Per-model windowing: feeds micro-batches to the detectors, closes windows, emits points.
+
+A :class:`ModelMonitor` owns, per model version, the open window's summaries
+(a :class:`~streams.evaluation.WindowSummaries`), the long-running sequential
+detectors, and the counters of what the worker saw. It does no statistics
+itself: it slices batches at window boundaries, turns events into columns,
+and asks the detectors for their results when a window closes.
+
+Windows:
+
+- ``{events: N}``: tumbling windows of N predictions in arrival order;
+- ``{seconds: S}``: tumbling windows of S seconds of *event time*; a window
+  closes when an event at least ``grace`` seconds past its end arrives;
+  events for a window already closed are counted as ``late`` and left out;
+- ``slide``: sliding windows made of panes of ``slide`` events or seconds;
+  each pane's summaries are kept and merged (exactly) into the window.
+
+Labelled pairs count in the window open when they are joined.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from detectors.points import Point
+from streams.config import ModelConfig
+from streams.evaluation import Evaluation, WindowSummaries
+from streams.events import Prediction
+from streams.join import LabelledPair
+
+NS = 1_000_000_000
+DEFAULT_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class WindowOutput:
+    """A closed window: its bounds (event time, ns), size and every point it produced."""
+
+    model_id: str
+    model_version: str
+    start_ns: int
+    end_ns: int
+    n: int
+    points: list[Point]
+    summaries: WindowSummaries | None = None
+
+
+@dataclass
+class _Pane:
+    summaries: WindowSummaries
+    n: int = 0
+    start: float = math.inf
+    end: float = -math.inf
+    pairs: int = 0
+    opened_at: float = field(default_factory=time.monotonic)
+
+    def note(self, timestamps: np.ndarray) -> None:
+        if timestamps.size:
+            self.n += int(timestamps.size)
+            self.start = min(self.start, float(timestamps.min()))
+            self.end = max(self.end, float(timestamps.max()))
+
+
+class _VersionMonitor:
+    """Windows and sequential state of one model version."""
+
+    def __init__(self, owner: ModelMonitor, version: str) -> None:
+        self.owner = owner
+        self.version = version
+        self.evaluation: Evaluation = owner.evaluation
+        window = owner.cfg.window
+        self.by_events = window.events is not None
+        size = window.events if self.by_events else window.seconds
+        self.pane_size: float = float(window.slide or size)  # type: ignore[arg-type]
+        self.panes_per_window = int(round(size / self.pane_size))  # type: ignore[operator]
+        self.closed: deque[_Pane] = deque(maxlen=max(self.panes_per_window - 1, 0))
+        self.open: dict[int, _Pane] = {}
+        self.counter = 0  # pane index for count windows
+        self.watermark = -math.inf
+        self.sequential = self.evaluation.new_sequential()
+        self.counters: dict[str, int] = {}
+
+    # -- feeding -----------------------------------------------------------------------------
+
+    def add_predictions(self, events: Sequence[Prediction]) -> list[WindowOutput]:
+        outputs: list[WindowOutput] = []
+        if self.by_events:
+            start = 0
+            while start < len(events):
+                pane = self._pane(self.counter)
+                room = int(self.pane_size) - pane.n
+                chunk = events[start:start + room]
+                self._feed(pane, chunk)
+                start += len(chunk)
+                if pane.n >= self.pane_size:
+                    outputs.append(self._close(self.counter))
+                    self.counter += 1
+            return outputs
+        timestamps = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
+        pane_ids = np.floor(timestamps / self.pane_size).astype(np.int64)
+        closed_before = self._first_open_id()
+        for pane_id in np.unique(pane_ids):
+            chosen = np.flatnonzero(pane_ids == pane_id)
+            if closed_before is not None and pane_id < closed_before:
+                self.counters["late"] = self.counters.get("late", 0) + int(chosen.size)
+                continue
+            self._feed(self._pane(int(pane_id)), [events[i] for i in chosen])
+        if timestamps.size:
+            self.watermark = max(self.watermark, float(timestamps.max()))
+        grace = self.owner.grace_seconds
+        for pane_id in sorted(self.open):
+            if (pane_id + 1) * self.pane_size + grace <= self.watermark:
+                outputs.append(self._close(pane_id))
+        return outputs
+
+    def add_pairs(self, pairs: Sequence[LabelledPair]) -> None:
+        pane = self._current_pane()
+        pane.pairs += len(pairs)
+        pane.summaries.add_pairs(pairs)
+        self.sequential.add_pairs(pairs)
+
+    def count(self, name: str, value: int) -> None:
+        self.counters[name] = self.counters.get(name, 0) + value
+
+    def flush(self) -> list[WindowOutput]:
+        return [self._close(pane_id) for pane_id in sorted(self.open) if self.open[pane_id].n > 0]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _first_open_id(self) -> int | None:
+        if self.by_events:
+            return None
+        return self._last_closed_id + 1 if self._last_closed_id is not None else None
+
+    _last_closed_id: int | None = None
+
+    def _pane(self, pane_id: int) -> _Pane:
+        pane = self.open.get(pane_id)
+        if pane is None:
+            pane = self.open[pane_id] = _Pane(self.evaluation.new_window())
+        return pane
+
+    def _current_pane(self) -> _Pane:
+        if self.by_events:
+            return self._pane(self.counter)
+        if self.open:
+            return self.open[max(self.open)]
+        if self.watermark > -math.inf:
+            return self._pane(int(math.floor(self.watermark / self.pane_size)))
+        return self._pane(0)
+
+    def _feed(self, pane: _Pane, events: Sequence[Prediction]) -> None:
+        if not events:
+            return
+        batch = self.evaluation.columns(events)
+        pane.note(batch.timestamps)
+        pane.summaries.add_predictions(batch)
+        self.sequential.add_predictions(batch)
+
+    def _close(self, pane_id: int) -> WindowOutput:
+        pane = self.open.pop(pane_id)
+        if not self.by_events:
+            self._last_closed_id = pane_id
+            pane.start = min(pane.start, pane_id * self.pane_size)
+            pane.end = max(pane.end, (pane_id + 1) * self.pane_size)
+        panes = [*self.closed, pane]
+        window = panes[0].summaries.copy()
+        for other in panes[1:]:
+            window.merge(other.summaries)
+        self.closed.append(pane)
+        n = sum(p.n for p in panes)
+        pairs = sum(p.pairs for p in panes)
+        start, end = min(p.start for p in panes), max(p.end for p in panes)
+        end_ns = int(round(end * NS)) if math.isfinite(end) else 0
+        start_ns = int(round(start * NS)) if math.isfinite(start) else end_ns
+        tags = {"model_id": self.owner.cfg.id, "model_version": self.version}
+        points = window.points(tags=tags, time_ns=end_ns)
+        points.extend(self.sequential.points(tags=tags, time_ns=end_ns))
+        elapsed = max(time.monotonic() - pane.opened_at, 1e-9)
+        stats: dict[str, float] = {
+            "events": float(n),
+            "pairs": float(pairs),
+            "join_rate": pairs / n if n else 0.0,
+            "throughput": pane.n / elapsed,
+            "lag": max(self.owner.clock() - end, 0.0) if math.isfinite(end) else 0.0,
+        }
+        counters, self.counters = self.counters, {}
+        stats.update({name: float(value) for name, value in counters.items()})
+        stats.setdefault("dead_letters", 0.0)
+        points.extend(
+            Point("monitor", {**tags, "stat": stat}, {"value": value}, end_ns) for stat, value in sorted(stats.items())
+        )
+        return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, window)
+
+    # -- snapshot ----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "counter": self.counter,
+            "watermark": self.watermark if math.isfinite(self.watermark) else None,
+            "last_closed": self._last_closed_id,
+            "open": {str(k): _pane_state(p) for k, p in self.open.items()},
+            "closed": [_pane_state(p) for p in self.closed],
+            "sequential": self.sequential.snapshot(),
+            "counters": dict(self.counters),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.counter = int(state["counter"])
+        self.watermark = state["watermark"] if state["watermark"] is not None else -math.inf
+        self._last_closed_id = state["last_closed"]
+        self.open = {int(k): self._pane_from(v) for k, v in state["open"].items()}
+        self.closed.clear()
+        self.closed.extend(self._pane_from(v) for v in state["closed"])
+        self.sequential = self.evaluation.restore_sequential(state["sequential"])
+        self.counters = dict(state["counters"])
+
+    def _pane_from(self, state: Mapping[str, Any]) -> _Pane:
+        pane = _Pane(self.evaluation.restore_window(state["summaries"]), n=state["n"], pairs=state["pairs"])
+        pane.start = state["start"] if state["start"] is not None else math.inf
+        pane.end = state["end"] if state["end"] is not None else -math.inf
+        return pane
+
+
+def _pane_state(pane: _Pane) -> dict[str, Any]:
+    return {
+        "summaries": pane.summaries.snapshot(),
+        "n": pane.n,
+        "pairs": pane.pairs,
+        "start": pane.start if math.isfinite(pane.start) else None,
+        "end": pane.end if math.isfinite(pane.end) else None,
+    }
+
+
+class ModelMonitor:
+    """Everything driftwarden tracks for one configured model, across its versions."""
+
+    def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *,
+                 grace_seconds: float = DEFAULT_GRACE_SECONDS, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.evaluation = evaluation
+        self.grace_seconds = grace_seconds
+        self.clock = clock
+        self.versions: dict[str, _VersionMonitor] = {}
+        self._pending_counts: dict[str, int] = {}
+
+    def _version(self, version: str) -> _VersionMonitor:
+        monitor = self.versions.get(version)
+        if monitor is None:
+            monitor = self.versions[version] = _VersionMonitor(self, version)
+            for name, value in self._pending_counts.items():
+                monitor.count(name, value)
+            self._pending_counts.clear()
+        return monitor
+
+    def add_predictions(self, events: Sequence[Prediction]) -> list[WindowOutput]:
+        outputs: list[WindowOutput] = []
+        for version, group in _group_by_version(events).items():
+            outputs.extend(self._version(version).add_predictions(group))
+        return outputs
+
+    def add_pairs(self, pairs: Sequence[LabelledPair]) -> None:
+        groups: dict[str, list[LabelledPair]] = {}
+        for pair in pairs:
+            groups.setdefault(pair.prediction.model_version, []).append(pair)
+        for version, group in groups.items():
+            self._version(version).add_pairs(group)
+
+    def count(self, name: str, value: int) -> None:
+        """Add to a worker counter reported with the next closed window (e.g. dead letters)."""
+        if not self.versions:
+            self._pending_counts[name] = self._pending_counts.get(name, 0) + value
+            return
+        latest = next(reversed(self.versions.values()))
+        latest.count(name, value)
+
+    def flush(self) -> list[WindowOutput]:
+        return [out for monitor in self.versions.values() for out in monitor.flush()]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"versions": {v: m.snapshot() for v, m in self.versions.items()},
+                "pending": dict(self._pending_counts)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.versions = {}
+        for version, snap in state.get("versions", {}).items():
+            self._version(version).restore(snap)
+        self._pending_counts = dict(state.get("pending", {}))
+
+
+def _group_by_version(events: Sequence[Prediction]) -> dict[str, list[Prediction]]:
+    first = events[0].model_version if events else ""
+    if all(e.model_version == first for e in events):
+        return {first: list(events)} if events else {}
+    groups: dict[str, list[Prediction]] = {}
+    for event in events:
+        groups.setdefault(event.model_version, []).append(event)
+    return groups

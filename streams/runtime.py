@@ -1,0 +1,60 @@
+"""Assembling a running monitor from a configuration: profiles, monitors, pipelines, sinks.
+
+``worker`` and ``replay`` both start here, so they run the same detectors with
+the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from streams.config import Config, ConfigError, ModelConfig
+from streams.evaluation import Evaluation
+from streams.join import JoinStore
+from streams.monitor import ModelMonitor
+from streams.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def load_profile(model: ModelConfig) -> Any | None:
+    """Load and check the model's reference profile; ``None`` when the config names none."""
+    if model.reference is None:
+        return None
+    from detectors.profile import ProfileMismatch, ReferenceProfile
+
+    path = Path(model.reference)
+    if not path.exists():
+        raise ConfigError(
+            f"models[{model.id}].reference: profile not found: {path} "
+            f"(build it with: driftwarden baseline --data TRAINING.csv --model {model.id} -o {path})")
+    try:
+        profile = ReferenceProfile.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"models[{model.id}].reference: {path} is not a driftwarden profile: {exc}") from None
+    try:
+        profile.check_features(model.features)
+    except ProfileMismatch as exc:
+        raise ConfigError(f"models[{model.id}].reference: {path} does not match the config: {exc}") from None
+    return profile
+
+
+def load_evaluations(cfg: Config) -> dict[str, Evaluation]:
+    """One :class:`Evaluation` per model (loads every reference profile once)."""
+    return {model_id: Evaluation(model, load_profile(model)) for model_id, model in cfg.models.items()}
+
+
+def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = None,
+                     **monitor_options: Any) -> Callable[[JoinStore], Pipeline]:
+    """A factory of per-partition pipelines sharing the loaded profiles."""
+    evaluations = evaluations if evaluations is not None else load_evaluations(cfg)
+
+    def build(store: JoinStore) -> Pipeline:
+        monitors = {model_id: ModelMonitor(cfg.models[model_id], evaluation, **monitor_options)
+                    for model_id, evaluation in evaluations.items()}
+        return Pipeline(cfg, monitors, store)
+
+    return build

@@ -1,0 +1,75 @@
+"""``driftwarden worker``: load the configuration, build the app, run it until stopped."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streams.app import create_app
+from dataclasses import replace
+
+from streams.broker import all_topics, create_topics, partition_counts
+from streams.config import Config, ConfigError, redacted
+from streams.runtime import load_evaluations, pipeline_factory
+from streams.sinks import InfluxSink, MemorySink, PointSink
+
+log = logging.getLogger(__name__)
+
+
+def build_sink(cfg: Config) -> PointSink:
+    if not cfg.influx.enabled:
+        log.warning("influx.enabled is false: points are not written anywhere")
+        return MemorySink()
+    if not cfg.influx.token:
+        log.warning("DRIFTWARDEN_INFLUX_TOKEN is not set: writing to %s without a token", cfg.influx.url)
+    return InfluxSink(cfg.influx)
+
+
+def with_source_partitions(cfg: Config) -> Config:
+    """The config with ``kafka.partitions`` set to the source topics' partition count.
+
+    Predictions and feedback are joined locally per partition, so both topics
+    (and the tables' changelogs) must have the same number of partitions.
+    """
+    topics = cfg.kafka.topics
+    counts = partition_counts(cfg.kafka.bootstrap, [topics.predictions, topics.feedback])
+    if counts[topics.predictions] != counts[topics.feedback]:
+        raise ConfigError(
+            f"topics {topics.predictions!r} ({counts[topics.predictions]} partitions) and {topics.feedback!r} "
+            f"({counts[topics.feedback]} partitions) must have the same number of partitions: feedback is joined "
+            "to its prediction within a partition (both keyed by prediction_id)")
+    if counts[topics.predictions] != cfg.kafka.partitions:
+        log.info("source topics have %d partitions", counts[topics.predictions])
+        cfg = replace(cfg, kafka=replace(cfg.kafka, partitions=counts[topics.predictions]))
+    return cfg
+
+
+def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
+    """Run the Faust worker in this process until SIGINT/SIGTERM; flush points on the way out."""
+    import faust
+
+    cfg = Config.load(config_path)
+    log.info("driftwarden worker starting: %s", redacted(cfg))
+    evaluations = load_evaluations(cfg)
+    create_topics(cfg.kafka.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions)
+    cfg = with_source_partitions(cfg)
+    sink = build_sink(cfg)
+    from streams.actions import Actions
+
+    actions = Actions(cfg, evaluations)
+    app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations), sink=sink,
+                     on_outcome=actions.handle)
+    actions.bind(app)
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    worker = faust.Worker(app, loglevel="INFO" if verbose else "WARNING", quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    else:
+        code = 0
+    finally:
+        sink.close()
+        actions.close()
+        log.info("driftwarden worker stopped")
+    return code

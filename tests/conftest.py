@@ -1,0 +1,155 @@
+"""Fixtures that start the real parts: the embedded Kafka broker (Tansu) and VictoriaMetrics.
+
+Both are started once per test session on free loopback ports and stopped at
+the end. Integration tests get a fresh set of topic names, a fresh consumer
+group and their own model ids, so they never see each other's data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from streams.broker import EmbeddedBroker, free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with EmbeddedBroker(port=0, log_path=log_path) as running:
+        yield running
+
+
+@dataclass
+class VictoriaMetrics:
+    """A running VictoriaMetrics: accepts InfluxDB ``/api/v2/write``; read back with ``/api/v1/export``."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def flush(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/internal/force_flush", method="GET"), timeout=10)
+
+    def export(self, selector: str) -> list[dict[str, Any]]:
+        """Every series matching a PromQL series selector, as exported JSON lines."""
+        self.flush()
+        data = urllib.parse.urlencode({"match[]": selector}).encode()
+        with urllib.request.urlopen(f"{self.url}/api/v1/export", data=data, timeout=30) as response:
+            body = response.read().decode()
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+    def series(self, name: str, **labels: str) -> list[dict[str, Any]]:
+        matchers = ",".join([f'__name__="{name}"'] + [f'{k}="{v}"' for k, v in labels.items()])
+        return self.export("{" + matchers + "}")
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 1.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                return value
+            time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    binary = shutil.which("victoria-metrics")
+    if binary is None:
+        pytest.fail("victoria-metrics is not installed: apt-get install victoria-metrics (.ci/run does this)")
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("victoria")
+    log = open(data_dir / "victoria.log", "wb")
+    process = subprocess.Popen(
+        [binary, f"-storageDataPath={data_dir / 'data'}", f"-httpListenAddr=127.0.0.1:{port}",
+         "-retentionPeriod=100y", "-search.latencyOffset=0s", "-dedup.minScrapeInterval=0s"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port("127.0.0.1", port, 20)
+        yield VictoriaMetrics(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def topic_overrides(suffix: str) -> dict[str, Any]:
+    names = ["predictions", "feedback", "alerts", "retrain_jobs", "dead_letters", "model_updates", "labelled"]
+    out: dict[str, Any] = {f"kafka.topics.{n}": f"{n.replace('_', '-')}-{suffix}" for n in names}
+    out["kafka.group_id"] = f"driftwarden-{suffix}"
+    return out
+
+
+class WorkerProcess:
+    """``driftwarden worker -c CONFIG`` in a subprocess, stopped with SIGTERM like a real deployment."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=str(self.config.parent))
+        log.close()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def make(config: Path, **kwargs: Any) -> WorkerProcess:
+        worker = WorkerProcess(config, tmp_path / f"worker-{len(started)}.log", **kwargs)
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        with contextlib.suppress(Exception):
+            worker.stop()

@@ -1,0 +1,150 @@
+"""End to end: the real embedded broker, the worker as a subprocess, real VictoriaMetrics.
+
+The expected figures are computed with pandas from the very events produced,
+including feedback that comes before its prediction, twice, or never.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from streams.broker import create_topics
+from streams.commands import prepare_workspace
+from tests.conftest import topic_overrides
+
+pytestmark = pytest.mark.integration
+
+WINDOW = 200
+
+
+def _events(model_id: str, n: int, start: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    now = time.time() - 600
+    out = []
+    for i in range(start, start + n):
+        out.append({
+            "prediction_id": f"{model_id}-{i}", "model_id": model_id, "model_version": "1",
+            "timestamp": now + i * 0.01,
+            "features": {"age": float(rng.normal(42, 11)), "income": float(rng.lognormal(10.8, 0.4)),
+                         "debt_ratio": float(rng.beta(2, 5)), "tenure_months": float(rng.poisson(36)),
+                         "num_accounts": float(rng.integers(1, 8)), "channel": str(rng.choice(["web", "app"])),
+                         "region": "north", "employment": "salaried"},
+            "prediction": int(rng.integers(0, 2)), "score": float(rng.random()),
+            "attributes": {"sex": str(rng.choice(["F", "M"])), "race": "White"},
+        })
+    return out
+
+
+def _send(producer: KafkaProducer, topic: str, docs: list[Any]) -> None:
+    for doc in docs:
+        value = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        producer.send(topic, value=value)
+    producer.flush()
+
+
+def _workspace(tmp_path: Path, broker: Any, victoria: Any, unique: str) -> tuple[Path, str, dict[str, str]]:
+    model_id = f"m-{unique}"
+    overrides = {**topic_overrides(unique), "models.*.window": {"events": WINDOW}}
+    config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
+                               models=(model_id,), overrides=overrides)
+    topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
+    return config, model_id, topics
+
+
+def _totals(victoria: Any, model_id: str, stat: str) -> float:
+    return sum(sum(s["values"]) for s in victoria.series("monitor_value", model_id=model_id, stat=stat))
+
+
+def _accuracy_points(victoria: Any, model_id: str) -> tuple[int, float]:
+    values = victoria.series("performance_value", model_id=model_id, metric="accuracy")
+    counts = victoria.series("performance_n", model_id=model_id, metric="accuracy")
+    if not values:
+        return 0, float("nan")
+    by_ts_value = dict(zip(values[0]["timestamps"], values[0]["values"]))
+    by_ts_n = dict(zip(counts[0]["timestamps"], counts[0]["values"]))
+    n = sum(by_ts_n.values())
+    correct = sum(by_ts_value[t] * by_ts_n[t] for t in by_ts_n)
+    return int(n), correct / n
+
+
+def _expected(predictions: list[dict[str, Any]], feedback: list[dict[str, Any]]) -> tuple[int, float]:
+    preds = pd.DataFrame(predictions)[["prediction_id", "prediction"]]
+    labels = pd.DataFrame(feedback).drop_duplicates("prediction_id", keep="first")[["prediction_id", "label"]]
+    joined = preds.merge(labels, on="prediction_id", how="inner")
+    return len(joined), float((joined["prediction"] == joined["label"]).mean())
+
+
+def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worker_factory, tmp_path, unique):
+    config, model_id, topics = _workspace(tmp_path, broker, victoria, unique)
+    rng = np.random.default_rng(11)
+    predictions = _events(model_id, 1000, 0, rng)
+    labels = {p["prediction_id"]: int(rng.integers(0, 2)) for p in predictions}
+    ids = list(labels)
+    early = ids[:100]            # feedback before its prediction
+    late = ids[100:700]          # feedback after
+    duplicated = ids[650:750]    # sent twice (some of them are also "late" ones)
+    never = ids[900:]            # no feedback at all
+    fb = lambda pid: {"prediction_id": pid, "model_id": model_id, "timestamp": time.time() - 60, "label": labels[pid]}
+    feedback_early = [fb(p) for p in early]
+    feedback_late = [fb(p) for p in late] + [fb(p) for p in duplicated] + [fb(p) for p in ids[750:900]]
+    feedback_late += [fb(p) for p in duplicated]
+    feedback_all = feedback_early + feedback_late
+    assert not set(never) & {f["prediction_id"] for f in feedback_all}
+
+    bad_prediction = dict(predictions[0], prediction_id="bad-1")
+    del bad_prediction["model_id"]
+    wrong_type = dict(predictions[1], prediction_id="bad-2", features=dict(predictions[1]["features"], age="abc"))
+    unknown_model = dict(predictions[2], prediction_id="bad-3", model_id="nope")
+    mixed_array = [predictions[3] | {"prediction_id": f"{model_id}-arr-ok"}, {"model_id": model_id}]
+    bad_messages = [b"this is not json", bad_prediction, wrong_type, unknown_model, mixed_array]
+
+    create_topics(broker.bootstrap, topics.values(), partitions=1)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    _send(producer, topics["feedback"], feedback_early)
+    _send(producer, topics["predictions"], predictions[:500])
+    _send(producer, topics["predictions"], bad_messages)
+    _send(producer, topics["feedback"], feedback_late)
+    _send(producer, topics["predictions"], predictions[500:])
+
+    worker = worker_factory(config).start()
+    expected_events = 1000 + 1  # + the good element of the mixed array
+    got = victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1000, timeout=90)
+    assert got, f"the worker wrote no monitor points; log:\n{worker.log()[-3000:]}"
+    # Close the last window: filler predictions without feedback, after everything above was processed.
+    time.sleep(2)
+    _send(producer, topics["predictions"], _events(model_id, WINDOW, 10_000, rng))
+    victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1200, timeout=60)
+    worker.stop()
+
+    # 1,001 good predictions + 200 fillers = 1,201: six windows of 200 closed, one event still open.
+    assert _totals(victoria, model_id, "events") == 1200
+    n, accuracy = _accuracy_points(victoria, model_id)
+    exp_n, exp_accuracy = _expected(predictions, feedback_all)
+    assert n == exp_n
+    assert accuracy == pytest.approx(exp_accuracy, abs=1e-9)
+    assert _totals(victoria, model_id, "pairs") == exp_n
+    # Attributed to the model: the wrong type and the bad array element; not attributable: not JSON,
+    # no model_id, unknown model.
+    assert _totals(victoria, model_id, "dead_letters") == 2
+    assert _totals(victoria, model_id, "dead_letters_unattributed") == 3
+    # Dead letters on the topic, with reasons and the original bytes.
+    consumer = KafkaConsumer(topics["dead_letters"], bootstrap_servers=broker.bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    dead = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    reasons = sorted(d["reason"] for d in dead)
+    assert len(dead) == 5, reasons
+    assert any(r.startswith("not JSON") for r in reasons)
+    assert "missing field 'model_id'" in reasons
+    assert "feature 'age': expected number, got \"abc\"" in reasons
+    assert "unknown model 'nope'" in reasons
+    assert "event[1]: missing field 'prediction_id'" in reasons
+    assert base64.b64decode(next(d for d in dead if d["reason"].startswith("not JSON"))["payload_b64"]) == b"this is not json"
