@@ -325,3 +325,19 @@ def test_regression_skips_nan_and_constant_target_r2_is_nan() -> None:
     assert math.isnan(result.metrics["r2"])
     names = [p.tags["metric"] for p in performance_points(result, tags={}, time_ns=0)]
     assert names == ["mae", "rmse", "mape"]
+
+
+def test_tied_scores_count_one_half_on_both_auc_paths() -> None:
+    """Scores on a grid of eighths: many ties. The exact sample and an 8-bin histogram
+    (one score level per bin, so no extra ties) must both equal roc_auc_score."""
+    rng = np.random.default_rng(12)
+    level = rng.integers(0, 8, 3000)
+    scores = level / 8.0
+    y = np.where(rng.random(3000) < (level + 1) / 10.0, "1", "0").astype(object)
+    pred = np.where(scores >= 0.5, "1", "0").astype(object)
+    want = skm.roc_auc_score((y == "1").astype(int), scores)
+    exact = ClassificationPerformance(positive_label="1").update(y, pred, scores)
+    binned = ClassificationPerformance(positive_label="1", auc_bins=8, auc_sample=100).update(y, pred, scores)
+    assert exact.auc_exact and not binned.auc_exact
+    assert exact.result().metrics["roc_auc"] == pytest.approx(want, abs=TOL)
+    assert binned.result().metrics["roc_auc"] == pytest.approx(want, abs=TOL)
