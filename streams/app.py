@@ -30,7 +30,7 @@ from streams.sinks import PointSink
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "partition-{partition}"
+STATE_KEY = b"partition-%d"
 
 
 class TableStore(JoinStore):
@@ -45,20 +45,24 @@ class TableStore(JoinStore):
         self.table = table
         self.partition = partition
 
+    # Keys are kept as bytes: that is what recovery from the changelog yields with the raw key codec.
+
     def get(self, key: str) -> dict[str, Any] | None:
-        return self.table.data.get(key)
+        return self.table.data.get(key.encode())
 
     def set(self, key: str, value: dict[str, Any]) -> None:
-        self.table.data[key] = value
-        self.table.send_changelog(self.partition, key, value)
+        raw = key.encode()
+        self.table.data[raw] = value
+        self.table.send_changelog(self.partition, raw, value)
 
     def delete(self, key: str) -> None:
-        if key in self.table.data:
-            del self.table.data[key]
-            self.table.send_changelog(self.partition, key, None, value_serializer="raw")
+        raw = key.encode()
+        if raw in self.table.data:
+            del self.table.data[raw]
+            self.table.send_changelog(self.partition, raw, None, value_serializer="raw")
 
     def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return iter(list(self.table.data.items()))
+        return iter([(k.decode() if isinstance(k, bytes) else k, v) for k, v in self.table.data.items()])
 
 
 def create_app(
@@ -95,7 +99,7 @@ def create_app(
                        key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(topics.dead_letters, key_serializer="raw", value_serializer="raw")
     labelled = app.topic(topics.labelled, key_serializer="raw", value_serializer="raw")
-    table_schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+    table_schema = faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json")
     joins = app.Table("joins", default=None, schema=table_schema, partitions=cfg.kafka.partitions)
     state = app.Table("monitor-state", default=None, schema=table_schema, partitions=cfg.kafka.partitions)
     pipelines: dict[int, Pipeline] = {}
@@ -105,7 +109,7 @@ def create_app(
         pipeline = pipelines.get(partition)
         if pipeline is None:
             pipeline = pipelines[partition] = pipeline_factory(TableStore(joins, partition))
-            saved = state.data.get(STATE_KEY.format(partition=partition))
+            saved = state.data.get(STATE_KEY % partition)
             if saved:
                 pipeline.restore(saved)
                 log.info("partition %d: resumed monitor state from the changelog", partition)
@@ -121,18 +125,24 @@ def create_app(
                 by_partition.setdefault(message.partition, []).append(
                     RawMessage(kind, message.value or b"", message.key, message.topic, message.partition,
                                message.offset))
+            outcomes = []
+            # Everything up to the state snapshot is synchronous: a cancellation (shutdown) can only
+            # land between batches or in the awaits below, after the batch's state is recorded.
             for partition, messages in by_partition.items():
                 pipeline = pipeline_for(partition)
                 outcome = pipeline.process(messages)
                 sink.write(outcome.points)
                 for dead in outcome.dead_letters:
-                    await dead_letters.send(key=dead.message.key, value=dead.to_json())
+                    dead_letters.send_soon(key=dead.message.key, value=dead.to_json())
                 for pair in outcome.pairs:
-                    await labelled.send(key=pair.prediction.model_id.encode(), value=_pair_json(pair))
-                if on_outcome is not None:
+                    labelled.send_soon(key=pair.prediction.model_id.encode(), value=_pair_json(pair))
+                key = STATE_KEY % partition
+                state.data[key] = snapshot = pipeline.snapshot()
+                state.send_changelog(partition, key, snapshot)
+                outcomes.append(outcome)
+            if on_outcome is not None:
+                for outcome in outcomes:
                     await _maybe_await(on_outcome(outcome))
-                state.data[STATE_KEY.format(partition=partition)] = snapshot = pipeline.snapshot()
-                state.send_changelog(partition, STATE_KEY.format(partition=partition), snapshot)
             stats["events"] += len(events)
             stats["batches"] += 1
 

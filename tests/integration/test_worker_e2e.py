@@ -59,6 +59,24 @@ def _workspace(tmp_path: Path, broker: Any, victoria: Any, unique: str) -> tuple
     return config, model_id, topics
 
 
+def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float = 90.0) -> bool:
+    """Wait until the worker's committed offsets reach the end of ``topics`` (all input processed)."""
+    from kafka import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ends = consumer.end_offsets(partitions)
+            if all((consumer.committed(tp) or 0) >= ends[tp] for tp in partitions):
+                return True
+            time.sleep(0.5)
+        return False
+    finally:
+        consumer.close()
+
+
 def _totals(victoria: Any, model_id: str, stat: str) -> float:
     return sum(sum(s["values"]) for s in victoria.series("monitor_value", model_id=model_id, stat=stat))
 
@@ -116,10 +134,9 @@ def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worke
 
     worker = worker_factory(config).start()
     expected_events = 1000 + 1  # + the good element of the mixed array
-    got = victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1000, timeout=90)
-    assert got, f"the worker wrote no monitor points; log:\n{worker.log()[-3000:]}"
+    group = f"driftwarden-{unique}"
+    assert _wait_consumed(broker.bootstrap, group, [topics["predictions"], topics["feedback"]]), worker.log()[-3000:]
     # Close the last window: filler predictions without feedback, after everything above was processed.
-    time.sleep(2)
     _send(producer, topics["predictions"], _events(model_id, WINDOW, 10_000, rng))
     victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1200, timeout=60)
     worker.stop()
@@ -148,3 +165,46 @@ def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worke
     assert "unknown model 'nope'" in reasons
     assert "event[1]: missing field 'prediction_id'" in reasons
     assert base64.b64decode(next(d for d in dead if d["reason"].startswith("not JSON"))["payload_b64"]) == b"this is not json"
+
+
+def test_restart_mid_stream_loses_and_doubles_nothing(broker, victoria, worker_factory, tmp_path, unique):
+    """Stop the worker (SIGTERM) mid-stream and start it again: the changelog restores the join
+    table and the open window, so every joined pair counts exactly once."""
+    config, model_id, topics = _workspace(tmp_path, broker, victoria, unique)
+    create_topics(broker.bootstrap, topics.values(), partitions=1)
+    rng = np.random.default_rng(5)
+    predictions = _events(model_id, 1500, 0, rng)
+    feedback = [{"prediction_id": p["prediction_id"], "model_id": model_id, "timestamp": time.time() - 60,
+                 "label": int(rng.integers(0, 2))} for p in predictions if rng.random() < 0.8]
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    # First half: predictions 0..749 with labels for some of them, and early labels for the second half.
+    first_ids = {p["prediction_id"] for p in predictions[:750]}
+    _send(producer, topics["predictions"], predictions[:750])
+    _send(producer, topics["feedback"], [f for f in feedback if f["prediction_id"] in first_ids][:400])
+    _send(producer, topics["feedback"], [f for f in feedback if f["prediction_id"] not in first_ids][:100])
+
+    worker = worker_factory(config).start()
+    assert victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 600, timeout=90), worker.log()[-3000:]
+    time.sleep(2)
+    assert worker.stop() == 0, worker.log()[-3000:]
+
+    # While it is down: the rest, including a feedback duplicate of one already joined.
+    _send(producer, topics["predictions"], predictions[750:])
+    rest = [f for f in feedback if f["prediction_id"] in first_ids][400:] + \
+        [f for f in feedback if f["prediction_id"] not in first_ids][100:]
+    _send(producer, topics["feedback"], rest + feedback[:5])
+    # Redelivery of predictions already processed must not count again either.
+    _send(producer, topics["predictions"], predictions[:10])
+
+    worker = worker_factory(config).start()
+    group = f"driftwarden-{unique}"
+    assert _wait_consumed(broker.bootstrap, group, [topics["predictions"], topics["feedback"]]), worker.log()[-3000:]
+    _send(producer, topics["predictions"], _events(model_id, WINDOW, 10_000, rng))
+    victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1600, timeout=60)
+    worker.stop()
+
+    assert _totals(victoria, model_id, "events") == 1600  # 1,500 + 200 fillers: 8 windows closed
+    n, accuracy = _accuracy_points(victoria, model_id)
+    exp_n, exp_accuracy = _expected(predictions, feedback)
+    assert n == exp_n
+    assert accuracy == pytest.approx(exp_accuracy, abs=1e-9)
