@@ -6,19 +6,16 @@ what comes out to the sinks: points to InfluxDB, rejects to ``dead-letters``,
 alerts to ``alerts``, retrain jobs to ``retrain-jobs``, joined pairs to
 ``labelled``. Offsets are acknowledged only after a batch is done.
 
-State lives in two changelog-backed tables, so a restarted worker resumes
-where it stopped:
-
-- ``joins``: the join state keyed by ``prediction_id`` (TTL on event time);
-- ``monitor-state``: per partition, a snapshot of every model's open window
-  and sequential detectors, written after each batch.
+State (the join table and, after each batch, a snapshot of every model's
+open windows) is kept per partition and sent to a changelog topic; see
+:mod:`streams.state` for how a restarted worker resumes from it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import faust
 import orjson
@@ -27,42 +24,10 @@ from streams.config import Config
 from streams.join import JoinStore
 from streams.pipeline import FEEDBACK, PREDICTION, Outcome, Pipeline, RawMessage
 from streams.sinks import PointSink
+from streams.state import PartitionState, changelog_topic
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = b"partition-%d"
-
-
-class TableStore(JoinStore):
-    """A :class:`~streams.join.JoinStore` over a Faust table, for one source partition.
-
-    Writes go to the table's local store and its changelog partition explicitly,
-    because one batch mixes events of several partitions (Faust would otherwise
-    take the partition of whichever event is current).
-    """
-
-    def __init__(self, table: Any, partition: int) -> None:
-        self.table = table
-        self.partition = partition
-
-    # Keys are kept as bytes: that is what recovery from the changelog yields with the raw key codec.
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.table.data.get(key.encode())
-
-    def set(self, key: str, value: dict[str, Any]) -> None:
-        raw = key.encode()
-        self.table.data[raw] = value
-        self.table.send_changelog(self.partition, raw, value)
-
-    def delete(self, key: str) -> None:
-        raw = key.encode()
-        if raw in self.table.data:
-            del self.table.data[raw]
-            self.table.send_changelog(self.partition, raw, None, value_serializer="raw")
-
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return iter([(k.decode() if isinstance(k, bytes) else k, v) for k, v in self.table.data.items()])
 
 
 def create_app(
@@ -70,6 +35,7 @@ def create_app(
     *,
     pipeline_factory: Callable[[JoinStore], Pipeline],
     sink: PointSink,
+    recovered: dict[int, PartitionState] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> faust.App:
     """Build the worker's Faust app. Nothing connects until the app starts."""
@@ -99,21 +65,27 @@ def create_app(
                        key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(topics.dead_letters, key_serializer="raw", value_serializer="raw")
     labelled = app.topic(topics.labelled, key_serializer="raw", value_serializer="raw")
-    table_schema = faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json")
-    joins = app.Table("joins", default=None, schema=table_schema, partitions=cfg.kafka.partitions)
-    state = app.Table("monitor-state", default=None, schema=table_schema, partitions=cfg.kafka.partitions)
-    pipelines: dict[int, Pipeline] = {}
+    changelog = app.topic(changelog_topic(cfg.kafka.group_id), key_serializer="raw", value_serializer="raw",
+                          partitions=cfg.kafka.partitions)
+    recovered = recovered or {}
+    pipelines: dict[int, tuple[Pipeline, PartitionState]] = {}
+
+    def send_change(partition: int, key: bytes, value: bytes | None) -> None:
+        changelog.send_soon(key=key, value=value, partition=partition)
     stats = {"events": 0, "batches": 0, "started": time.monotonic()}
 
-    def pipeline_for(partition: int) -> Pipeline:
-        pipeline = pipelines.get(partition)
-        if pipeline is None:
-            pipeline = pipelines[partition] = pipeline_factory(TableStore(joins, partition))
-            saved = state.data.get(STATE_KEY % partition)
-            if saved:
-                pipeline.restore(saved)
-                log.info("partition %d: resumed monitor state from the changelog", partition)
-        return pipeline
+    def pipeline_for(partition: int) -> tuple[Pipeline, PartitionState]:
+        entry = pipelines.get(partition)
+        if entry is None:
+            state = recovered.pop(partition, None) or PartitionState(partition)
+            state.send = send_change
+            pipeline = pipeline_factory(state)
+            if state.snapshot:
+                pipeline.restore(state.snapshot)
+                log.info("partition %d: resumed %d join entries and the open windows from the changelog",
+                         partition, len(state.joins))
+            entry = pipelines[partition] = (pipeline, state)
+        return entry
 
     @app.agent(source, name="monitor")
     async def monitor(stream: faust.Stream) -> None:
@@ -129,16 +101,14 @@ def create_app(
             # Everything up to the state snapshot is synchronous: a cancellation (shutdown) can only
             # land between batches or in the awaits below, after the batch's state is recorded.
             for partition, messages in by_partition.items():
-                pipeline = pipeline_for(partition)
+                pipeline, state = pipeline_for(partition)
                 outcome = pipeline.process(messages)
                 sink.write(outcome.points)
                 for dead in outcome.dead_letters:
                     dead_letters.send_soon(key=dead.message.key, value=dead.to_json())
                 for pair in outcome.pairs:
                     labelled.send_soon(key=pair.prediction.model_id.encode(), value=_pair_json(pair))
-                key = STATE_KEY % partition
-                state.data[key] = snapshot = pipeline.snapshot()
-                state.send_changelog(partition, key, snapshot)
+                state.save_snapshot(pipeline.snapshot())
                 outcomes.append(outcome)
             if on_outcome is not None:
                 for outcome in outcomes:

@@ -147,8 +147,11 @@ def wait_for_metadata(bootstrap: str, timeout: float = 20.0) -> None:
             time.sleep(0.2)
 
 
-def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
+def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *, compact: bool = False) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created.
+
+    ``compact`` asks for ``cleanup.policy=compact`` (state changelogs), where the broker supports it.
+    """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -160,7 +163,9 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1) ->
         created = []
         for name in wanted:
             try:
-                admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=1)])
+                configs = {"cleanup.policy": "compact"} if compact else {}
+                admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=1,
+                                              topic_configs=configs)])
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass

@@ -12,6 +12,7 @@ from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
 from streams.runtime import load_evaluations, pipeline_factory
 from streams.sinks import InfluxSink, MemorySink, PointSink
+from streams.state import changelog_topic, recover
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,10 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
     from streams.actions import Actions
 
     actions = Actions(cfg, evaluations)
-    app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations), sink=sink,
+    changelog = changelog_topic(cfg.kafka.group_id)
+    create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True)
+    recovered = recover(cfg.kafka.bootstrap, changelog)
+    app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations), sink=sink, recovered=recovered,
                      on_outcome=actions.handle)
     actions.bind(app)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
