@@ -707,15 +707,18 @@ def drift_points(report: DriftReport, *, tags: Mapping[str, str], time_ns: int) 
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    """The generator's state as JSON-able data (PCG64 state is plain ints)."""
-    return dict(rng.bit_generator.state)
+    """The generator's state as JSON-able data. PCG64's state and increment are 128-bit
+    integers, kept as decimal strings so that every JSON encoder (orjson included) takes them."""
+    state = dict(rng.bit_generator.state)
+    state["state"] = {k: str(v) for k, v in state["state"].items()}
+    return state
 
 
 def _rng_from_state(state: Mapping[str, Any]) -> np.random.Generator:
     bit_generator = np.random.PCG64()
     bit_generator.state = {
         "bit_generator": state["bit_generator"],
-        "state": dict(state["state"]),
+        "state": {k: int(v) for k, v in state["state"].items()},
         "has_uint32": int(state["has_uint32"]),
         "uinteger": int(state["uinteger"]),
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 from streams.config import Config
 from streams.pipeline import Outcome
@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 class Actions:
-    """Evaluates the retrain/alert policy on every closed window and publishes the results."""
+    """Publishes the alerts and retrain jobs the pipeline's policies decided."""
 
     def __init__(self, cfg: Config, evaluations: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -21,6 +21,9 @@ class Actions:
 
     def bind(self, app: Any) -> None:
         self.app = app
+
+    def decide(self, outcome: Outcome) -> Iterator[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        return iter(())
 
     async def handle(self, outcome: Outcome) -> None:
         for window in outcome.windows:

@@ -72,7 +72,7 @@ def create_app(
 
     def send_change(partition: int, key: bytes, value: bytes | None) -> None:
         changelog.send_soon(key=key, value=value, partition=partition)
-    stats = {"events": 0, "batches": 0, "started": time.monotonic()}
+    stats = {"events": 0, "batches": 0, "failed_batches": 0, "started": time.monotonic()}
 
     def pipeline_for(partition: int) -> tuple[Pipeline, PartitionState]:
         entry = pipelines.get(partition)
@@ -102,7 +102,12 @@ def create_app(
             # land between batches or in the awaits below, after the batch's state is recorded.
             for partition, messages in by_partition.items():
                 pipeline, state = pipeline_for(partition)
-                outcome = pipeline.process(messages)
+                try:
+                    outcome = pipeline.process(messages)
+                except Exception:  # never a crashed worker: log, count, go on with the next batch
+                    log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
+                    stats["failed_batches"] += 1
+                    continue
                 sink.write(outcome.points)
                 for dead in outcome.dead_letters:
                     dead_letters.send_soon(key=dead.message.key, value=dead.to_json())

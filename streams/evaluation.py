@@ -16,7 +16,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from detectors.base import FeatureFrame
+from detectors.concept import ConceptDrift, concept_points
+from detectors.drift import DriftSuite, drift_points
+from detectors.estimate import ESTIMATE_MEASUREMENT, ConfidenceBasedEstimate
+from detectors.fairness import FairnessSummary, fairness_points
+from detectors.label_shift import LabelShift, label_shift_points
 from detectors.performance import ClassificationPerformance, RegressionPerformance, performance_points
+from detectors.profile import as_class_labels
+from detectors.sequential import SequentialDrift, sequential_points
 from detectors.points import Point
 from streams.config import ModelConfig
 from streams.events import Prediction
@@ -64,6 +71,7 @@ class Evaluation:
         self.profile = profile
         self.numeric = [f for f, kind in cfg.features.items() if kind == "numeric"]
         self.categorical = [f for f, kind in cfg.features.items() if kind == "categorical"]
+        self.estimate_template = self._estimate_template()
 
     # -- columns -----------------------------------------------------------------------------
 
@@ -104,17 +112,40 @@ class Evaluation:
     # -- factories ---------------------------------------------------------------------------
 
     def new_window(self) -> WindowSummaries:
-        return WindowSummaries(self, self._performance())
+        return WindowSummaries(
+            self,
+            performance=self._performance(),
+            drift=self._drift(),
+            feedback_labels=self._feedback_labels(),
+            fairness=self._fairness(),
+            estimate=self.estimate_template.fresh() if self.estimate_template is not None else None,
+        )
 
     def restore_window(self, state: Mapping[str, Any]) -> WindowSummaries:
         perf_cls = RegressionPerformance if self.cfg.task == "regression" else ClassificationPerformance
-        return WindowSummaries(self, perf_cls.restore(state["performance"]))
+        return WindowSummaries(
+            self,
+            performance=perf_cls.restore(state["performance"]),
+            drift=DriftSuite.restore(state["drift"], profile=self.profile) if state.get("drift") else None,
+            feedback_labels=LabelShift.restore(state["feedback_labels"]) if state.get("feedback_labels") else None,
+            fairness=FairnessSummary.restore(state["fairness"]) if state.get("fairness") else None,
+            estimate=ConfidenceBasedEstimate.restore(state["estimate"]) if state.get("estimate") else None,
+        )
 
     def new_sequential(self) -> SequentialState:
-        return SequentialState(self)
+        sequential = SequentialDrift.from_profile(self.profile) if self.profile is not None else None
+        task = "regression" if self.cfg.task == "regression" else "classification"
+        return SequentialState(self, sequential=sequential, concept=ConceptDrift(task=task),
+                               cumulative=self._performance())
 
     def restore_sequential(self, state: Mapping[str, Any]) -> SequentialState:
-        return SequentialState(self)
+        perf_cls = RegressionPerformance if self.cfg.task == "regression" else ClassificationPerformance
+        return SequentialState(
+            self,
+            sequential=SequentialDrift.restore(state["sequential"]) if state.get("sequential") else None,
+            concept=ConceptDrift.restore(state["concept"]),
+            cumulative=perf_cls.restore(state["cumulative"]),
+        )
 
     def _performance(self) -> ClassificationPerformance | RegressionPerformance:
         if self.cfg.task == "regression":
@@ -122,26 +153,84 @@ class Evaluation:
         return ClassificationPerformance(
             positive_label=self.cfg.positive_label if self.cfg.task == "binary" else None)
 
+    def _drift(self) -> DriftSuite | None:
+        if self.profile is None:
+            return None
+        methods = {feature: (spec.method, spec.threshold) for feature, spec in self.cfg.drift.items() if feature != "*"}
+        default = self.cfg.drift.get("*")
+        options: dict[str, Any] = {}
+        if default is not None and default.method != "default":
+            options["default_method"] = (default.method, default.threshold)
+        return DriftSuite(self.profile, methods=methods, **options)
+
+    def _feedback_labels(self) -> LabelShift | None:
+        if self.profile is None or not self.profile.labels or self.cfg.task == "regression":
+            return None
+        return LabelShift(self.profile.labels)
+
+    def _fairness(self) -> FairnessSummary | None:
+        if not self.cfg.attributes or self.cfg.task != "binary":
+            return None
+        return FairnessSummary(attributes=self.cfg.attributes, intersections=self.cfg.intersections,
+                               positive_label=self.cfg.positive_label, min_group_size=self.cfg.min_group_size)
+
+    def _estimate_template(self) -> ConfidenceBasedEstimate | None:
+        """CBPE calibrated on the reference sample's scores and labels (binary models with both)."""
+        profile = self.profile
+        if profile is None or self.cfg.task != "binary" or not profile.score or not profile.target:
+            return None
+        scores = np.asarray(profile.sample.get(profile.score) or [], dtype=np.float64)
+        labels = as_class_labels(np.asarray(profile.sample.get(profile.target) or [], dtype=object))
+        keep = np.isfinite(scores)
+        if keep.sum() < 50:
+            return None
+        return ConfidenceBasedEstimate.fit(scores[keep], labels[keep], positive_label=self.cfg.positive_label)
+
 
 class WindowSummaries:
     """The mergeable summaries of one window (or pane) of one model version."""
 
-    def __init__(self, evaluation: Evaluation, performance: ClassificationPerformance | RegressionPerformance) -> None:
+    def __init__(
+        self,
+        evaluation: Evaluation,
+        *,
+        performance: ClassificationPerformance | RegressionPerformance,
+        drift: DriftSuite | None,
+        feedback_labels: LabelShift | None,
+        fairness: FairnessSummary | None,
+        estimate: ConfidenceBasedEstimate | None,
+    ) -> None:
         self.evaluation = evaluation
         self.performance = performance
+        self.drift = drift
+        self.feedback_labels = feedback_labels
+        self.fairness = fairness
+        self.estimate = estimate
 
     def add_predictions(self, batch: PredictionColumns) -> None:
-        pass
+        if self.drift is not None:
+            self.drift.update(batch.frame, batch.predictions, batch.scores)
+        if self.fairness is not None:
+            self.fairness.update_predictions(batch.predictions, batch.attributes)
+        if self.estimate is not None and batch.scores is not None:
+            self.estimate.update(batch.scores, batch.predictions)
 
-    def add_pairs(self, pairs: Sequence[LabelledPair]) -> None:
-        cols = self.evaluation.pair_columns(pairs)
+    def add_pairs(self, cols: PairColumns) -> None:
         if isinstance(self.performance, RegressionPerformance):
             self.performance.update(cols.y_true, cols.y_pred)
         else:
             self.performance.update(cols.y_true, cols.y_pred, cols.scores)
+        if self.feedback_labels is not None:
+            self.feedback_labels.update(cols.y_true)
+        if self.fairness is not None:
+            self.fairness.update(cols.y_true, cols.y_pred, cols.attributes)
 
     def merge(self, other: WindowSummaries) -> WindowSummaries:
         self.performance.merge(other.performance)
+        for name in ("drift", "feedback_labels", "fairness", "estimate"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None:
+                mine.merge(theirs)
         return self
 
     def copy(self) -> WindowSummaries:
@@ -149,26 +238,79 @@ class WindowSummaries:
 
     def points(self, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
         out = performance_points(self.performance.result(), tags=tags, time_ns=time_ns)
+        if self.drift is not None:
+            out.extend(drift_points(self.drift.result(), tags=tags, time_ns=time_ns))
+        if self.feedback_labels is not None:
+            shift = self.feedback_labels.result()
+            if shift.n:
+                out.extend(label_shift_points(shift, source="feedback", tags=tags, time_ns=time_ns))
+        if self.fairness is not None:
+            out.extend(fairness_points(self.fairness.result(), tags=tags, time_ns=time_ns))
+        if self.estimate is not None:
+            out.extend(performance_points(self.estimate.result(), tags=tags, time_ns=time_ns,
+                                          measurement=ESTIMATE_MEASUREMENT))
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {"performance": self.performance.snapshot()}
+        return {
+            "performance": self.performance.snapshot(),
+            "drift": self.drift.snapshot(reference=False) if self.drift is not None else None,
+            "feedback_labels": self.feedback_labels.snapshot() if self.feedback_labels is not None else None,
+            "fairness": self.fairness.snapshot() if self.fairness is not None else None,
+            "estimate": self.estimate.snapshot() if self.estimate is not None else None,
+        }
 
 
 class SequentialState:
-    """Detectors that run across windows (River's sequential detectors)."""
+    """Detectors that run across windows: River's sequential detectors on feature means and
+    scores, concept drift on the error stream, and cumulative performance."""
 
-    def __init__(self, evaluation: Evaluation) -> None:
+    def __init__(self, evaluation: Evaluation, *, sequential: SequentialDrift | None, concept: ConceptDrift,
+                 cumulative: ClassificationPerformance | RegressionPerformance) -> None:
         self.evaluation = evaluation
+        self.sequential = sequential
+        self.concept = concept
+        self.cumulative = cumulative
 
     def add_predictions(self, batch: PredictionColumns) -> None:
-        pass
+        if self.sequential is not None:
+            self.sequential.update(batch.frame, batch.scores)
 
-    def add_pairs(self, pairs: Sequence[LabelledPair]) -> None:
-        pass
+    def add_pairs(self, cols: PairColumns) -> None:
+        if isinstance(self.cumulative, RegressionPerformance):
+            self.cumulative.update(cols.y_true, cols.y_pred)
+            self.concept.update(np.abs(cols.y_true - cols.y_pred))
+        else:
+            self.cumulative.update(cols.y_true, cols.y_pred, cols.scores)
+            self.concept.update((cols.y_true != cols.y_pred).astype(np.float64))
 
     def points(self, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
-        return []
+        """Points at a window's close; also starts the concept detectors' next window."""
+        out: list[Point] = []
+        if self.sequential is not None:
+            out.extend(sequential_points(self.sequential.result(), tags=tags, time_ns=time_ns))
+        out.extend(concept_points(self.concept.result(), tags=tags, time_ns=time_ns))
+        self.concept.start_window()
+        return out
+
+    def with_cumulative(self, points: list[Point]) -> list[Point]:
+        """Add ``cumulative_value``/``cumulative_n`` (since the worker started tracking this version)
+        to the window's ``performance`` points, beside the window's own ``value``/``n``."""
+        cumulative = {p.tags["metric"]: p for p in performance_points(
+            self.cumulative.result(), tags={}, time_ns=0)}
+        out = []
+        for point in points:
+            extra = cumulative.pop(point.tags.get("metric", ""), None) if point.measurement == "performance" else None
+            if extra is not None:
+                point = Point(point.measurement, point.tags,
+                              {**point.fields, "cumulative_value": extra.fields["value"],
+                               "cumulative_n": extra.fields["n"]}, point.time_ns)
+            out.append(point)
+        return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {}
+        return {
+            "sequential": self.sequential.snapshot() if self.sequential is not None else None,
+            "concept": self.concept.snapshot(),
+            "cumulative": self.cumulative.snapshot(),
+        }

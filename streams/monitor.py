@@ -88,19 +88,44 @@ class _VersionMonitor:
 
     # -- feeding -----------------------------------------------------------------------------
 
-    def add_predictions(self, events: Sequence[Prediction]) -> list[WindowOutput]:
+    def add_batch(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair],
+                  positions: Sequence[int]) -> list[WindowOutput]:
+        """Add predictions and pairs; ``positions[i]`` is how many of ``events`` arrived before
+        ``pairs[i]`` was joined, so each pair lands in the window that was open when it joined."""
         outputs: list[WindowOutput] = []
-        if self.by_events:
-            start = 0
-            while start < len(events):
-                pane = self._pane(self.counter)
-                room = int(self.pane_size) - pane.n
-                chunk = events[start:start + room]
-                self._feed(pane, chunk)
-                start += len(chunk)
-                if pane.n >= self.pane_size:
-                    outputs.append(self._close(self.counter))
-                    self.counter += 1
+        if not self.by_events:
+            outputs.extend(self._add_by_time(events))
+            if pairs:
+                self.add_pairs(pairs)
+            return outputs
+        order = np.asarray(positions, dtype=np.int64)
+        start = 0
+        taken = 0
+        while True:
+            pane = self._pane(self.counter)
+            room = int(self.pane_size) - pane.n
+            end = min(start + room, len(events))
+            fills = end == start + room
+            # A pane that fills closes right after its last prediction: it gets the pairs joined
+            # before that (position < end); one that stays open gets every remaining pair.
+            upto = int(np.searchsorted(order, end, side="left")) if fills else len(pairs)
+            if upto > taken:
+                self.add_pairs(pairs[taken:upto])
+                taken = upto
+            self._feed(pane, events[start:end])
+            if pane.n >= self.pane_size:
+                outputs.append(self._close(self.counter))
+                self.counter += 1
+            if end >= len(events):
+                break
+            start = end
+        if taken < len(pairs):  # joined after the last pane of this batch closed
+            self.add_pairs(pairs[taken:])
+        return outputs
+
+    def _add_by_time(self, events: Sequence[Prediction]) -> list[WindowOutput]:
+        outputs: list[WindowOutput] = []
+        if not events:
             return outputs
         timestamps = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
         pane_ids = np.floor(timestamps / self.pane_size).astype(np.int64)
@@ -111,8 +136,7 @@ class _VersionMonitor:
                 self.counters["late"] = self.counters.get("late", 0) + int(chosen.size)
                 continue
             self._feed(self._pane(int(pane_id)), [events[i] for i in chosen])
-        if timestamps.size:
-            self.watermark = max(self.watermark, float(timestamps.max()))
+        self.watermark = max(self.watermark, float(timestamps.max()))
         grace = self.owner.grace_seconds
         for pane_id in sorted(self.open):
             if (pane_id + 1) * self.pane_size + grace <= self.watermark:
@@ -120,10 +144,13 @@ class _VersionMonitor:
         return outputs
 
     def add_pairs(self, pairs: Sequence[LabelledPair]) -> None:
+        if not pairs:
+            return
         pane = self._current_pane()
         pane.pairs += len(pairs)
-        pane.summaries.add_pairs(pairs)
-        self.sequential.add_pairs(pairs)
+        cols = self.evaluation.pair_columns(pairs)
+        pane.summaries.add_pairs(cols)
+        self.sequential.add_pairs(cols)
 
     def count(self, name: str, value: int) -> None:
         self.counters[name] = self.counters.get(name, 0) + value
@@ -180,7 +207,7 @@ class _VersionMonitor:
         end_ns = int(round(end * NS)) if math.isfinite(end) else 0
         start_ns = int(round(start * NS)) if math.isfinite(start) else end_ns
         tags = {"model_id": self.owner.cfg.id, "model_version": self.version}
-        points = window.points(tags=tags, time_ns=end_ns)
+        points = self.sequential.with_cumulative(window.points(tags=tags, time_ns=end_ns))
         points.extend(self.sequential.points(tags=tags, time_ns=end_ns))
         elapsed = max(time.monotonic() - pane.opened_at, 1e-9)
         stats: dict[str, float] = {
@@ -259,18 +286,31 @@ class ModelMonitor:
             self._pending_counts.clear()
         return monitor
 
-    def add_predictions(self, events: Sequence[Prediction]) -> list[WindowOutput]:
+    def add_batch(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair] = (),
+                  positions: Sequence[int] = ()) -> list[WindowOutput]:
+        """Add a batch's predictions and joined pairs (see :meth:`_VersionMonitor.add_batch`)."""
+        if not pairs:
+            positions = ()
+        versions = {e.model_version for e in events} | {p.prediction.model_version for p in pairs}
+        if len(versions) <= 1:
+            if not versions:
+                return []
+            return self._version(versions.pop()).add_batch(events, pairs, positions)
         outputs: list[WindowOutput] = []
-        for version, group in _group_by_version(events).items():
-            outputs.extend(self._version(version).add_predictions(group))
+        for version in sorted(versions):
+            mine = [e.model_version == version for e in events]
+            before = np.concatenate([[0], np.cumsum(mine)]).astype(np.int64)
+            chosen = [i for i, p in enumerate(pairs) if p.prediction.model_version == version]
+            outputs.extend(self._version(version).add_batch(
+                [e for e, keep in zip(events, mine) if keep], [pairs[i] for i in chosen],
+                [int(before[positions[i]]) for i in chosen]))
         return outputs
 
+    def add_predictions(self, events: Sequence[Prediction]) -> list[WindowOutput]:
+        return self.add_batch(events)
+
     def add_pairs(self, pairs: Sequence[LabelledPair]) -> None:
-        groups: dict[str, list[LabelledPair]] = {}
-        for pair in pairs:
-            groups.setdefault(pair.prediction.model_version, []).append(pair)
-        for version, group in groups.items():
-            self._version(version).add_pairs(group)
+        self.add_batch((), pairs, [0] * len(pairs))
 
     def count(self, name: str, value: int) -> None:
         """Add to a worker counter reported with the next closed window (e.g. dead letters)."""
@@ -293,12 +333,3 @@ class ModelMonitor:
             self._version(version).restore(snap)
         self._pending_counts = dict(state.get("pending", {}))
 
-
-def _group_by_version(events: Sequence[Prediction]) -> dict[str, list[Prediction]]:
-    first = events[0].model_version if events else ""
-    if all(e.model_version == first for e in events):
-        return {first: list(events)} if events else {}
-    groups: dict[str, list[Prediction]] = {}
-    for event in events:
-        groups.setdefault(event.model_version, []).append(event)
-    return groups

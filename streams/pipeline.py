@@ -93,12 +93,14 @@ class Pipeline:
         self._since_expiry = 0
         self.events_seen = 0
         self.dead_letter_count = 0
+        self.internal_errors = 0
 
     def process(self, messages: Sequence[RawMessage]) -> Outcome:
         """Process one batch of messages in order; never raises on bad input."""
         outcome = Outcome()
-        # Per model, predictions and joined pairs in arrival order: runs of one kind.
-        segments: dict[str, list[list[Any]]] = {}
+        # Per model: the batch's new predictions, and the joined pairs with, for each, how many of
+        # the model's predictions came before it in this batch (to place it in the right window).
+        segments: dict[str, _ModelBatch] = {}
         rejected_by_model: dict[str, int] = {}
         for message in messages:
             if message.kind == PREDICTION:
@@ -116,10 +118,10 @@ class Pipeline:
                 else:
                     if self.join.is_duplicate_prediction(event):
                         continue
-                    _append(segments, event.model_id, event)
+                    segments.setdefault(event.model_id, _ModelBatch()).predictions.append(event)
                     pair = self.join.add_prediction(event)
                 if pair is not None:
-                    _append(segments, pair.prediction.model_id, pair)
+                    segments.setdefault(pair.prediction.model_id, _ModelBatch()).add_pair(pair)
                     outcome.pairs.append(pair)
         self.dead_letter_count += len(outcome.dead_letters)
         for model_id, count in rejected_by_model.items():
@@ -136,13 +138,15 @@ class Pipeline:
             for model_id, count in self.join.expire().items():
                 if model_id in self.monitors:
                     self.monitors[model_id].count("expired", count)
-        for model_id, runs in segments.items():
+        for model_id, batch in segments.items():
             monitor = self.monitors[model_id]
-            for run in runs:
-                if isinstance(run[0], LabelledPair):
-                    monitor.add_pairs(run)
-                else:
-                    outcome.windows.extend(monitor.add_predictions(run))
+            try:
+                outcome.windows.extend(monitor.add_batch(batch.predictions, batch.pairs, batch.positions))
+            except Exception:  # a detector bug must not stop the other models or the worker
+                self.internal_errors += 1
+                log.exception("model %s: %d predictions and %d pairs could not be evaluated", model_id,
+                              len(batch.predictions), len(batch.pairs))
+                monitor.count("internal_errors", 1)
         for window in outcome.windows:
             outcome.points.extend(window.points)
         return outcome
@@ -172,12 +176,15 @@ class Pipeline:
             setattr(self.join.counts, key, int(value))
 
 
-def _append(segments: dict[str, list[list[Any]]], model_id: str, item: Prediction | LabelledPair) -> None:
-    runs = segments.setdefault(model_id, [])
-    if runs and type(runs[-1][0]) is type(item):
-        runs[-1].append(item)
-    else:
-        runs.append([item])
+@dataclass
+class _ModelBatch:
+    predictions: list[Prediction] = field(default_factory=list)
+    pairs: list[LabelledPair] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    def add_pair(self, pair: LabelledPair) -> None:
+        self.pairs.append(pair)
+        self.positions.append(len(self.predictions))
 
 
 def _dead_letter(message: RawMessage, rejection: Rejection) -> DeadLetter:
