@@ -1,33 +1,188 @@
-"""What the worker does with closed windows beyond writing points: alerts and retrain jobs."""
+"""Acting on decisions: alerts to ``alerts`` (and a webhook), retrain jobs to ``retrain-jobs``.
+
+The policy itself runs inside the pipeline (its state is snapshotted with the
+windows); this module does the I/O: it renders the Evidently report of a
+triggering window, writes it under ``retrain.reports_dir``, and publishes the
+events. A slow or failing webhook never blocks the stream: posts go through a
+small bounded queue served by one thread, with a timeout and retries.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Iterator
+import queue
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
+from detectors.profile import as_class_labels
+from retrain.events import Alert, RetrainJob
 from streams.config import Config
-from streams.pipeline import Outcome
+from streams.pipeline import JobRequest, Outcome
 
 log = logging.getLogger(__name__)
 
+Publish = Callable[[str, bytes, bytes], None]
+"""(topic, key, value) → hands one message to the producer."""
+
+
+class Webhook:
+    """POSTs JSON to a URL from a background thread; bounded, with timeout and retries."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0, retries: int = 3, capacity: int = 1000) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=capacity)
+        self._thread = threading.Thread(target=self._run, name="driftwarden-webhook", daemon=True)
+        self._thread.start()
+
+    def post(self, body: bytes) -> None:
+        try:
+            self._queue.put_nowait(body)
+        except queue.Full:
+            self.dropped += 1
+            log.warning("webhook queue full: alert dropped (%d dropped so far)", self.dropped)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            body = self._queue.get()
+            if body is None:
+                return
+            for attempt in range(self.retries + 1):
+                try:
+                    request = urllib.request.Request(self.url, data=body, method="POST",
+                                                     headers={"Content-Type": "application/json"})
+                    with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                        response.read()
+                    self.sent += 1
+                    break
+                except Exception as exc:  # noqa: BLE001 - any failure is retried, then counted
+                    if attempt == self.retries:
+                        self.failed += 1
+                        log.warning("webhook POST failed after %d attempts: %s", attempt + 1, exc)
+                    else:
+                        time.sleep(min(0.5 * 2**attempt, 5.0))
+
 
 class Actions:
-    """Publishes the alerts and retrain jobs the pipeline's policies decided."""
+    """Turns a batch's decisions into published alerts and retrain jobs."""
 
-    def __init__(self, cfg: Config, evaluations: dict[str, Any]) -> None:
+    def __init__(self, cfg: Config, evaluations: dict[str, Any], *, publish: Publish | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.evaluations = evaluations
-        self.app: Any = None
+        self.publish = publish
+        self.echo = echo
+        self.webhook = (Webhook(cfg.alerts.webhook_url, timeout=cfg.alerts.webhook_timeout,
+                                retries=cfg.alerts.webhook_retries) if cfg.alerts.webhook_url else None)
+        self.alerts_sent = 0
+        self.jobs_sent = 0
 
     def bind(self, app: Any) -> None:
-        self.app = app
+        """Publish through the Faust app's producer (buffered; flushed on shutdown)."""
+        topics = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
+                  for name in (self.cfg.kafka.topics.alerts, self.cfg.kafka.topics.retrain_jobs)}
+        self.publish = lambda topic, key, value: topics[topic].send_soon(key=key, value=value)
 
     def decide(self, outcome: Outcome) -> Iterator[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-        return iter(())
+        """The batch's alerts and jobs as dicts (``replay``), with reports written."""
+        for alert in outcome.alerts:
+            self._echo_alert(alert)
+            yield alert.to_dict(), None
+        for request in outcome.jobs:
+            job = self.job(request)
+            self._echo_job(job)
+            yield None, job.to_dict()
 
     async def handle(self, outcome: Outcome) -> None:
-        for window in outcome.windows:
-            log.info("window closed: model %s v%s, %d events", window.model_id, window.model_version, window.n)
+        """Publish the batch's alerts and jobs (the worker's ``on_outcome``)."""
+        for alert in outcome.alerts:
+            body = _bytes(alert.to_json())
+            self._send(self.cfg.kafka.topics.alerts, alert.model_id, body)
+            if self.webhook is not None:
+                self.webhook.post(body)
+            self.alerts_sent += 1
+            self._echo_alert(alert)
+        for request in outcome.jobs:
+            loop = asyncio.get_running_loop()
+            job = await loop.run_in_executor(None, self.job, request)
+            self._send(self.cfg.kafka.topics.retrain_jobs, job.model_id, _bytes(job.to_json()))
+            self.jobs_sent += 1
+            self._echo_job(job)
+
+    def job(self, request: JobRequest) -> RetrainJob:
+        """The retrain job of a trigger, with its Evidently report written to disk."""
+        report = self.write_report(request)
+        window = request.window
+        offsets = {0: window.offsets} if window.offsets is not None else None
+        return request.trigger.to_job(report_path=str(report) if report else None, offsets=offsets,
+                                      replaces_version=window.model_version)
+
+    def write_report(self, request: JobRequest) -> Path | None:
+        """Render the Evidently report of the triggering window against the reference profile."""
+        trigger, window = request.trigger, request.window
+        evaluation = self.evaluations.get(trigger.model_id)
+        if evaluation is None or evaluation.profile is None or window.evidence is None:
+            return None
+        from detectors.report import evidently_report_html
+
+        profile = evaluation.profile
+        path = Path(self.cfg.retrain.reports_dir) / trigger.model_id / f"{trigger.job_id}.html"
+        try:
+            current = window.evidence()
+            reference = profile.sample_frame()
+            if evaluation.cfg.task != "regression":
+                # class labels compare as strings everywhere in driftwarden ("1", not 1)
+                for frame in (reference, current):
+                    for column in (profile.target, profile.prediction):
+                        if column and column in frame.columns:
+                            frame[column] = as_class_labels(frame[column].to_numpy())
+            html = evidently_report_html(
+                reference, current, numeric=evaluation.numeric, categorical=evaluation.categorical,
+                target=profile.target if profile.target in current.columns else None,
+                prediction=profile.prediction, task=evaluation.cfg.task,
+                positive_label=evaluation.cfg.positive_label)
+        except Exception:  # a report is evidence, not a reason to lose the job
+            log.exception("job %s: the Evidently report could not be rendered", trigger.job_id)
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(html, encoding="utf-8")
+        return path
 
     def close(self) -> None:
-        pass
+        if self.webhook is not None:
+            self.webhook.close()
+
+    def _send(self, topic: str, key: str, body: bytes) -> None:
+        if self.publish is not None:
+            self.publish(topic, key.encode(), body)
+
+    def _echo_alert(self, alert: Alert) -> None:
+        if self.echo is not None:
+            self.echo(f"ALERT {alert.state:<8} {alert.severity:<8} {alert.model_id} v{alert.model_version} "
+                      f"{alert.rule}: {alert.metric}={_fmt(alert.value)} (threshold {_fmt(alert.threshold)})")
+
+    def _echo_job(self, job: RetrainJob) -> None:
+        if self.echo is not None:
+            self.echo(f"RETRAIN  job {job.job_id[:12]} {job.model_id} v{job.model_version}: {job.reason} "
+                      f"(report {job.report_path})")
+
+
+def _bytes(text: str | bytes) -> bytes:
+    return text.encode() if isinstance(text, str) else text
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--change-after", type=int, default=None, help="inject changes after this many events")
     simulate.add_argument("--changes", default="drift,label-shift,fairness",
                           help="which changes to inject: drift,label-shift,fairness,concept,quality")
+    simulate.add_argument("--stagger", type=int, default=0,
+                          help="events between one injected change and the next (default 0: all at once)")
     simulate.add_argument("--feedback-delay", type=float, default=30.0, help="mean label delay, seconds of event time")
     simulate.add_argument("--feedback-loss", type=float, default=0.1, help="share of predictions that never get a label")
     simulate.add_argument("--array-size", type=int, default=1, help="events per Kafka message (JSON array when > 1)")

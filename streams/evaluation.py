@@ -104,6 +104,26 @@ class Evaluation:
                       for a in self.cfg.attributes}
         return PairColumns(y_true, y_pred, scores, attributes)
 
+    def evidence_frame(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair]) -> Any:
+        """The window's recent rows as one DataFrame with the reference profile's column names:
+        features, prediction, score, and the target where a label has arrived."""
+        import pandas as pd
+
+        profile = self.profile
+        prediction_col = (profile.prediction if profile is not None else None) or "prediction"
+        score_col = (profile.score if profile is not None else None) or "score"
+        target_col = (profile.target if profile is not None else None) or "target"
+        labels = {p.prediction.prediction_id: p.label for p in pairs}
+        seen = {e.prediction_id for e in events}
+        items = list(events) + [p.prediction for p in pairs if p.prediction.prediction_id not in seen]
+        frame = pd.DataFrame([dict(e.features) for e in items], columns=list(self.cfg.features))
+        frame[prediction_col] = [e.prediction for e in items]
+        if self.cfg.task == "binary":
+            frame[score_col] = [np.nan if e.score is None else e.score for e in items]
+        if labels:
+            frame[target_col] = [labels.get(e.prediction_id) for e in items]
+        return frame
+
     def _labels(self, values: Sequence[Any]) -> np.ndarray:
         if self.cfg.task == "regression":
             return np.asarray(values, dtype=np.float64)

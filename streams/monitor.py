@@ -49,6 +49,10 @@ class WindowOutput:
     n: int
     points: list[Point]
     summaries: WindowSummaries | None = None
+    evidence: Callable[[], Any] | None = None
+    """Builds a DataFrame of the window's recent rows (for the retrain job's Evidently report)."""
+    offsets: tuple[int, int] | None = None
+    """First and last offset of the window's prediction messages (batch granularity)."""
 
 
 @dataclass
@@ -85,6 +89,9 @@ class _VersionMonitor:
         self.watermark = -math.inf
         self.sequential = self.evaluation.new_sequential()
         self.counters: dict[str, int] = {}
+        evidence_size = int(min(max(window.events or 1000, 1000), 5000))
+        self.recent: deque[Prediction] = deque(maxlen=evidence_size)
+        self.recent_pairs: deque[LabelledPair] = deque(maxlen=evidence_size)
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -151,6 +158,7 @@ class _VersionMonitor:
         cols = self.evaluation.pair_columns(pairs)
         pane.summaries.add_pairs(cols)
         self.sequential.add_pairs(cols)
+        self.recent_pairs.extend(pairs)
 
     def count(self, name: str, value: int) -> None:
         self.counters[name] = self.counters.get(name, 0) + value
@@ -189,6 +197,7 @@ class _VersionMonitor:
         pane.note(batch.timestamps)
         pane.summaries.add_predictions(batch)
         self.sequential.add_predictions(batch)
+        self.recent.extend(events)
 
     def _close(self, pane_id: int) -> WindowOutput:
         pane = self.open.pop(pane_id)
@@ -223,7 +232,9 @@ class _VersionMonitor:
         points.extend(
             Point("monitor", {**tags, "stat": stat}, {"value": value}, end_ns) for stat, value in sorted(stats.items())
         )
-        return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, window)
+        recent, recent_pairs = list(self.recent), list(self.recent_pairs)
+        evidence = lambda: self.evaluation.evidence_frame(recent, recent_pairs)  # noqa: E731
+        return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, window, evidence)
 
     # -- snapshot ----------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from detectors.points import Point
 from streams.config import Config
 from streams.events import Feedback, Prediction, Rejection, parse_feedback, parse_predictions, schemas_from_config
 from streams.join import FeedbackJoin, JoinStore, LabelledPair
+from retrain.events import Alert, RetrainTrigger
+from retrain.policy import PolicyEngine
 from streams.monitor import ModelMonitor, WindowOutput
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,14 @@ class DeadLetter:
         return orjson.dumps(doc)
 
 
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A retrain trigger and the window that fired it (its evidence and offsets)."""
+
+    trigger: RetrainTrigger
+    window: WindowOutput
+
+
 @dataclass
 class Outcome:
     """Everything one batch produced."""
@@ -72,21 +82,19 @@ class Outcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     windows: list[WindowOutput] = field(default_factory=list)
     pairs: list[LabelledPair] = field(default_factory=list)
-
-    def extend(self, other: Outcome) -> None:
-        self.points.extend(other.points)
-        self.dead_letters.extend(other.dead_letters)
-        self.windows.extend(other.windows)
-        self.pairs.extend(other.pairs)
+    alerts: list[Alert] = field(default_factory=list)
+    jobs: list[JobRequest] = field(default_factory=list)
 
 
 class Pipeline:
     """Parse → validate → join → per-model monitors, for one partition's batches."""
 
     def __init__(self, cfg: Config, monitors: Mapping[str, ModelMonitor], store: JoinStore,
-                 *, expire_every: int = 50_000) -> None:
+                 *, policies: Mapping[str, PolicyEngine] | None = None, expire_every: int = 50_000) -> None:
         self.cfg = cfg
         self.monitors = dict(monitors)
+        self.policies = dict(policies or {})
+        self._offsets: dict[str, tuple[int, int]] = {}
         self.schemas = schemas_from_config(cfg.models, cfg.validation.type_errors)
         self.join = FeedbackJoin(store, ttl_seconds=cfg.join.ttl_seconds)
         self.expire_every = expire_every
@@ -119,6 +127,7 @@ class Pipeline:
                     if self.join.is_duplicate_prediction(event):
                         continue
                     segments.setdefault(event.model_id, _ModelBatch()).predictions.append(event)
+                    self._note_offset(event.model_id, message.offset)
                     pair = self.join.add_prediction(event)
                 if pair is not None:
                     segments.setdefault(pair.prediction.model_id, _ModelBatch()).add_pair(pair)
@@ -141,7 +150,9 @@ class Pipeline:
         for model_id, batch in segments.items():
             monitor = self.monitors[model_id]
             try:
-                outcome.windows.extend(monitor.add_batch(batch.predictions, batch.pairs, batch.positions))
+                windows = monitor.add_batch(batch.predictions, batch.pairs, batch.positions)
+                self._decide(model_id, windows, outcome)
+                outcome.windows.extend(windows)
             except Exception:  # a detector bug must not stop the other models or the worker
                 self.internal_errors += 1
                 log.exception("model %s: %d predictions and %d pairs could not be evaluated", model_id,
@@ -151,11 +162,30 @@ class Pipeline:
             outcome.points.extend(window.points)
         return outcome
 
+    def _note_offset(self, model_id: str, offset: int) -> None:
+        first, _ = self._offsets.get(model_id, (offset, offset))
+        self._offsets[model_id] = (min(first, offset), offset)
+
+    def _decide(self, model_id: str, windows: list[WindowOutput], outcome: Outcome) -> None:
+        """Run the model's policy on each closed window; record alerts and retrain requests."""
+        engine = self.policies.get(model_id)
+        for window in windows:
+            window.offsets = self._offsets.pop(model_id, None)
+            if engine is None:
+                continue
+            decision = engine.evaluate(model_id=model_id, model_version=window.model_version,
+                                       window_start_ns=window.start_ns, window_end_ns=window.end_ns,
+                                       points=window.points)
+            outcome.alerts.extend(decision.alerts)
+            outcome.jobs.extend(JobRequest(trigger, window) for trigger in decision.jobs)
+
     def flush(self) -> Outcome:
         """Close every partial window (end of a replay)."""
         outcome = Outcome()
-        for monitor in self.monitors.values():
-            outcome.windows.extend(monitor.flush())
+        for model_id, monitor in self.monitors.items():
+            windows = monitor.flush()
+            self._decide(model_id, windows, outcome)
+            outcome.windows.extend(windows)
         for window in outcome.windows:
             outcome.points.extend(window.points)
         return outcome
@@ -164,12 +194,16 @@ class Pipeline:
         return {
             "monitors": {model_id: m.snapshot() for model_id, m in self.monitors.items()},
             "join": {"watermark": self.join.watermark, "counts": self.join.counts.as_dict()},
+            "policies": {model_id: engine.snapshot() for model_id, engine in self.policies.items()},
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         for model_id, snap in state.get("monitors", {}).items():
             if model_id in self.monitors:
                 self.monitors[model_id].restore(snap)
+        for model_id, snap in (state.get("policies") or {}).items():
+            if model_id in self.policies:
+                self.policies[model_id].restore(snap)
         join = state.get("join") or {}
         self.join.watermark = float(join.get("watermark", 0.0))
         for key, value in (join.get("counts") or {}).items():

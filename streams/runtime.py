@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from retrain.policy import PolicyEngine, PolicyError, default_rules, rules_from_config
 from streams.config import Config, ConfigError, ModelConfig
 from streams.evaluation import Evaluation
 from streams.join import JoinStore
@@ -47,14 +48,30 @@ def load_evaluations(cfg: Config) -> dict[str, Evaluation]:
     return {model_id: Evaluation(model, load_profile(model)) for model_id, model in cfg.models.items()}
 
 
+def policy_rules(cfg: Config, model_id: str) -> list[Any]:
+    """The model's rules: its own ``policies``, else the config's, else the documented defaults."""
+    model = cfg.models[model_id]
+    entries = model.policies if model.policies is not None else cfg.policies
+    if entries is None:
+        return default_rules()
+    where = f"models[{model_id}].policies" if model.policies is not None else "policies"
+    try:
+        return rules_from_config(list(entries), where=where)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = None,
                      **monitor_options: Any) -> Callable[[JoinStore], Pipeline]:
     """A factory of per-partition pipelines sharing the loaded profiles."""
     evaluations = evaluations if evaluations is not None else load_evaluations(cfg)
 
+    rules = {model_id: policy_rules(cfg, model_id) for model_id in evaluations}
+
     def build(store: JoinStore) -> Pipeline:
         monitors = {model_id: ModelMonitor(cfg.models[model_id], evaluation, **monitor_options)
                     for model_id, evaluation in evaluations.items()}
-        return Pipeline(cfg, monitors, store)
+        policies = {model_id: PolicyEngine(rules[model_id]) for model_id in evaluations}
+        return Pipeline(cfg, monitors, store, policies=policies)
 
     return build

@@ -3,10 +3,13 @@
 The simulated model is a credit-risk classifier over numeric and categorical
 features with two sensitive attributes. Its scores are calibrated on the
 training distribution (the label is drawn from the score), training labels are
-40/60 (class 0 / class 1). After ``change_after`` events the simulator can inject:
+40/60 (class 0 / class 1). After ``change_after`` events the simulator can inject
+(all at once, or one after another every ``stagger`` events):
 
 - ``drift``: ``age`` shifts by +1 σ and the ``channel`` mix moves 20 points to ``app``;
-- ``label-shift``: the positive class rises so live predictions run about 20/80;
+- ``label-shift``: the positive class rises so live predictions run about 20/80
+  (the model predicts positive more often than training labels were positive: 68 %
+  before the change);
 - ``fairness``: for ``sex=F`` half of the positive predictions become negative
   (selection rate and TPR of that group fall);
 - ``concept``: the relation between features and label flips for half of the
@@ -47,10 +50,9 @@ _RACE = np.array(["Asian", "Black", "Hispanic", "White"], dtype=object)
 
 @dataclass
 class CreditRiskWorld:
-    """Draws feature rows, scores and labels of the simulated model, before or after a change."""
+    """Draws feature rows, scores and labels of the simulated model under a set of active changes."""
 
     seed: int = 7
-    changes: frozenset[str] = frozenset()
     intercept: float = 0.65
     label_shift_offset: float = 0.3
     rng: np.random.Generator = field(init=False)
@@ -58,9 +60,8 @@ class CreditRiskWorld:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
-    def draw(self, n: int, changed: bool) -> dict[str, np.ndarray]:
+    def draw(self, n: int, active: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         rng = self.rng
-        active = self.changes if changed else frozenset()
         age = rng.normal(42.0, 11.0, n)
         if "drift" in active:
             age = age + 11.0
@@ -105,7 +106,7 @@ class CreditRiskWorld:
 
     def training_frame(self, n: int = 20_000) -> pd.DataFrame:
         """Training data (features, attributes, label, and the model's own prediction and score)."""
-        return pd.DataFrame(self.draw(n, changed=False))
+        return pd.DataFrame(self.draw(n))
 
 
 @dataclass
@@ -120,6 +121,8 @@ class SimulatedStream:
     """Event-time rate: predictions per second of event time."""
     change_after: int | None = None
     changes: Sequence[str] = ("drift", "label-shift", "fairness")
+    stagger: int = 0
+    """Events between one change and the next (0: all at ``change_after``)."""
     feedback_delay: float = 30.0
     feedback_loss: float = 0.1
     duplicate_feedback: float = 0.01
@@ -129,17 +132,21 @@ class SimulatedStream:
         unknown = set(self.changes) - set(CHANGES)
         if unknown:
             raise ValueError(f"unknown change(s) {sorted(unknown)}; choose from {', '.join(CHANGES)}")
-        world = CreditRiskWorld(self.seed, frozenset(self.changes))
+        world = CreditRiskWorld(self.seed)
+        starts = sorted((self.change_after + i * self.stagger, name) for i, name in enumerate(self.changes)) \
+            if self.change_after is not None else []
         rng = np.random.default_rng(self.seed + 1)
         pending: list[tuple[float, int, dict[str, Any]]] = []
         emitted = 0
         sequence = 0
         while total is None or emitted < total:
             n = chunk if total is None else min(chunk, total - emitted)
-            changed_from = n if self.change_after is None else max(0, min(n, self.change_after - emitted))
-            parts = [world.draw(changed_from, False)] if changed_from else []
-            if changed_from < n:
-                parts.append(world.draw(n - changed_from, True))
+            # split the chunk where the set of active changes grows
+            cuts = sorted({0, n, *(s - emitted for s, _ in starts if emitted < s < emitted + n)})
+            parts = []
+            for a, b in zip(cuts, cuts[1:]):
+                active = frozenset(name for s, name in starts if s <= emitted + a)
+                parts.append(world.draw(b - a, active))
             cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             ts = self.start + (emitted + np.arange(n)) / self.rate
             delays = rng.exponential(self.feedback_delay, n)
@@ -248,7 +255,7 @@ def run_simulate(args: Any) -> int:
     results = []
     for i, model_id in enumerate(m for m in args.models.split(",") if m):
         stream = SimulatedStream(model_id=model_id, seed=args.seed + i, change_after=args.change_after,
-                                 changes=changes, feedback_delay=args.feedback_delay,
+                                 changes=changes, stagger=args.stagger, feedback_delay=args.feedback_delay,
                                  feedback_loss=args.feedback_loss, rate=max(args.rate, 100.0))
         log.info("simulating %s: %s events to %s", model_id, total or "unlimited", bootstrap)
         results.append(publish(stream, bootstrap, total=total, wall_rate=args.rate, array_size=args.array_size,

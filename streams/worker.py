@@ -57,7 +57,7 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
     sink = build_sink(cfg)
     from streams.actions import Actions
 
-    actions = Actions(cfg, evaluations)
+    actions = Actions(cfg, evaluations, echo=lambda line: print(line, flush=True))
     changelog = changelog_topic(cfg.kafka.group_id)
     create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True)
     recovered = recover(cfg.kafka.bootstrap, changelog)
