@@ -166,7 +166,8 @@ class RetrainConfig:
 @dataclass(frozen=True)
 class WorkerConfig:
     state_dir: Path = Path(".driftwarden")
-    web_port: int = 6066
+    echo_windows: bool = False
+    """Print a one-line summary of every closed window to stdout (the demo turns it on)."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,8 @@ class Config:
         merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
         for env, path in ENV_OVERRIDES.items():
             if environ.get(env):
-                merged.setdefault(path[0], {})
+                if merged.get(path[0]) is None:
+                    merged[path[0]] = {}
                 if not isinstance(merged[path[0]], dict):
                     raise ConfigError(f"{path[0]}: expected a mapping")
                 merged[path[0]][path[1]] = environ[env]
@@ -296,7 +298,7 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
     events, seconds = window_raw.get("events"), window_raw.get("seconds")
     if (events is None) == (seconds is None):
         raise ConfigError(f"{where}.window: give exactly one of events or seconds")
-    if events is not None and (not isinstance(events, int) or events < 1):
+    if events is not None and (isinstance(events, bool) or not isinstance(events, int) or events < 1):
         raise ConfigError(f"{where}.window.events: expected a positive integer, got {events!r}")
     if seconds is not None and (not isinstance(seconds, (int, float)) or seconds <= 0):
         raise ConfigError(f"{where}.window.seconds: expected a positive number, got {seconds!r}")
@@ -304,7 +306,9 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
     size = events if events is not None else seconds
     if slide is not None and (not isinstance(slide, (int, float)) or slide <= 0 or slide > size):
         raise ConfigError(f"{where}.window.slide: expected a positive number no larger than the window")
-    if slide is not None and size % slide != 0:
+    if slide is not None and events is not None and (isinstance(slide, bool) or not isinstance(slide, int)):
+        raise ConfigError(f"{where}.window.slide: an events window slides by a whole number of events")
+    if slide is not None and abs(size / slide - round(size / slide)) > 1e-9:
         raise ConfigError(f"{where}.window.slide: the window ({size}) must be a whole multiple of the slide ({slide})")
     drift: dict[str, DriftMethod] = {}
     for name, spec in (raw.get("drift") or {}).items():

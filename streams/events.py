@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import reprlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
@@ -26,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import orjson
 
 NUMERIC = "numeric"
+_YEAR_3000 = 32503680000.0
 CATEGORICAL = "categorical"
 
 
@@ -83,16 +86,30 @@ class EventError(ValueError):
     """An event failed validation; the message is the dead-letter reason."""
 
 
+_LONG_INTEGER = re.compile(rb"\d{19,}")
+
+
 def decode(payload: bytes | str) -> Any:
-    """Decode JSON with orjson, falling back to the standard library for what orjson refuses
-    but producers send (``NaN``/``Infinity`` from Python's ``json.dumps``, integers beyond 64 bits)."""
+    """Decode JSON with orjson, falling back to the standard library for what orjson refuses or
+    would change but producers send: ``NaN``/``Infinity`` (Python's ``json.dumps``) and integers
+    beyond 64 bits (orjson would turn them into floats). Lone surrogates are not text: rejected."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
     try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as fast_error:
-        try:
-            return json.loads(payload)
-        except (ValueError, RecursionError):
-            raise EventError(f"not JSON: {fast_error}") from None
+        if _LONG_INTEGER.search(raw) is None:
+            return orjson.loads(raw)
+        fast_error: Exception | None = None
+    except orjson.JSONDecodeError as exc:
+        fast_error = exc
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise EventError(f"not JSON: {fast_error or 'invalid document'}") from None
+    try:
+        orjson.dumps(doc, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+    except orjson.JSONEncodeError as exc:
+        if "surrogate" in str(exc) or "str is not valid UTF-8" in str(exc):
+            raise EventError("not JSON: a string holds a lone surrogate (not valid Unicode text)") from None
+    return doc
 
 
 def parse_predictions(payload: bytes | str, models: Mapping[str, ModelSchema]) -> tuple[list[Prediction], list[Rejection]]:
@@ -115,6 +132,8 @@ def _parse_many(payload: bytes | str, models: Mapping[str, ModelSchema], parse_o
             return [parse_one(doc, models)], []
         except EventError as exc:
             return [], [Rejection(str(exc), model_id=_model_of(doc))]
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            return [], [Rejection(f"invalid event: {type(exc).__name__}", model_id=_model_of(doc))]
     if not isinstance(doc, list):
         return [], [Rejection(f"expected a JSON object or an array of objects, got {_json_type(doc)}")]
     if not doc:
@@ -128,6 +147,9 @@ def _parse_many(payload: bytes | str, models: Mapping[str, ModelSchema], parse_o
             events.append(parse_one(item, models))
         except EventError as exc:
             rejections.append(Rejection(f"event[{i}]: {exc}", index=i, model_id=_model_of(item)))
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            rejections.append(Rejection(f"event[{i}]: invalid event: {type(exc).__name__}", index=i,
+                                        model_id=_model_of(item)))
     return events, rejections
 
 
@@ -219,18 +241,24 @@ def _timestamp(value: Any) -> float:
     if isinstance(value, bool):
         raise EventError(f"field 'timestamp': expected RFC 3339 string or epoch seconds, got {_show(value)}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
-        if not math.isfinite(seconds) or seconds < 0 or seconds > 32503680000:  # year 3000
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds) or seconds < 0 or seconds > _YEAR_3000:
             raise EventError(f"field 'timestamp': epoch seconds out of range: {_show(value)}")
         return seconds
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value.upper())
         except ValueError:
             raise EventError(f"field 'timestamp': not an RFC 3339 time: {_show(value)}") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
+        seconds = parsed.timestamp()
+        if seconds < 0 or seconds > _YEAR_3000:
+            raise EventError(f"field 'timestamp': time out of range (1970 to 3000): {_show(value)}")
+        return seconds
     raise EventError(f"field 'timestamp': expected RFC 3339 string or epoch seconds, got {_show(value)}")
 
 
@@ -265,7 +293,10 @@ def _label(value: Any, name: str, task: str) -> str | float:
     if task == "regression":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EventError(f"field {name!r}: expected number for a regression model, got {_show(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
         if not math.isfinite(number):
             raise EventError(f"field {name!r}: expected a finite number, got {_show(value)}")
         return number
@@ -277,7 +308,10 @@ def _label(value: Any, name: str, task: str) -> str | float:
 def _probability(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise EventError(f"field {name!r}: expected probability in [0, 1], got {_show(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not 0.0 <= number <= 1.0:  # also false for NaN
         raise EventError(f"field {name!r}: expected probability in [0, 1], got {_show(value)}")
     return number
@@ -290,16 +324,14 @@ def _json_type(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    text = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode() if _dumpable(value) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _dumpable(value: Any) -> bool:
+    """A short JSON-like rendering of a value for a rejection reason."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     try:
-        orjson.dumps(value)
+        text = orjson.dumps(value).decode()
     except (TypeError, orjson.JSONEncodeError):
-        return False
-    return True
+        text = _json_type(value) if isinstance(value, (dict, list)) else reprlib.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def prediction_to_dict(event: Prediction) -> dict[str, Any]:

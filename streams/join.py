@@ -102,6 +102,7 @@ class FeedbackJoin:
     ttl_seconds: float
     counts: JoinCounts = field(default_factory=JoinCounts)
     watermark: float = 0.0
+    expired_by_model: dict[str, int] = field(default_factory=dict)
 
     def add_prediction(self, event: Prediction) -> LabelledPair | None:
         """Store a prediction; return its pair when its label was already waiting.
@@ -110,7 +111,7 @@ class FeedbackJoin:
         :meth:`is_duplicate_prediction` first to skip one entirely.
         """
         self.watermark = max(self.watermark, event.timestamp)
-        entry = self.store.get(event.prediction_id)
+        entry = self._live(event.prediction_id)
         if entry is not None and "label" in entry and "prediction" not in entry and not entry.get("joined"):
             self.store.set(event.prediction_id, {"t": event.timestamp, "joined": 1, "m": event.model_id})
             self.counts.pairs += 1
@@ -120,7 +121,7 @@ class FeedbackJoin:
 
     def is_duplicate_prediction(self, event: Prediction) -> bool:
         """True when this ``prediction_id`` already has a prediction (pending or joined)."""
-        entry = self.store.get(event.prediction_id)
+        entry = self._live(event.prediction_id)
         if entry is not None and ("prediction" in entry or entry.get("joined")):
             self.counts.duplicate_predictions += 1
             return True
@@ -129,7 +130,7 @@ class FeedbackJoin:
     def add_feedback(self, event: Feedback) -> LabelledPair | None:
         """Join a label to its prediction, or store it until the prediction comes."""
         self.watermark = max(self.watermark, event.timestamp)
-        entry = self.store.get(event.prediction_id)
+        entry = self._live(event.prediction_id)
         if entry is None:
             self.store.set(event.prediction_id,
                            {"t": event.timestamp, "m": event.model_id, "label": event.label, "lt": event.timestamp})
@@ -142,21 +143,32 @@ class FeedbackJoin:
         self.counts.pairs += 1
         return LabelledPair(prediction, event.label, event.timestamp)
 
+    def _live(self, key: str) -> dict[str, Any] | None:
+        """The entry for ``key`` unless its TTL has passed (then it is expired now, and counted),
+        so whether late input joins depends on event time only, not on when :meth:`expire` last ran."""
+        entry = self.store.get(key)
+        if entry is not None and entry["t"] < self.watermark - self.ttl_seconds:
+            self._expire_entry(key, entry)
+            return None
+        return entry
+
+    def _expire_entry(self, key: str, entry: dict[str, Any]) -> None:
+        self.store.delete(key)
+        if entry.get("joined"):
+            return
+        if "prediction" in entry:
+            self.counts.expired_predictions += 1
+        else:
+            self.counts.orphan_feedback += 1
+        self.expired_by_model[entry["m"]] = self.expired_by_model.get(entry["m"], 0) + 1
+
     def expire(self) -> dict[str, int]:
         """Drop entries older than the TTL (event time); returns per-model counts of what expired unjoined."""
         horizon = self.watermark - self.ttl_seconds
-        expired: dict[str, int] = {}
         for key, entry in self.store.items():
-            if entry["t"] >= horizon:
-                continue
-            self.store.delete(key)
-            if entry.get("joined"):
-                continue
-            if "prediction" in entry:
-                self.counts.expired_predictions += 1
-            else:
-                self.counts.orphan_feedback += 1
-            expired[entry["m"]] = expired.get(entry["m"], 0) + 1
+            if entry["t"] < horizon:
+                self._expire_entry(key, entry)
+        expired, self.expired_by_model = self.expired_by_model, {}
         return expired
 
 

@@ -169,9 +169,6 @@ def test_feedback_after_its_prediction_expired_is_an_orphan() -> None:
     assert join.counts.orphan_feedback == 1
 
 
-@pytest.mark.xfail(strict=True, reason="join.add_feedback joins an entry older than watermark - TTL when expire() has "
-                                       "not run yet (the pipeline expires every 50,000 messages), so whether late "
-                                       "feedback joins depends on batch boundaries, not on event time")
 def test_feedback_past_the_ttl_is_an_orphan_even_before_expire_runs() -> None:
     join = new_join()
     join.add_prediction(pred("a", 0.0))
