@@ -107,6 +107,9 @@ class Actions:
 
     async def handle(self, outcome: Outcome) -> None:
         """Publish the batch's alerts and jobs (the worker's ``on_outcome``)."""
+        if self.echo is not None and self.cfg.worker.echo_windows:
+            for window in outcome.windows:
+                self.echo(window_summary(window))
         for alert in outcome.alerts:
             body = _bytes(alert.to_json())
             self._send(self.cfg.kafka.topics.alerts, alert.model_id, body)
@@ -177,6 +180,31 @@ class Actions:
         if self.echo is not None:
             self.echo(f"RETRAIN  job {job.job_id[:12]} {job.model_id} v{job.model_version}: {job.reason} "
                       f"(report {job.report_path})")
+
+
+def window_summary(window: Any) -> str:
+    """One line of a closed window's headline figures (the demo prints these)."""
+    by_key: dict[tuple[str, ...], Any] = {}
+    drifted: list[str] = []
+    for p in window.points:
+        if p.measurement == "feature_drift" and p.fields.get("drift") is True:
+            drifted.append(f"{p.tags['feature']}({p.tags['method']})")
+        key = (p.measurement, p.tags.get("metric", ""), p.tags.get("attribute", ""), p.tags.get("group", ""),
+               p.tags.get("source", ""), p.tags.get("class", ""), p.tags.get("stat", ""))
+        by_key[key] = p
+
+    def value(*key: str, field: str = "value") -> str:
+        point = by_key.get(tuple(key) + ("",) * (7 - len(key)))
+        v = point.fields.get(field) if point is not None else None
+        return f"{v:.3f}" if isinstance(v, float) else "-"
+
+    end = time.strftime("%H:%M:%S", time.gmtime(window.end_ns / 1e9))
+    return (f"WINDOW  {window.model_id} v{window.model_version} ..{end}Z {window.n} events | "
+            f"accuracy {value('performance', 'accuracy')} (estimated {value('performance_estimate', 'accuracy')}) | "
+            f"label shift {value('label_shift', '', '', '', 'prediction', 'all')} | "
+            f"parity ratio (sex) {value('fairness', 'demographic_parity_ratio', 'sex', 'all')} | "
+            f"join rate {value('monitor', '', '', '', '', '', 'join_rate')} | "
+            f"drift: {', '.join(sorted(set(drifted))) or 'none'}")
 
 
 def _bytes(text: str | bytes) -> bytes:
