@@ -79,9 +79,10 @@ class Actions:
     """Turns a batch's decisions into published alerts and retrain jobs."""
 
     def __init__(self, cfg: Config, evaluations: dict[str, Any], *, publish: Publish | None = None,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, registry: Any = None) -> None:
         self.cfg = cfg
         self.evaluations = evaluations
+        self.registry = registry
         self.publish = publish
         self.echo = echo
         self.webhook = (Webhook(cfg.alerts.webhook_url, timeout=cfg.alerts.webhook_timeout,
@@ -135,7 +136,8 @@ class Actions:
     def write_report(self, request: JobRequest) -> Path | None:
         """Render the Evidently report of the triggering window against the reference profile."""
         trigger, window = request.trigger, request.window
-        evaluation = self.evaluations.get(trigger.model_id)
+        evaluation = (self.registry.evaluation(trigger.model_id, window.model_version) if self.registry is not None
+                      else self.evaluations.get(trigger.model_id))
         if evaluation is None or evaluation.profile is None or window.evidence is None:
             return None
         from detectors.report import evidently_report_html

@@ -77,7 +77,7 @@ class _VersionMonitor:
     def __init__(self, owner: ModelMonitor, version: str) -> None:
         self.owner = owner
         self.version = version
-        self.evaluation: Evaluation = owner.evaluation
+        self.evaluation: Evaluation = owner.evaluation_for(version)
         window = owner.cfg.window
         self.by_events = window.events is not None
         size = window.events if self.by_events else window.seconds
@@ -232,6 +232,12 @@ class _VersionMonitor:
         points.extend(
             Point("monitor", {**tags, "stat": stat}, {"value": value}, end_ns) for stat, value in sorted(stats.items())
         )
+        latest = self.owner.evaluation_for(self.version)
+        if latest is not self.evaluation:  # a new reference was registered for this version
+            self.evaluation = latest
+            self.sequential = latest.new_sequential()
+            self.closed.clear()
+            self.open = {k: _Pane(latest.new_window()) if not p.n else p for k, p in self.open.items()}
         recent, recent_pairs = list(self.recent), list(self.recent_pairs)
         evidence = lambda: self.evaluation.evidence_frame(recent, recent_pairs)  # noqa: E731
         return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, window, evidence)
@@ -279,14 +285,21 @@ def _pane_state(pane: _Pane) -> dict[str, Any]:
 class ModelMonitor:
     """Everything driftwarden tracks for one configured model, across its versions."""
 
-    def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *,
+    def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *, registry: Any = None,
                  grace_seconds: float = DEFAULT_GRACE_SECONDS, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.evaluation = evaluation
+        self.registry = registry
         self.grace_seconds = grace_seconds
         self.clock = clock
         self.versions: dict[str, _VersionMonitor] = {}
         self._pending_counts: dict[str, int] = {}
+
+    def evaluation_for(self, version: str) -> Evaluation:
+        """The version's own reference (registered from ``model-updates``), else the configured one."""
+        if self.registry is None:
+            return self.evaluation
+        return self.registry.evaluation(self.cfg.id, version)
 
     def _version(self, version: str) -> _VersionMonitor:
         monitor = self.versions.get(version)

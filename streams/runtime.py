@@ -61,7 +61,7 @@ def policy_rules(cfg: Config, model_id: str) -> list[Any]:
         raise ConfigError(str(exc)) from None
 
 
-def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = None,
+def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = None, *, registry: Any = None,
                      **monitor_options: Any) -> Callable[[JoinStore], Pipeline]:
     """A factory of per-partition pipelines sharing the loaded profiles."""
     evaluations = evaluations if evaluations is not None else load_evaluations(cfg)
@@ -69,7 +69,7 @@ def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = No
     rules = {model_id: policy_rules(cfg, model_id) for model_id in evaluations}
 
     def build(store: JoinStore) -> Pipeline:
-        monitors = {model_id: ModelMonitor(cfg.models[model_id], evaluation, **monitor_options)
+        monitors = {model_id: ModelMonitor(cfg.models[model_id], evaluation, registry=registry, **monitor_options)
                     for model_id, evaluation in evaluations.items()}
         policies = {model_id: PolicyEngine(rules[model_id]) for model_id in evaluations}
         return Pipeline(cfg, monitors, store, policies=policies)

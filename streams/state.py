@@ -83,34 +83,45 @@ def changelog_topic(group_id: str) -> str:
     return f"{group_id}-state-changelog"
 
 
-def recover(bootstrap: str, topic: str, *, idle_seconds: float = 1.0, **client_options: Any) -> dict[int, PartitionState]:
-    """Read ``topic`` from the beginning to its end; return the state per partition."""
+def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = 1.0,
+                **client_options: Any) -> Iterator[Any]:
+    """Every record of ``topic``, from the beginning to its end (then stops).
+
+    The end is where the reported end offsets are passed and a poll comes back
+    empty: the embedded broker under-reports end offsets, so they alone are not
+    trusted.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
-    started = time.monotonic()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                              client_id="driftwarden-recovery", fetch_max_bytes=64 * 1024 * 1024,
                              max_partition_fetch_bytes=32 * 1024 * 1024, **client_options)
-    states: dict[int, PartitionState] = {}
-    records = 0
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not partitions:
-            return states
+            return
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         ends = consumer.end_offsets(partitions)
         while True:
             batch = consumer.poll(timeout_ms=int(idle_seconds * 1000), max_records=100_000)
-            for tp, messages in batch.items():
-                state = states.setdefault(tp.partition, PartitionState(tp.partition))
-                for message in messages:
-                    state.apply(message.key, message.value)
-                records += len(messages)
+            for messages in batch.values():
+                yield from messages
             if not batch and all(consumer.position(tp) >= ends[tp] for tp in partitions):
-                break
+                return
     finally:
         consumer.close()
+
+
+def recover(bootstrap: str, topic: str, **options: Any) -> dict[int, PartitionState]:
+    """Read the state changelog ``topic`` to its end; return the state per partition."""
+    started = time.monotonic()
+    states: dict[int, PartitionState] = {}
+    records = 0
+    for message in read_to_end(bootstrap, topic, **options):
+        state = states.setdefault(message.partition, PartitionState(message.partition))
+        state.apply(message.key, message.value)
+        records += 1
     log.info("recovered %d join entries and %d monitor snapshots from %s (%d records) in %.1fs",
              sum(len(s.joins) for s in states.values()), sum(s.snapshot is not None for s in states.values()),
              topic, records, time.monotonic() - started)

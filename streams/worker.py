@@ -13,6 +13,7 @@ from streams.config import Config, ConfigError, redacted
 from streams.runtime import load_evaluations, pipeline_factory
 from streams.sinks import InfluxSink, MemorySink, PointSink
 from streams.state import changelog_topic, recover
+from streams.updates import UpdateFollower, VersionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,15 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
     sink = build_sink(cfg)
     from streams.actions import Actions
 
-    actions = Actions(cfg, evaluations, echo=lambda line: print(line, flush=True))
+    echo = lambda line: print(line, flush=True)  # noqa: E731 - alerts, jobs and updates on stdout
+    registry = VersionRegistry(evaluations)
+    follower = UpdateFollower(cfg, registry, echo=echo).start()
+    actions = Actions(cfg, evaluations, echo=echo, registry=registry)
     changelog = changelog_topic(cfg.kafka.group_id)
     create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True)
     recovered = recover(cfg.kafka.bootstrap, changelog)
-    app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations), sink=sink, recovered=recovered,
+    app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations, registry=registry), sink=sink,
+                     recovered=recovered,
                      on_outcome=actions.handle)
     actions.bind(app)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -75,5 +80,6 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
     finally:
         sink.close()
         actions.close()
+        follower.stop()
         log.info("driftwarden worker stopped")
     return code

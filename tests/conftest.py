@@ -106,10 +106,13 @@ def topic_overrides(suffix: str) -> dict[str, Any]:
 
 
 class WorkerProcess:
-    """``driftwarden worker -c CONFIG`` in a subprocess, stopped with SIGTERM like a real deployment."""
+    """``driftwarden worker -c CONFIG`` (or another command) in a subprocess, stopped with SIGTERM
+    like a real deployment."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None,
+                 command: str = "worker") -> None:
         self.config = config
+        self.command = command
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
@@ -117,7 +120,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config)],
+            [sys.executable, "-m", "streams.cli", self.command, "-c", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=str(self.config.parent))
         log.close()
         return self

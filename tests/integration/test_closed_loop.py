@@ -1,0 +1,102 @@
+"""The closed loop, end to end through the real broker and time-series server:
+simulated drift → alert → retrain job with an Evidently report → retrain worker →
+``model-updates`` → the worker tracks the new version against its new reference."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from streams.broker import create_topics
+from streams.commands import prepare_workspace
+from streams.simulate import SimulatedStream
+from retrain.events import parse_time
+from tests.conftest import topic_overrides
+
+pytestmark = pytest.mark.integration
+
+
+def _collect(bootstrap: str, topic: str, want: Any, timeout: float) -> list[dict[str, Any]]:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                             consumer_timeout_ms=1000)
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for message in consumer:
+                found.append(json.loads(message.value))
+            if want(found):
+                break
+    finally:
+        consumer.close()
+    return found
+
+
+def _publish(producer: KafkaProducer, topics: dict[str, str], stream: SimulatedStream, total: int,
+             version: str | None = None) -> None:
+    for kind, event in stream.events(total):
+        if kind == "prediction" and version is not None:
+            event["model_version"] = version
+        producer.send(topics[kind], key=event["prediction_id"].encode(), value=orjson.dumps(event))
+    producer.flush()
+
+
+def test_drift_alert_retrain_job_new_version(broker, victoria, worker_factory, tmp_path: Path, unique: str):
+    model_id = f"loop-{unique}"
+    overrides = {**topic_overrides(unique), "models.*.window": {"events": 500}}
+    config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
+                               models=(model_id,), overrides=overrides)
+    topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
+    create_topics(broker.bootstrap, topics.values(), partitions=1)
+
+    worker = worker_factory(config).start()
+    retrainer = worker_factory(config, command="retrain-worker").start()
+    try:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+        start = time.time() - 3600
+        stream = SimulatedStream(model_id=model_id, seed=3, start=start, rate=100.0, change_after=2000,
+                                 changes=("drift",), feedback_delay=1.0, feedback_loss=0.05)
+        _publish(producer, {"prediction": topics["predictions"], "feedback": topics["feedback"]}, stream, 6000)
+
+        jobs = _collect(broker.bootstrap, topics["retrain_jobs"], lambda found: found, timeout=120)
+        assert jobs, f"no retrain job; worker log:\n{worker.log()[-3000:]}"
+        job = jobs[0]
+        assert job["model_id"] == model_id and job["model_version"] == "1"
+        assert job["rules"] == ["retrain-on-drift"]
+        report = Path(job["report_path"])
+        assert report.exists() and report.stat().st_size > 10_000
+        assert "<html" in report.read_text(encoding="utf-8")[:2000].lower()
+        alerts = _collect(broker.bootstrap, topics["alerts"], lambda found: found, timeout=30)
+        assert any(a["rule"] == "feature-drift" and a["state"] == "firing" for a in alerts)
+        # The drift was injected at event 2,000 (window 4 of 500): nothing fires before it.
+        first = min(a["window_end"] for a in alerts if a["rule"] == "feature-drift")
+        assert parse_time(first) / 1e9 > start + 2000 / 100.0
+
+        updates = _collect(broker.bootstrap, topics["model_updates"],
+                           lambda found: any(u.get("status") == "succeeded" for u in found), timeout=120)
+        done = [u for u in updates if u.get("status") == "succeeded"]
+        assert done, f"no model update: {updates}; retrain log:\n{retrainer.log()[-3000:]}"
+        assert done[0]["job_id"] == job["job_id"] and done[0]["model_version"] == "2"
+
+        # Production now serves v2 on the drifted traffic; the worker tracks it against its new reference.
+        after = SimulatedStream(model_id=model_id, seed=4, start=start + 100, rate=100.0, change_after=0,
+                                changes=("drift",), feedback_delay=1.0, feedback_loss=0.05)
+        _publish(producer, {"prediction": topics["predictions"], "feedback": topics["feedback"]}, after, 2000,
+                 version="2")
+        got = victoria.wait_for(lambda: victoria.series("monitor_value", model_id=model_id, model_version="2",
+                                                        stat="events"), timeout=60)
+        assert got, worker.log()[-3000:]
+        assert "v2 registered" in worker.log()
+        # Against its own reference, v2's inputs show no drift on the feature that drifted for v1.
+        age = victoria.series("feature_drift_drift", model_id=model_id, model_version="2", feature="age",
+                              method="psi")
+        assert age and not any(age[0]["values"][1:])
+    finally:
+        retrainer.stop()
+        worker.stop()
