@@ -14,8 +14,8 @@ producer batches several records (``ListOffsets`` answers fewer than were
 written), so recovery never finished. Reading to the end of the topic with a
 plain consumer does not depend on that figure.
 
-Record keys: ``j:<prediction_id>`` for join entries (value ``None`` deletes),
-``s:monitors`` for the partition's monitor snapshot.
+Records (see :class:`PartitionState`): per batch a delta of the join table and
+the monitors' snapshot; now and then a full snapshot of the join table.
 """
 
 from __future__ import annotations
@@ -31,52 +31,135 @@ from streams.join import JoinStore
 
 log = logging.getLogger(__name__)
 
-JOIN_PREFIX = b"j:"
-SNAPSHOT_KEY = b"s:monitors"
+MONITORS_KEY = b"s:monitors"
+MARKER_KEY = b"m:join"
+DELTA_SLOTS = 1000
+"""Delta records cycle through this many keys; compaction keeps the latest of each."""
+FULL_EVERY = 200
+"""Batches between two full snapshots of the join table (must stay below DELTA_SLOTS / 2)."""
+PART_ENTRIES = 2000
+"""Join entries per changelog record (keeps records well under a broker's 1 MB message limit)."""
 
 Send = Callable[[int, bytes, bytes | None], None]
 """Sends one changelog record: (partition, key, value or None for a tombstone)."""
 
 
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 @dataclass
 class PartitionState(JoinStore):
-    """The in-memory state of one source partition, with every change forwarded to ``send``."""
+    """The in-memory state of one source partition; its changes are logged batch by batch.
+
+    The join table is logged as one *delta* record per batch (the entries set and
+    deleted in it, keys ``d:<seq mod DELTA_SLOTS>:<part>``) and, every
+    ``FULL_EVERY`` batches, as a *full snapshot* (keys ``f:<epoch mod 2>:<part>``)
+    followed by a marker (``m:join``) naming it. Recovery loads the newest complete
+    snapshot and applies the deltas logged after it. Keys are reused, so on a
+    compacted topic the log stays bounded (``DELTA_SLOTS`` + two snapshots). A
+    per-record changelog (one message per join entry, as Faust tables do) costs
+    three messages per labelled event; this costs a few per batch.
+    """
 
     partition: int
     send: Send | None = None
     joins: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshot: dict[str, Any] | None = None
+    seq: int = 0
+    epoch: int = 0
+    marker_seq: int = 0
+    _sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _deletes: set[str] = field(default_factory=set)
+    _recovery: dict[str, Any] = field(default_factory=lambda: {"deltas": {}, "chunks": {}, "marker": None})
+
+    # -- JoinStore ---------------------------------------------------------------------------
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.joins.get(key)
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         self.joins[key] = value
-        if self.send is not None:
-            self.send(self.partition, JOIN_PREFIX + key.encode(), orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+        self._sets[key] = value
+        self._deletes.discard(key)
 
     def delete(self, key: str) -> None:
-        if self.joins.pop(key, None) is not None and self.send is not None:
-            self.send(self.partition, JOIN_PREFIX + key.encode(), None)
+        if self.joins.pop(key, None) is not None:
+            self._sets.pop(key, None)
+            self._deletes.add(key)
 
     def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
         return iter(list(self.joins.items()))
 
+    # -- logging -----------------------------------------------------------------------------
+
     def save_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """End of a batch: log its join changes and the monitors' snapshot."""
         self.snapshot = snapshot
+        self.seq += 1
         if self.send is not None:
-            self.send(self.partition, SNAPSHOT_KEY, orjson.dumps(snapshot, option=orjson.OPT_SERIALIZE_NUMPY))
+            sets = list(self._sets.items())
+            parts = max(1, -(-len(sets) // PART_ENTRIES))
+            for i in range(parts):
+                chunk = dict(sets[i * PART_ENTRIES:(i + 1) * PART_ENTRIES])
+                record = {"seq": self.seq, "part": i, "parts": parts, "set": chunk,
+                          "del": sorted(self._deletes) if i == 0 else []}
+                self.send(self.partition, b"d:%d:%d" % (self.seq % DELTA_SLOTS, i), _dumps(record))
+            self.send(self.partition, MONITORS_KEY, _dumps({"seq": self.seq, "snapshot": snapshot}))
+        self._sets.clear()
+        self._deletes.clear()
+        if self.seq - self.marker_seq >= FULL_EVERY:
+            self.save_full()
+
+    def save_full(self) -> None:
+        """Log the whole join table, then the marker that makes it the recovery base."""
+        self.epoch += 1
+        if self.send is not None:
+            entries = list(self.joins.items())
+            parts = max(1, -(-len(entries) // PART_ENTRIES))
+            for i in range(parts):
+                record = {"epoch": self.epoch, "part": i,
+                          "entries": dict(entries[i * PART_ENTRIES:(i + 1) * PART_ENTRIES])}
+                self.send(self.partition, b"f:%d:%d" % (self.epoch % 2, i), _dumps(record))
+            self.send(self.partition, MARKER_KEY, _dumps({"epoch": self.epoch, "parts": parts, "seq": self.seq}))
+        self.marker_seq = self.seq
+
+    # -- recovery ----------------------------------------------------------------------------
 
     def apply(self, key: bytes, value: bytes | None) -> None:
-        """Apply one changelog record (recovery)."""
-        if key == SNAPSHOT_KEY:
-            self.snapshot = orjson.loads(value) if value else None
-        elif key.startswith(JOIN_PREFIX):
-            name = key[len(JOIN_PREFIX):].decode()
-            if value is None:
+        """Take one changelog record (recovery); :meth:`finish_recovery` builds the state."""
+        if value is None:
+            return
+        doc = orjson.loads(value)
+        if key == MONITORS_KEY:
+            self.snapshot = doc["snapshot"]
+            self.seq = max(self.seq, int(doc["seq"]))
+        elif key == MARKER_KEY:
+            self._recovery["marker"] = doc
+        elif key.startswith(b"d:"):
+            self._recovery["deltas"][(int(doc["seq"]), int(doc["part"]))] = doc
+        elif key.startswith(b"f:"):
+            self._recovery["chunks"][(int(doc["epoch"]), int(doc["part"]))] = doc
+
+    def finish_recovery(self) -> None:
+        marker = self._recovery["marker"]
+        chunks, deltas = self._recovery["chunks"], self._recovery["deltas"]
+        self.joins = {}
+        base = 0
+        if marker is not None and all((marker["epoch"], i) in chunks for i in range(marker["parts"])):
+            for i in range(marker["parts"]):
+                self.joins.update(chunks[(marker["epoch"], i)]["entries"])
+            base = int(marker["seq"])
+            self.epoch = int(marker["epoch"])
+        self.marker_seq = base
+        for (seq, _part), delta in sorted(deltas.items()):
+            if seq <= base:
+                continue
+            for name in delta["del"]:
                 self.joins.pop(name, None)
-            else:
-                self.joins[name] = orjson.loads(value)
+            self.joins.update(delta["set"])
+            self.seq = max(self.seq, seq)
+        self._recovery = {"deltas": {}, "chunks": {}, "marker": None}
 
 
 def changelog_topic(group_id: str) -> str:
@@ -122,6 +205,8 @@ def recover(bootstrap: str, topic: str, **options: Any) -> dict[int, PartitionSt
         state = states.setdefault(message.partition, PartitionState(message.partition))
         state.apply(message.key, message.value)
         records += 1
+    for state in states.values():
+        state.finish_recovery()
     log.info("recovered %d join entries and %d monitor snapshots from %s (%d records) in %.1fs",
              sum(len(s.joins) for s in states.values()), sum(s.snapshot is not None for s in states.values()),
              topic, records, time.monotonic() - started)

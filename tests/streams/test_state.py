@@ -1,0 +1,109 @@
+"""The changelog of the worker's state: what is logged, replayed (with or without compaction, and
+after a crash at any record), gives back the join table and monitors' snapshot of a batch boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import streams.state as state_module
+from streams.state import PartitionState
+
+Log = list[tuple[bytes, bytes | None]]
+
+
+def _record(log: Log) -> Any:
+    return lambda partition, key, value: log.append((key, value))
+
+
+def _replay(records: Log) -> PartitionState:
+    state = PartitionState(0)
+    for key, value in records:
+        state.apply(key, value)
+    state.finish_recovery()
+    return state
+
+
+def _compacted(records: Log) -> Log:
+    """What a compacted topic keeps: the last record of each key, in offset order."""
+    last = {key: i for i, (key, _) in enumerate(records)}
+    return [record for i, record in enumerate(records) if last[record[0]] == i]
+
+
+operations = st.lists(
+    st.lists(st.tuples(st.sampled_from(["set", "delete"]), st.integers(0, 40), st.integers(0, 9)), max_size=12),
+    min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches=operations, full_every=st.integers(1, 6), part=st.integers(1, 5))
+def test_replaying_the_log_gives_back_every_batch_boundary(batches, full_every, part):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(state_module, "FULL_EVERY", full_every)
+        patch.setattr(state_module, "PART_ENTRIES", part)
+        _check_batches(batches)
+
+
+def _check_batches(batches: list[list[tuple[str, int, int]]]) -> None:
+    log: Log = []
+    live = PartitionState(0, send=_record(log))
+    boundaries: list[tuple[int, dict[str, Any]]] = []  # (records logged so far, joins then)
+    for number, batch in enumerate(batches):
+        for op, key, value in batch:
+            if op == "set":
+                live.set(f"p{key}", {"t": float(value), "m": "m"})
+            else:
+                live.delete(f"p{key}")
+        live.save_snapshot({"batch": number})
+        boundaries.append((len(log), dict(live.joins)))
+
+    for records in (log, _compacted(log)):
+        recovered = _replay(records)
+        assert recovered.joins == live.joins
+        assert recovered.snapshot == {"batch": len(batches) - 1}
+        assert recovered.seq == live.seq
+
+    # A crash after any batch: the log up to that batch gives back that batch's table.
+    for logged, joins in boundaries:
+        assert _replay(log[:logged]).joins == joins
+
+
+def test_a_snapshot_cut_short_by_a_crash_falls_back_to_the_previous_one(monkeypatch):
+    monkeypatch.setattr(state_module, "FULL_EVERY", 2)
+    monkeypatch.setattr(state_module, "PART_ENTRIES", 1)
+    log: Log = []
+    live = PartitionState(0, send=_record(log))
+    for i in range(6):
+        live.set(f"p{i}", {"t": float(i)})
+        live.save_snapshot({"batch": i})
+    expected = dict(live.joins)
+    live.set("p9", {"t": 9.0})
+    live.save_snapshot({"batch": 6})
+    before_full = len(log)
+    live.set("p10", {"t": 10.0})
+    live.save_snapshot({"batch": 7})  # logs a delta, then a full snapshot of 8 parts, then its marker
+    delta_end = before_full + 2  # the delta and the monitors' record
+    cut = log[: delta_end + 3]  # three parts of the new snapshot written, no marker
+    recovered = _replay(cut)
+    assert recovered.joins == {**expected, "p9": {"t": 9.0}, "p10": {"t": 10.0}}
+    # And nothing earlier than the last complete marker is needed once compacted.
+    assert _replay(_compacted(cut)).joins == recovered.joins
+
+
+def test_the_log_stays_bounded_on_a_compacted_topic(monkeypatch):
+    log: Log = []
+    live = PartitionState(0, send=_record(log))
+    for i in range(3 * state_module.DELTA_SLOTS):
+        live.set(f"p{i % 50}", {"t": float(i)})
+        live.save_snapshot({})
+    keys = {key for key, _ in log}
+    assert len(keys) <= state_module.DELTA_SLOTS + 2 * 1 + 2
+    assert _replay(_compacted(log)).joins == live.joins
+
+
+def test_full_every_leaves_room_for_the_deltas_recovery_needs():
+    # Recovery may need every delta since the previous complete snapshot: up to two intervals.
+    assert state_module.FULL_EVERY * 2 < state_module.DELTA_SLOTS
