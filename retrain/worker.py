@@ -243,17 +243,18 @@ def _time_ns(value: Any) -> int | None:
 class PairCollector:
     """Keeps the labelled pairs of one model whose prediction time is in ``[from_ns, to_ns]``.
 
-    Feed it raw ``labelled`` records (:meth:`add`); records of other models are
-    skipped by key before they are parsed. The same ``prediction_id`` twice keeps
-    the later copy.
+    Feed it raw ``labelled`` records (:meth:`add`): a pair, or a JSON array of pairs;
+    records of other models are skipped by key before they are parsed. The same
+    ``prediction_id`` twice keeps the later copy.
 
     >>> c = PairCollector("m", from_ns=0, to_ns=10_000_000_000)
     >>> c.add(b"m", b'{"prediction_id":"a","model_id":"m","timestamp":5.0,"label":"1","features":{}}')
     >>> c.add(b"m", b'{"prediction_id":"b","model_id":"m","timestamp":50.0,"label":"1","features":{}}')
     >>> c.add(b"other", b'{"prediction_id":"c"}')
     >>> c.add(b"m", b"not json")
+    >>> c.add(b"m", b'[{"prediction_id":"d","model_id":"m","timestamp":6.0,"label":"0","features":{}}]')
     >>> len(c.pairs), c.out_of_range, c.other_models, c.rejected
-    (1, 1, 1, 1)
+    (2, 1, 1, 1)
     """
 
     model_id: str
@@ -275,6 +276,11 @@ class PairCollector:
         except orjson.JSONDecodeError:
             self.rejected += 1
             return
+        for item in doc if isinstance(doc, list) else [doc]:
+            self._add_pair(item)
+
+    def _add_pair(self, doc: Any) -> None:
+        """One pair (a record holds one, or a JSON array of them as the worker writes)."""
         if not isinstance(doc, dict):
             self.rejected += 1
             return

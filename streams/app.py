@@ -28,6 +28,9 @@ from streams.state import PartitionState, changelog_topic
 
 log = logging.getLogger(__name__)
 
+LABELLED_PER_MESSAGE = 500
+"""Pairs per ``labelled`` message (a JSON array), keeping messages well under 1 MB."""
+
 
 
 def create_app(
@@ -111,8 +114,13 @@ def create_app(
                 sink.write(outcome.points)
                 for dead in outcome.dead_letters:
                     dead_letters.send_soon(key=dead.message.key, value=dead.to_json())
+                by_model: dict[str, list[Any]] = {}
                 for pair in outcome.pairs:
-                    labelled.send_soon(key=pair.prediction.model_id.encode(), value=_pair_json(pair))
+                    by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
+                for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
+                    for i in range(0, len(docs), LABELLED_PER_MESSAGE):
+                        labelled.send_soon(key=model_id.encode(),
+                                           value=orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
                 state.save_snapshot(pipeline.snapshot())
                 outcomes.append(outcome)
             if on_outcome is not None:
@@ -136,13 +144,13 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
-def _pair_json(pair: Any) -> bytes:
+def _pair_doc(pair: Any) -> dict[str, Any]:
+    """A joined pair as published to ``labelled`` (the retrain worker's training data)."""
     p = pair.prediction
-    return orjson.dumps({"prediction_id": p.prediction_id, "model_id": p.model_id,
-                         "model_version": p.model_version, "timestamp": p.timestamp,
-                         "prediction": p.prediction, "score": p.score, "label": pair.label,
-                         "attributes": dict(p.attributes), "features": dict(p.features),
-                         "feedback_timestamp": pair.feedback_timestamp})
+    return {"prediction_id": p.prediction_id, "model_id": p.model_id, "model_version": p.model_version,
+            "timestamp": p.timestamp, "prediction": p.prediction, "score": p.score, "label": pair.label,
+            "attributes": dict(p.attributes), "features": dict(p.features),
+            "feedback_timestamp": pair.feedback_timestamp}
 
 
 def _credentials(cfg: Config) -> Any:

@@ -2,8 +2,8 @@
 
 The retrain worker publishes ``model-updates`` events naming a new version and
 its reference profile. Every worker follows that topic from the beginning
-(each worker reads all of it, whatever partitions it owns) in a background
-thread and registers the profile for the version, so traffic of the new
+(each worker reads all of it, whatever partitions it owns) and registers the
+profile for the version, so traffic of the new
 version is compared with the data it was trained on, while the old version
 keeps its own reference until its traffic stops.
 """
@@ -71,50 +71,52 @@ class VersionRegistry:
 
 
 class UpdateFollower:
-    """Follows ``model-updates`` in a thread and applies each event to a :class:`VersionRegistry`."""
+    """Follows ``model-updates`` and applies each event to a :class:`VersionRegistry`.
+
+    :meth:`catch_up` applies everything published so far, before the worker consumes;
+    :meth:`attach` then follows new events from inside the Faust app's event loop (an
+    aiokafka consumer without a group: every worker reads every update).
+    """
 
     def __init__(self, cfg: Config, registry: VersionRegistry, *, echo: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.registry = registry
         self.echo = echo
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="driftwarden-model-updates", daemon=True)
+        self.offsets: dict[int, int] = {}
 
     def catch_up(self) -> int:
-        """Apply every update published so far (before the worker consumes); returns how many."""
+        """Apply every update published so far; returns how many were applied."""
         from streams.state import read_to_end
 
         applied = 0
         for record in read_to_end(self.cfg.kafka.bootstrap, self.cfg.kafka.topics.model_updates, idle_seconds=0.5):
             applied += self._apply(record.value)
+            self.offsets[record.partition] = record.offset + 1
         return applied
 
-    def start(self) -> UpdateFollower:
-        self.catch_up()
-        self._thread.start()
-        return self
+    def attach(self, app: Any) -> None:
+        """Follow new updates as a task of the Faust app."""
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        @app.task
+        async def follow_model_updates() -> None:
+            from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    def _run(self) -> None:
-        from kafka import KafkaConsumer
-
-        try:
-            consumer = KafkaConsumer(self.cfg.kafka.topics.model_updates, bootstrap_servers=self.cfg.kafka.bootstrap,
-                                     group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-                                     client_id="driftwarden-model-updates")
-        except Exception:  # noqa: BLE001 - the monitor runs on without new versions
-            log.exception("cannot follow %s", self.cfg.kafka.topics.model_updates)
-            return
-        try:
-            while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=500).values():
-                    for record in records:
-                        self._apply(record.value)
-        finally:
-            consumer.close()
+            topic = self.cfg.kafka.topics.model_updates
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap, group_id=None,
+                                        enable_auto_commit=False, client_id="driftwarden-model-updates")
+            await consumer.start()
+            try:
+                partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+                consumer.assign(partitions)
+                for tp in partitions:
+                    if tp.partition in self.offsets:
+                        consumer.seek(tp, self.offsets[tp.partition])
+                    else:
+                        await consumer.seek_to_beginning(tp)
+                async for record in consumer:
+                    self._apply(record.value)
+            finally:
+                await consumer.stop()
 
     def _apply(self, value: bytes | None) -> bool:
         try:

@@ -60,7 +60,8 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
 
     echo = lambda line: print(line, flush=True)  # noqa: E731 - alerts, jobs and updates on stdout
     registry = VersionRegistry(evaluations)
-    follower = UpdateFollower(cfg, registry, echo=echo).start()
+    follower = UpdateFollower(cfg, registry, echo=echo)
+    follower.catch_up()
     actions = Actions(cfg, evaluations, echo=echo, registry=registry)
     changelog = changelog_topic(cfg.kafka.group_id)
     create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True)
@@ -69,6 +70,7 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
                      recovered=recovered,
                      on_outcome=actions.handle)
     actions.bind(app)
+    follower.attach(app)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     worker = faust.Worker(app, loglevel="INFO" if verbose else "WARNING", quiet=True, redirect_stdouts=False)
     try:
@@ -80,6 +82,5 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
     finally:
         sink.close()
         actions.close()
-        follower.stop()
         log.info("driftwarden worker stopped")
     return code

@@ -1,6 +1,6 @@
 """The retrain worker: pairs, training, artefacts and events; then end to end against the real embedded broker.
 
-The labelled pairs are produced with the monitor's own ``_pair_json`` (the
+The labelled pairs are produced with the monitor's own ``_pair_doc`` (the
 format the worker publishes to ``labelled``), from the simulator's credit-risk
 world, so the features are those of the example configuration.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from detectors.profile import ReferenceProfile
@@ -37,7 +38,7 @@ from retrain.worker import (
     retrain,
     update_id,
 )
-from streams.app import _pair_json
+from streams.app import _pair_doc
 from streams.events import Prediction
 from streams.join import LabelledPair
 from streams.simulate import ATTRIBUTES, FEATURES, CreditRiskWorld
@@ -57,7 +58,7 @@ def pair_docs(model_id: str, n: int, *, seed: int = 0, start: float = T0, versio
             timestamp=start + i, features={f: _plain(cols[f][i]) for f in FEATURES},
             prediction=str(cols["prediction"][i]), score=float(cols["score"][i]),
             attributes={a: str(cols[a][i]) for a in ATTRIBUTES})
-        out.append(_pair_json(LabelledPair(prediction, str(cols["label"][i]), start + i + 30.0)))
+        out.append(orjson.dumps(_pair_doc(LabelledPair(prediction, str(cols["label"][i]), start + i + 30.0))))
     return out
 
 
