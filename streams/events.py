@@ -181,6 +181,13 @@ def _prediction(doc: dict[str, Any], models: Mapping[str, ModelSchema]) -> Predi
     type_errors: list[str] = []
     for name, kind in schema.features.items():
         value = raw_features.get(name)
+        kind_of_value = type(value)
+        if kind_of_value is float and kind == NUMERIC:  # the common cases, without a call
+            features[name] = value
+            continue
+        if kind_of_value is str and kind == CATEGORICAL:
+            features[name] = value
+            continue
         try:
             features[name] = _numeric_feature(name, value) if kind == NUMERIC else _categorical_feature(name, value)
         except EventError:
@@ -244,6 +251,8 @@ def _required_str(doc: Mapping[str, Any], name: str) -> str:
 
 
 def _timestamp(value: Any) -> float:
+    if type(value) is float and 0.0 <= value <= _YEAR_3000:
+        return value
     if isinstance(value, bool):
         raise EventError(f"field 'timestamp': expected RFC 3339 string or epoch seconds, got {_show(value)}")
     if isinstance(value, (int, float)):

@@ -206,9 +206,12 @@ class _VersionMonitor:
             pane.start = min(pane.start, pane_id * self.pane_size)
             pane.end = max(pane.end, (pane_id + 1) * self.pane_size)
         panes = [*self.closed, pane]
-        window = panes[0].summaries.copy()
-        for other in panes[1:]:
-            window.merge(other.summaries)
+        if len(panes) == 1:  # tumbling: the pane is the window
+            window = pane.summaries
+        else:
+            window = panes[0].summaries.copy()
+            for other in panes[1:]:
+                window.merge(other.summaries)
         self.closed.append(pane)
         n = sum(p.n for p in panes)
         pairs = sum(p.pairs for p in panes)
