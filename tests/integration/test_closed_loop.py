@@ -74,6 +74,12 @@ def test_drift_alert_retrain_job_new_version(broker, victoria, worker_factory, t
         assert "<html" in report.read_text(encoding="utf-8")[:2000].lower()
         alerts = _collect(broker.bootstrap, topics["alerts"], lambda found: found, timeout=30)
         assert any(a["rule"] == "feature-drift" and a["state"] == "firing" for a in alerts)
+        # The points behind the alert: age (shifted by one standard deviation) drifts after the change only.
+        age_v1 = victoria.series("feature_drift_drift", model_id=model_id, model_version="1", feature="age",
+                                 method="psi")[0]
+        flags = dict(zip(age_v1["timestamps"], age_v1["values"]))
+        assert not any(v for t, v in flags.items() if t / 1000 <= start + 2000 / 100.0)
+        assert all(v for t, v in flags.items() if t / 1000 > start + 2000 / 100.0 + 5)
         # The drift was injected at event 2,000 (window 4 of 500): nothing fires before it.
         first = min(a["window_end"] for a in alerts if a["rule"] == "feature-drift")
         assert parse_time(first) / 1e9 > start + 2000 / 100.0
@@ -99,4 +105,48 @@ def test_drift_alert_retrain_job_new_version(broker, victoria, worker_factory, t
         assert age and not any(age[0]["values"][1:])
     finally:
         retrainer.stop()
+        worker.stop()
+
+
+def test_fairness_regression_shows_up_as_points_and_an_alert(broker, victoria, worker_factory, tmp_path: Path,
+                                                              unique: str):
+    model_id = f"fair-{unique}"
+    overrides = {**topic_overrides(unique), "models.*.window": {"events": 500}}
+    config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
+                               models=(model_id,), overrides=overrides)
+    topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
+    create_topics(broker.bootstrap, topics.values(), partitions=1)
+    worker = worker_factory(config).start()
+    try:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+        start = time.time() - 3600
+        stream = SimulatedStream(model_id=model_id, seed=5, start=start, rate=100.0, change_after=2500,
+                                 changes=("fairness",), feedback_delay=1.0, feedback_loss=0.05)
+        _publish(producer, {"prediction": topics["predictions"], "feedback": topics["feedback"]}, stream, 6000)
+        alerts = _collect(broker.bootstrap, topics["alerts"],
+                          lambda found: any(a["rule"] == "fairness-demographic-parity" for a in found), timeout=90)
+        fired = [a for a in alerts if a["rule"] == "fairness-demographic-parity" and a["state"] == "firing"]
+        assert fired, f"alerts: {[a['rule'] for a in alerts]}; worker log:\n{worker.log()[-3000:]}"
+        change_at = start + 2500 / 100.0
+        assert parse_time(fired[0]["window_end"]) / 1e9 > change_at
+        # The points behind it: the parity ratio by sex, before and after the change.
+        ratio = victoria.wait_for(lambda: victoria.series(
+            "fairness_value", model_id=model_id, attribute="sex", group="all", metric="demographic_parity_ratio"),
+            timeout=30)
+        assert ratio
+        by_time = dict(zip(ratio[0]["timestamps"], ratio[0]["values"]))
+        before = [v for t, v in by_time.items() if t / 1000 <= change_at]
+        after = [v for t, v in by_time.items() if t / 1000 > change_at + 5]
+        assert before and min(before) >= 0.8
+        assert after and max(after) < 0.8
+        # And the group it hit: women's selection rate fell, men's did not.
+        women = victoria.series("fairness_value", model_id=model_id, attribute="sex", group="F",
+                                metric="selection_rate")[0]
+        men = victoria.series("fairness_value", model_id=model_id, attribute="sex", group="M",
+                              metric="selection_rate")[0]
+        late = lambda s: [v for t, v in zip(s["timestamps"], s["values"]) if t / 1000 > change_at + 5]  # noqa: E731
+        early = lambda s: [v for t, v in zip(s["timestamps"], s["values"]) if t / 1000 <= change_at]  # noqa: E731
+        assert max(late(women)) < min(early(women)) - 0.15
+        assert abs(sum(late(men)) / len(late(men)) - sum(early(men)) / len(early(men))) < 0.08
+    finally:
         worker.stop()
