@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("kafka", "aiokafka", "faust", "mode", "influxdb_client", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         return int(_dispatch(args) or 0)
     except ConfigError as exc:

@@ -76,6 +76,7 @@ def _updates(cfg: Config, stop: threading.Event) -> Iterator[dict[str, Any]]:
 
 def run_demo(args: Any) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="driftwarden-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     print(f"driftwarden demo: working in {workdir}", flush=True)
     with EmbeddedBroker(port=0, log_path=workdir / "broker.log") as broker:
