@@ -132,7 +132,8 @@ def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worke
     _send(producer, topics["feedback"], feedback_late)
     _send(producer, topics["predictions"], predictions[500:])
 
-    worker = worker_factory(config).start()
+    secret = "sekret-token-do-not-log-4711"
+    worker = worker_factory(config, env={"DRIFTWARDEN_INFLUX_TOKEN": secret}).start()
     expected_events = 1000 + 1  # + the good element of the mixed array
     group = f"driftwarden-{unique}"
     assert _wait_consumed(broker.bootstrap, group, [topics["predictions"], topics["feedback"]]), worker.log()[-3000:]
@@ -140,6 +141,7 @@ def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worke
     _send(producer, topics["predictions"], _events(model_id, WINDOW, 10_000, rng))
     victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1200, timeout=60)
     worker.stop()
+    assert secret not in worker.log()
 
     # 1,001 good predictions + 200 fillers = 1,201: six windows of 200 closed, one event still open.
     assert _totals(victoria, model_id, "events") == 1200
