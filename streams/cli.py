@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Sequence
 
+from streams.broker import BrokerError
 from streams.config import ConfigError
 
 log = logging.getLogger("driftwarden")
@@ -108,6 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"driftwarden: configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokerError as exc:
+        print(f"driftwarden: {exc}", file=sys.stderr)
+        return 3
+    except Exception as exc:  # a client library's connection error: say what, not a traceback
+        if type(exc).__module__.startswith(("kafka.", "aiokafka.")):
+            print(f"driftwarden: cannot reach Kafka ({type(exc).__name__}: {exc}); check kafka.bootstrap or "
+                  "DRIFTWARDEN_KAFKA_BOOTSTRAP", file=sys.stderr)
+            return 3
+        raise
     except KeyboardInterrupt:
         return 130
 
