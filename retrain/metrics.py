@@ -39,7 +39,8 @@ METRICS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType(
             {"reference_share", "current_share", "value", "drift", "threshold", "n"},
         ),
         "data_quality": _m({"feature", "check"}, {"rate", "count"}),
-        "performance": _m({"metric"}, {"value", "n"}),
+        # cumulative_*: the same metric over all pairs of the model version so far
+        "performance": _m({"metric"}, {"value", "n", "cumulative_value", "cumulative_n"}),
         "performance_estimate": _m({"metric"}, {"value", "n"}),
         "concept_drift": _m({"detector"}, {"drift", "n"}),
         "fairness": _m({"attribute", "group", "metric"}, {"value", "n"}),
@@ -49,7 +50,9 @@ METRICS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType(
 """measurement -> (tag keys, field names), exactly as the worker writes them."""
 
 PERFORMANCE_METRICS: frozenset[str] = frozenset(
-    {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier", "mae", "rmse", "mape", "r2"}
+    {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier", "mae", "rmse", "mape", "r2",
+     # beside DESIGN.md's names: macro averages (multiclass, and binary too) and calibration error
+     "precision_macro", "recall_macro", "f1_macro", "ece"}
 )
 FAIRNESS_GROUP_METRICS: frozenset[str] = frozenset(
     {"selection_rate", "tpr", "fpr", "fnr", "precision", "accuracy"}

@@ -80,6 +80,8 @@ def run_baseline(args: Any) -> int:
         features = {}
         for item in args.features.split(","):
             name, _, kind = item.partition(":")
+            if name not in frame.columns:
+                raise ConfigError(f"--features: column not in the data: {name}")
             features[name] = kind or ("numeric" if pd.api.types.is_numeric_dtype(frame[name]) else "categorical")
     attributes = tuple(a for a in args.attributes.split(",") if a)
     profile = build_profile(frame, model_id=args.model, features=features, target=args.target,

@@ -262,7 +262,9 @@ class WindowSummaries:
     def points(self, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
         out = performance_points(self.performance.result(), tags=tags, time_ns=time_ns)
         if self.drift is not None:
-            out.extend(drift_points(self.drift.result(), tags=tags, time_ns=time_ns))
+            report = self.drift.result()
+            if report.n:  # a window of late labels only (end of input) has no inputs to compare
+                out.extend(drift_points(report, tags=tags, time_ns=time_ns))
         if self.feedback_labels is not None:
             shift = self.feedback_labels.result()
             if shift.n:
@@ -307,10 +309,11 @@ class SequentialState:
             self.cumulative.update(cols.y_true, cols.y_pred, cols.scores)
             self.concept.update((cols.y_true != cols.y_pred).astype(np.float64))
 
-    def points(self, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
-        """Points at a window's close; also starts the concept detectors' next window."""
+    def points(self, *, tags: Mapping[str, str], time_ns: int, predictions: int = 1) -> list[Point]:
+        """Points at a window's close; also starts the concept detectors' next window.
+        The sequential drift figures are left out of a window without predictions."""
         out: list[Point] = []
-        if self.sequential is not None:
+        if self.sequential is not None and predictions:
             out.extend(sequential_points(self.sequential.result(), tags=tags, time_ns=time_ns))
         out.extend(concept_points(self.concept.result(), tags=tags, time_ns=time_ns))
         self.concept.start_window()

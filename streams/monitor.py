@@ -15,7 +15,8 @@ Windows:
 - ``slide``: sliding windows made of panes of ``slide`` events or seconds;
   each pane's summaries are kept and merged (exactly) into the window.
 
-Labelled pairs count in the window open when they are joined.
+Labelled pairs count in the window open when they are joined (for event-time
+windows: the window holding the largest timestamp seen when they joined).
 """
 
 from __future__ import annotations
@@ -62,13 +63,19 @@ class _Pane:
     start: float = math.inf
     end: float = -math.inf
     pairs: int = 0
+    first_offset: int | None = None
+    last_offset: int | None = None
     opened_at: float = field(default_factory=time.monotonic)
 
-    def note(self, timestamps: np.ndarray) -> None:
+    def note(self, timestamps: np.ndarray, offsets: Sequence[int] | None) -> None:
         if timestamps.size:
             self.n += int(timestamps.size)
             self.start = min(self.start, float(timestamps.min()))
             self.end = max(self.end, float(timestamps.max()))
+        if offsets:
+            low, high = min(offsets), max(offsets)
+            self.first_offset = low if self.first_offset is None else min(self.first_offset, low)
+            self.last_offset = high if self.last_offset is None else max(self.last_offset, high)
 
 
 class _VersionMonitor:
@@ -96,15 +103,16 @@ class _VersionMonitor:
     # -- feeding -----------------------------------------------------------------------------
 
     def add_batch(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair],
-                  positions: Sequence[int]) -> list[WindowOutput]:
-        """Add predictions and pairs; ``positions[i]`` is how many of ``events`` arrived before
-        ``pairs[i]`` was joined, so each pair lands in the window that was open when it joined."""
-        outputs: list[WindowOutput] = []
+                  positions: Sequence[int], offsets: Sequence[int] | None = None) -> list[WindowOutput]:
+        """Add predictions and pairs as if one at a time, in arrival order.
+
+        ``positions[i]`` is how many of ``events`` arrived before ``pairs[i]`` was joined,
+        so each pair lands in the window that was open when it joined; ``offsets`` are the
+        Kafka offsets of ``events`` (for the retrain job's data range).
+        """
         if not self.by_events:
-            outputs.extend(self._add_by_time(events))
-            if pairs:
-                self.add_pairs(pairs)
-            return outputs
+            return self._add_by_time(events, pairs, positions, offsets)
+        outputs: list[WindowOutput] = []
         order = np.asarray(positions, dtype=np.int64)
         start = 0
         taken = 0
@@ -117,9 +125,9 @@ class _VersionMonitor:
             # before that (position < end); one that stays open gets every remaining pair.
             upto = int(np.searchsorted(order, end, side="left")) if fills else len(pairs)
             if upto > taken:
-                self.add_pairs(pairs[taken:upto])
+                self._add_pairs(pane, pairs[taken:upto])
                 taken = upto
-            self._feed(pane, events[start:end])
+            self._feed(pane, events[start:end], offsets[start:end] if offsets else None)
             if pane.n >= self.pane_size:
                 outputs.append(self._close(self.counter))
                 self.counter += 1
@@ -127,33 +135,60 @@ class _VersionMonitor:
                 break
             start = end
         if taken < len(pairs):  # joined after the last pane of this batch closed
-            self.add_pairs(pairs[taken:])
+            self._add_pairs(self._pane(self.counter), pairs[taken:])
         return outputs
 
-    def _add_by_time(self, events: Sequence[Prediction]) -> list[WindowOutput]:
-        outputs: list[WindowOutput] = []
-        if not events:
-            return outputs
+    def _add_by_time(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair],
+                     positions: Sequence[int], offsets: Sequence[int] | None) -> list[WindowOutput]:
+        """Event-time panes. Lateness and the pane of each pair are decided in arrival order:
+        with the watermark (largest timestamp so far) as it was when each item arrived."""
+        size, grace = self.pane_size, self.owner.grace_seconds
         timestamps = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
-        pane_ids = np.floor(timestamps / self.pane_size).astype(np.int64)
-        closed_before = self._first_open_id()
-        for pane_id in np.unique(pane_ids):
-            chosen = np.flatnonzero(pane_ids == pane_id)
-            if closed_before is not None and pane_id < closed_before:
-                self.counters["late"] = self.counters.get("late", 0) + int(chosen.size)
-                continue
-            self._feed(self._pane(int(pane_id)), [events[i] for i in chosen])
-        self.watermark = max(self.watermark, float(timestamps.max()))
-        grace = self.owner.grace_seconds
+        # watermark before event i is seen[i]; after the batch, seen[-1]
+        seen = np.maximum.accumulate(np.concatenate([[self.watermark], timestamps]))
+        pane_ids = np.floor(timestamps / size).astype(np.int64)
+        with np.errstate(invalid="ignore"):
+            closed_below = np.floor((seen[:-1] - grace) / size)  # panes below this had closed
+        late = pane_ids < closed_below
+        if self._last_closed_id is not None:
+            late |= pane_ids <= self._last_closed_id
+        late_at = np.flatnonzero(late)  # arrival index of each late event
+        for pane_id in np.unique(pane_ids[~late]):
+            chosen = np.flatnonzero((pane_ids == pane_id) & ~late)
+            self._feed(self._pane(int(pane_id)), [events[i] for i in chosen],
+                       [offsets[i] for i in chosen] if offsets else None)
+        if pairs:
+            at = seen[np.asarray(positions, dtype=np.int64)]  # watermark when each pair joined
+            homes = np.where(np.isfinite(at), np.floor(np.where(np.isfinite(at), at, 0.0) / size), np.nan)
+            for home in np.unique(homes[np.isfinite(homes)]):
+                chosen = np.flatnonzero(homes == home)
+                self._add_pairs(self._pane(int(home)), [pairs[i] for i in chosen])
+            unplaced = np.flatnonzero(~np.isfinite(homes))
+            if unplaced.size:
+                self._add_pairs(self._current_pane(), [pairs[i] for i in unplaced])
+        self.watermark = float(seen[-1])
+        outputs: list[WindowOutput] = []
+        counted = 0
         for pane_id in sorted(self.open):
-            if (pane_id + 1) * self.pane_size + grace <= self.watermark:
-                outputs.append(self._close(pane_id))
+            deadline = (pane_id + 1) * size + grace
+            if deadline > self.watermark:
+                continue
+            # late events count in the first window to close after they arrived, as one by one
+            closes_at = int(np.searchsorted(seen[1:], deadline, side="left"))
+            upto = int(np.searchsorted(late_at, closes_at, side="right"))
+            self._count_late(upto - counted)
+            counted = upto
+            outputs.append(self._close(pane_id))
+        self._count_late(late_at.size - counted)
         return outputs
 
-    def add_pairs(self, pairs: Sequence[LabelledPair]) -> None:
+    def _count_late(self, count: int) -> None:
+        if count > 0:
+            self.counters["late"] = self.counters.get("late", 0) + count
+
+    def _add_pairs(self, pane: _Pane, pairs: Sequence[LabelledPair]) -> None:
         if not pairs:
             return
-        pane = self._current_pane()
         pane.pairs += len(pairs)
         cols = self.evaluation.pair_columns(pairs)
         pane.summaries.add_pairs(cols)
@@ -164,7 +199,9 @@ class _VersionMonitor:
         self.counters[name] = self.counters.get(name, 0) + value
 
     def flush(self) -> list[WindowOutput]:
-        return [self._close(pane_id) for pane_id in sorted(self.open) if self.open[pane_id].n > 0]
+        """Close every open pane that saw predictions or pairs (end of input)."""
+        return [self._close(pane_id) for pane_id in sorted(self.open)
+                if self.open[pane_id].n > 0 or self.open[pane_id].pairs > 0]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -190,11 +227,11 @@ class _VersionMonitor:
             return self._pane(int(math.floor(self.watermark / self.pane_size)))
         return self._pane(0)
 
-    def _feed(self, pane: _Pane, events: Sequence[Prediction]) -> None:
+    def _feed(self, pane: _Pane, events: Sequence[Prediction], offsets: Sequence[int] | None = None) -> None:
         if not events:
             return
         batch = self.evaluation.columns(events)
-        pane.note(batch.timestamps)
+        pane.note(batch.timestamps, offsets)
         pane.summaries.add_predictions(batch)
         self.sequential.add_predictions(batch)
         self.recent.extend(events)
@@ -215,12 +252,15 @@ class _VersionMonitor:
         self.closed.append(pane)
         n = sum(p.n for p in panes)
         pairs = sum(p.pairs for p in panes)
+        firsts = [p.first_offset for p in panes if p.first_offset is not None]
+        lasts = [p.last_offset for p in panes if p.last_offset is not None]
+        offsets = (min(firsts), max(lasts)) if firsts else None
         start, end = min(p.start for p in panes), max(p.end for p in panes)
         end_ns = int(round(end * NS)) if math.isfinite(end) else 0
         start_ns = int(round(start * NS)) if math.isfinite(start) else end_ns
         tags = {"model_id": self.owner.cfg.id, "model_version": self.version}
         points = self.sequential.with_cumulative(window.points(tags=tags, time_ns=end_ns))
-        points.extend(self.sequential.points(tags=tags, time_ns=end_ns))
+        points.extend(self.sequential.points(tags=tags, time_ns=end_ns, predictions=n))
         elapsed = max(time.monotonic() - pane.opened_at, 1e-9)
         stats: dict[str, float] = {
             "events": float(n),
@@ -243,7 +283,7 @@ class _VersionMonitor:
             self.open = {k: _Pane(latest.new_window()) if not p.n else p for k, p in self.open.items()}
         recent, recent_pairs = list(self.recent), list(self.recent_pairs)
         evidence = lambda: self.evaluation.evidence_frame(recent, recent_pairs)  # noqa: E731
-        return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, window, evidence)
+        return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, window, evidence, offsets)
 
     # -- snapshot ----------------------------------------------------------------------------
 
@@ -272,6 +312,7 @@ class _VersionMonitor:
         pane = _Pane(self.evaluation.restore_window(state["summaries"]), n=state["n"], pairs=state["pairs"])
         pane.start = state["start"] if state["start"] is not None else math.inf
         pane.end = state["end"] if state["end"] is not None else -math.inf
+        pane.first_offset, pane.last_offset = state.get("offsets") or (None, None)
         return pane
 
 
@@ -282,6 +323,7 @@ def _pane_state(pane: _Pane) -> dict[str, Any]:
         "pairs": pane.pairs,
         "start": pane.start if math.isfinite(pane.start) else None,
         "end": pane.end if math.isfinite(pane.end) else None,
+        "offsets": [pane.first_offset, pane.last_offset],
     }
 
 
@@ -314,7 +356,7 @@ class ModelMonitor:
         return monitor
 
     def add_batch(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair] = (),
-                  positions: Sequence[int] = ()) -> list[WindowOutput]:
+                  positions: Sequence[int] = (), offsets: Sequence[int] | None = None) -> list[WindowOutput]:
         """Add a batch's predictions and joined pairs (see :meth:`_VersionMonitor.add_batch`)."""
         if not pairs:
             positions = ()
@@ -322,7 +364,7 @@ class ModelMonitor:
         if len(versions) <= 1:
             if not versions:
                 return []
-            return self._version(versions.pop()).add_batch(events, pairs, positions)
+            return self._version(versions.pop()).add_batch(events, pairs, positions, offsets)
         outputs: list[WindowOutput] = []
         for version in sorted(versions):
             mine = [e.model_version == version for e in events]
@@ -330,7 +372,8 @@ class ModelMonitor:
             chosen = [i for i, p in enumerate(pairs) if p.prediction.model_version == version]
             outputs.extend(self._version(version).add_batch(
                 [e for e, keep in zip(events, mine) if keep], [pairs[i] for i in chosen],
-                [int(before[positions[i]]) for i in chosen]))
+                [int(before[positions[i]]) for i in chosen],
+                [o for o, keep in zip(offsets, mine) if keep] if offsets else None))
         return outputs
 
     def add_predictions(self, events: Sequence[Prediction]) -> list[WindowOutput]:

@@ -94,7 +94,6 @@ class Pipeline:
         self.cfg = cfg
         self.monitors = dict(monitors)
         self.policies = dict(policies or {})
-        self._offsets: dict[str, tuple[int, int]] = {}
         self.schemas = schemas_from_config(cfg.models, cfg.validation.type_errors)
         self.join = FeedbackJoin(store, ttl_seconds=cfg.join.ttl_seconds)
         self.expire_every = expire_every
@@ -126,8 +125,7 @@ class Pipeline:
                 else:
                     if self.join.is_duplicate_prediction(event):
                         continue
-                    segments.setdefault(event.model_id, _ModelBatch()).predictions.append(event)
-                    self._note_offset(event.model_id, message.offset)
+                    segments.setdefault(event.model_id, _ModelBatch()).add_prediction(event, message.offset)
                     pair = self.join.add_prediction(event)
                 if pair is not None:
                     segments.setdefault(pair.prediction.model_id, _ModelBatch()).add_pair(pair)
@@ -150,7 +148,7 @@ class Pipeline:
         for model_id, batch in segments.items():
             monitor = self.monitors[model_id]
             try:
-                windows = monitor.add_batch(batch.predictions, batch.pairs, batch.positions)
+                windows = monitor.add_batch(batch.predictions, batch.pairs, batch.positions, batch.offsets)
                 self._decide(model_id, windows, outcome)
                 outcome.windows.extend(windows)
             except Exception:  # a detector bug must not stop the other models or the worker
@@ -162,15 +160,10 @@ class Pipeline:
             outcome.points.extend(window.points)
         return outcome
 
-    def _note_offset(self, model_id: str, offset: int) -> None:
-        first, _ = self._offsets.get(model_id, (offset, offset))
-        self._offsets[model_id] = (min(first, offset), offset)
-
     def _decide(self, model_id: str, windows: list[WindowOutput], outcome: Outcome) -> None:
         """Run the model's policy on each closed window; record alerts and retrain requests."""
         engine = self.policies.get(model_id)
         for window in windows:
-            window.offsets = self._offsets.pop(model_id, None)
             if engine is None:
                 continue
             decision = engine.evaluate(model_id=model_id, model_version=window.model_version,
@@ -215,6 +208,11 @@ class _ModelBatch:
     predictions: list[Prediction] = field(default_factory=list)
     pairs: list[LabelledPair] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+    def add_prediction(self, event: Prediction, offset: int) -> None:
+        self.predictions.append(event)
+        self.offsets.append(offset)
 
     def add_pair(self, pair: LabelledPair) -> None:
         self.pairs.append(pair)

@@ -126,9 +126,6 @@ def test_baseline_missing_column_exits_2_naming_it(data_file: Path, tmp_path: Pa
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams/commands.py run_baseline infers an untyped --features column's type with frame[name] before "
-    "any check, so a missing untyped column raises KeyError (traceback) instead of exit code 2"))
 def test_baseline_missing_untyped_feature_exits_2(data_file: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert baseline(data_file, tmp_path / "never.json", "--features", "age,ghost") == 2

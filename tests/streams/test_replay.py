@@ -229,11 +229,6 @@ def test_metrics_file_is_line_protocol_with_documented_names(drift_run: DriftRun
     assert any(ln.measurement == "performance" for ln in lines)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "retrain/metrics.py METRICS['performance'] lists fields {value, n} only and PERFORMANCE_METRICS lacks "
-    "ece/f1_macro/precision_macro/recall_macro, but the worker writes performance points with "
-    "cumulative_value/cumulative_n (streams/evaluation.py SequentialState.with_cumulative, documented in README) "
-    "and those metric names (detectors/performance.py)"))
 def test_performance_points_use_documented_names(drift_run: DriftRun) -> None:
     unknown = {(ln.tags["metric"], tuple(sorted(ln.fields))) for ln in drift_run.metrics
                if ln.measurement == "performance" and not is_known("performance", tags=ln.tags, fields=ln.fields)}
@@ -281,10 +276,6 @@ def test_retrain_job_from_retrain_on_drift_with_an_html_report(drift_run: DriftR
     assert "<html" in html.lower() and "</html>" in html.lower()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams/pipeline.py Pipeline._note_offset/_decide: offsets are collected per batch and popped whole by "
-    "the first window that closes in the batch, so a job's offsets miss the window's predictions that arrived "
-    "in earlier batches and include later windows' ones (here [4211, 5368] for lines 4000..4499)"))
 def test_retrain_job_offsets_cover_the_triggering_window(drift_run: DriftRun) -> None:
     # replay's offsets are line numbers of the predictions file: prediction k is on line k
     third = CHANGE_AFTER // WINDOW + 2
@@ -464,9 +455,6 @@ def test_bad_lines_go_to_dead_letters_with_their_reason(tmp_path: Path) -> None:
     assert unattributed == 2  # not JSON, unknown model: no model to charge them to
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams/monitor.py _VersionMonitor.flush closes only panes with n > 0: labelled pairs joined after the "
-    "last full window closed sit in an open pane with no predictions and are never reported"))
 def test_pairs_joined_after_the_last_full_window_are_reported(tmp_path: Path) -> None:
     cfg = workspace(tmp_path / "ws")
     # 1000 predictions = exactly two windows; feedback arrives ~30 s (3000 predictions) later,

@@ -154,10 +154,6 @@ def test_time_windows_close_by_event_time_and_count_late_events(time_cfg: Config
         assert psi and {p.fields["n"] for p in psi} == {n}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams/monitor.py _VersionMonitor._add_by_time feeds a whole batch into its panes before closing any: "
-    "an event for a window that an earlier event of the same batch already closed (5 s past its end) is "
-    "counted in that window instead of as late, so time-window figures depend on Kafka batch boundaries"))
 def test_time_window_lateness_does_not_depend_on_batching(time_cfg: Config) -> None:
     messages = late_sequence()
     one_by_one = run(time_pipeline(time_cfg), messages)
@@ -168,13 +164,11 @@ def test_time_window_lateness_does_not_depend_on_batching(time_cfg: Config) -> N
 
     assert counts(one_by_one) == [(2.0, None), (3.0, 1.0), (1.0, None)]
     assert counts(one_batch) == counts(one_by_one)
-    assert comparable(one_batch.points) == comparable(one_by_one.points)
+    # ADWIN runs on per-micro-batch means by design: the one figure that depends on batching
+    assert comparable(p for p in one_batch.points if p.tags.get("method") != "adwin") == \
+        comparable(p for p in one_by_one.points if p.tags.get("method") != "adwin")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams/monitor.py _VersionMonitor.add_batch (time windows) ignores `positions` and adds a batch's pairs "
-    "after its events, to the newest open pane: a pair joined while [T0, T0+10) was open lands in a later "
-    "window when the event that closes it is in the same batch"))
 def test_time_window_pairs_land_in_the_window_open_when_joined_whatever_the_batching(time_cfg: Config) -> None:
     p = credit_prediction
     messages = [
@@ -324,7 +318,9 @@ def test_sliding_windows_do_not_depend_on_batching(sliding: SlidingCase) -> None
         # (detectors/sequential.py), so it is the one figure that depends on batch sizes
         return comparable(p for p in points if p.tags.get("method") != "adwin")
 
-    assert len(batched.windows) == len(one_by_one.windows) == N_SLIDING // SLIDE
+    assert len(batched.windows) == len(one_by_one.windows)
+    # every SLIDE predictions a window; at the end, possibly one more for the labels that came late
+    assert len(batched.windows) in (N_SLIDING // SLIDE, N_SLIDING // SLIDE + 1)
     assert windowed(batched.points) == windowed(one_by_one.points)
 
 
@@ -423,9 +419,6 @@ def test_pairs_land_in_the_same_window_whatever_the_batch_boundaries(cuts: list[
     assert hand_figures(got) == [(float(e), float(p), pytest.approx(a)) for e, p, a in HAND_COUNTS]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams/monitor.py _VersionMonitor.flush skips open panes with n == 0, so pairs joined after the last "
-    "window closed (and before any new prediction) are never reported"))
 def test_flush_reports_pairs_joined_after_the_last_window_closed() -> None:
     messages = [P("a", 1, 1), P("b", 2, 0), F("a", 3, 1), F("b", 4, 1)]
     got = run(tiny_pipeline(tiny_config(window=2)), messages)
