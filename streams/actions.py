@@ -200,11 +200,17 @@ def window_summary(window: Any) -> str:
         v = point.fields.get(field) if point is not None else None
         return f"{v:.3f}" if isinstance(v, float) else "-"
 
+    groups = [p for p in window.points if p.measurement == "fairness" and p.tags.get("metric") == "accuracy"
+              and p.tags.get("group") != "all" and isinstance(p.fields.get("n"), int) and p.fields["n"] >= 30]
+    worst = min(groups, key=lambda p: p.fields["value"], default=None)
+    worst_text = (f"{worst.tags['attribute']}={worst.tags['group']} {worst.fields['value']:.3f}"
+                  if worst is not None else "-")
     end = time.strftime("%H:%M:%S", time.gmtime(window.end_ns / 1e9))
     return (f"WINDOW  {window.model_id} v{window.model_version} ..{end}Z {window.n} events | "
             f"accuracy {value('performance', 'accuracy')} (estimated {value('performance_estimate', 'accuracy')}) | "
             f"label shift {value('label_shift', '', '', '', 'prediction', 'all')} | "
             f"parity ratio (sex) {value('fairness', 'demographic_parity_ratio', 'sex', 'all')} | "
+            f"worst group accuracy {worst_text} | "
             f"join rate {value('monitor', '', '', '', '', '', 'join_rate')} | "
             f"drift: {', '.join(sorted(set(drifted))) or 'none'}")
 
