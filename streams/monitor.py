@@ -103,19 +103,23 @@ class _VersionMonitor:
     # -- feeding -----------------------------------------------------------------------------
 
     def add_batch(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair],
-                  positions: Sequence[int], offsets: Sequence[int] | None = None) -> list[WindowOutput]:
+                  positions: Sequence[int], offsets: Sequence[int] | None = None,
+                  marks: Sequence[tuple[int, str]] = ()) -> list[WindowOutput]:
         """Add predictions and pairs as if one at a time, in arrival order.
 
         ``positions[i]`` is how many of ``events`` arrived before ``pairs[i]`` was joined,
         so each pair lands in the window that was open when it joined; ``offsets`` are the
-        Kafka offsets of ``events`` (for the retrain job's data range).
+        Kafka offsets of ``events`` (for the retrain job's data range); ``marks`` are
+        counters (a dead letter) placed like pairs.
         """
         if not self.by_events:
-            return self._add_by_time(events, pairs, positions, offsets)
+            return self._add_by_time(events, pairs, positions, offsets, marks)
         outputs: list[WindowOutput] = []
         order = np.asarray(positions, dtype=np.int64)
+        mark_order = np.asarray([p for p, _ in marks], dtype=np.int64)
         start = 0
         taken = 0
+        marked = 0
         while True:
             pane = self._pane(self.counter)
             room = int(self.pane_size) - pane.n
@@ -127,6 +131,10 @@ class _VersionMonitor:
             if upto > taken:
                 self._add_pairs(pane, pairs[taken:upto])
                 taken = upto
+            upto = int(np.searchsorted(mark_order, end, side="left")) if fills else len(marks)
+            for _, name in marks[marked:upto]:
+                self.count(name, 1)
+            marked = max(marked, upto)
             self._feed(pane, events[start:end], offsets[start:end] if offsets else None)
             if pane.n >= self.pane_size:
                 outputs.append(self._close(self.counter))
@@ -136,10 +144,13 @@ class _VersionMonitor:
             start = end
         if taken < len(pairs):  # joined after the last pane of this batch closed
             self._add_pairs(self._pane(self.counter), pairs[taken:])
+        for _, name in marks[marked:]:
+            self.count(name, 1)
         return outputs
 
     def _add_by_time(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair],
-                     positions: Sequence[int], offsets: Sequence[int] | None) -> list[WindowOutput]:
+                     positions: Sequence[int], offsets: Sequence[int] | None,
+                     marks: Sequence[tuple[int, str]] = ()) -> list[WindowOutput]:
         """Event-time panes. Lateness and the pane of each pair are decided in arrival order:
         with the watermark (largest timestamp so far) as it was when each item arrived."""
         size, grace = self.pane_size, self.owner.grace_seconds
@@ -168,18 +179,25 @@ class _VersionMonitor:
                 self._add_pairs(self._current_pane(), [pairs[i] for i in unplaced])
         self.watermark = float(seen[-1])
         outputs: list[WindowOutput] = []
-        counted = 0
+        mark_at = np.asarray([p for p, _ in marks], dtype=np.int64)
+        counted = marked = 0
         for pane_id in sorted(self.open):
             deadline = (pane_id + 1) * size + grace
             if deadline > self.watermark:
                 continue
-            # late events count in the first window to close after they arrived, as one by one
+            # late events and marks count in the first window to close after they arrived
             closes_at = int(np.searchsorted(seen[1:], deadline, side="left"))
             upto = int(np.searchsorted(late_at, closes_at, side="right"))
             self._count_late(upto - counted)
             counted = upto
+            upto = int(np.searchsorted(mark_at, closes_at, side="right"))
+            for _, name in marks[marked:upto]:
+                self.count(name, 1)
+            marked = max(marked, upto)
             outputs.append(self._close(pane_id))
         self._count_late(late_at.size - counted)
+        for _, name in marks[marked:]:
+            self.count(name, 1)
         return outputs
 
     def _count_late(self, count: int) -> None:
@@ -356,15 +374,21 @@ class ModelMonitor:
         return monitor
 
     def add_batch(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair] = (),
-                  positions: Sequence[int] = (), offsets: Sequence[int] | None = None) -> list[WindowOutput]:
-        """Add a batch's predictions and joined pairs (see :meth:`_VersionMonitor.add_batch`)."""
+                  positions: Sequence[int] = (), offsets: Sequence[int] | None = None,
+                  marks: Sequence[tuple[int, str]] = ()) -> list[WindowOutput]:
+        """Add a batch's predictions, joined pairs and counter marks (see
+        :meth:`_VersionMonitor.add_batch`)."""
         if not pairs:
             positions = ()
         versions = {e.model_version for e in events} | {p.prediction.model_version for p in pairs}
         if len(versions) <= 1:
             if not versions:
+                for _, name in marks:
+                    self.count(name, 1)
                 return []
-            return self._version(versions.pop()).add_batch(events, pairs, positions, offsets)
+            return self._version(versions.pop()).add_batch(events, pairs, positions, offsets, marks)
+        for _, name in marks:  # several versions in one batch: to the latest version's next window
+            self.count(name, 1)
         outputs: list[WindowOutput] = []
         for version in sorted(versions):
             mine = [e.model_version == version for e in events]

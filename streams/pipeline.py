@@ -108,7 +108,7 @@ class Pipeline:
         # Per model: the batch's new predictions, and the joined pairs with, for each, how many of
         # the model's predictions came before it in this batch (to place it in the right window).
         segments: dict[str, _ModelBatch] = {}
-        rejected_by_model: dict[str, int] = {}
+        rejected_by_model: dict[str, int] = {}  # "" = rejections no model can be told for
         for message in messages:
             if message.kind == PREDICTION:
                 events, rejections = parse_predictions(message.value, self.schemas)
@@ -116,8 +116,11 @@ class Pipeline:
                 events, rejections = parse_feedback(message.value, self.schemas)
             for rejection in rejections:
                 outcome.dead_letters.append(_dead_letter(message, rejection))
-                model = rejection.model_id if rejection.model_id in self.monitors else ""
-                rejected_by_model[model] = rejected_by_model.get(model, 0) + 1
+                if rejection.model_id in self.monitors:
+                    # counted in the window open when it arrived, like a pair
+                    segments.setdefault(rejection.model_id, _ModelBatch()).add_mark("dead_letters")
+                else:
+                    rejected_by_model[""] = rejected_by_model.get("", 0) + 1
             for event in events:
                 self.events_seen += 1
                 if isinstance(event, Feedback):
@@ -131,9 +134,6 @@ class Pipeline:
                     segments.setdefault(pair.prediction.model_id, _ModelBatch()).add_pair(pair)
                     outcome.pairs.append(pair)
         self.dead_letter_count += len(outcome.dead_letters)
-        for model_id, count in rejected_by_model.items():
-            if model_id:
-                self.monitors[model_id].count("dead_letters", count)
         if rejected_by_model.get(""):
             # Unattributable rejections (not JSON, unknown model) are counted on every monitor's
             # worker-wide figure; see ModelMonitor.count_worker.
@@ -148,7 +148,8 @@ class Pipeline:
         for model_id, batch in segments.items():
             monitor = self.monitors[model_id]
             try:
-                windows = monitor.add_batch(batch.predictions, batch.pairs, batch.positions, batch.offsets)
+                windows = monitor.add_batch(batch.predictions, batch.pairs, batch.positions, batch.offsets,
+                                            batch.marks)
                 self._decide(model_id, windows, outcome)
                 outcome.windows.extend(windows)
             except Exception:  # a detector bug must not stop the other models or the worker
@@ -209,6 +210,11 @@ class _ModelBatch:
     pairs: list[LabelledPair] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    marks: list[tuple[int, str]] = field(default_factory=list)
+    """Counters (dead letters) with how many predictions of the batch came before each."""
+
+    def add_mark(self, name: str) -> None:
+        self.marks.append((len(self.predictions), name))
 
     def add_prediction(self, event: Prediction, offset: int) -> None:
         self.predictions.append(event)

@@ -210,9 +210,6 @@ def test_dead_letters_are_counted_in_the_next_closed_window(pipeline: Pipeline) 
     assert len(outcome.dead_letters) == 5 and pipeline.dead_letter_count == 5
 
 
-@pytest.mark.xfail(strict=True, reason="Pipeline.process counts a batch's dead letters on the monitor before feeding the "
-                                       "batch's predictions, so a bad message after a window's last prediction in the same "
-                                       "batch lands in that (earlier) window: per-window counts depend on batch boundaries")
 def test_dead_letter_after_the_closing_prediction_in_one_batch_counts_in_the_next_window(pipeline: Pipeline) -> None:
     bad_for_m = orjson.dumps(prediction_event("x", 1.0) | {"score": 7})
     closing = [message(PREDICTION, prediction_event(f"a{i}", float(i))) for i in range(N)]
