@@ -212,6 +212,10 @@ def run(*, stationary: int, evidently_windows: int, kswin_events: int, seed: int
     root = Path(tmp.name) if tmp else workdir
     assert root is not None
     config = write_workspace(root / "ws", bootstrap="127.0.0.1:9", influx_url=None)
+    from streams.config import Config
+    from streams.runtime import policy_rules
+
+    fire_after = {rule.name: rule.fire_after for rule in policy_rules(Config.load(str(config)), MODEL_ID)}
     out: dict[str, Any] = {"stationary_events": stationary, "change_at": CHANGE_AT, "post_max": POST_MAX}
     try:
         # stationary traffic: false alarms
@@ -287,6 +291,7 @@ def run(*, stationary: int, evidently_windows: int, kswin_events: int, seed: int
             results[scenario] = {
                 "label": LABELS[scenario], "expected_rules": expected,
                 "driftwarden_delay": hit[0] - CHANGE_AT if hit else None, "driftwarden_rule": hit[1] if hit else None,
+                "fire_after": fire_after.get(hit[1]) if hit else None,
                 "first_alert": (first_any[0] - CHANGE_AT, first_any[1]) if first_any else None,
                 "alerts_before_change": len(before),
                 "adwin_delay": adwin, "kswin_delay": kswin,

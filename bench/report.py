@@ -312,7 +312,8 @@ def _quality(q: dict[str, Any]) -> list[str]:
     rows = []
     for name, s in q["scenarios"].items():
         dw = s["driftwarden_delay"]
-        dw_txt = f"{_n(dw)} ({s['driftwarden_rule']})" if dw is not None else f"not within {q['post_max']:,}"
+        fa_txt = f", fire_after {s['fire_after']}" if s.get("fire_after") else ""
+        dw_txt = f"{_n(dw)} ({s['driftwarden_rule']}{fa_txt})" if dw is not None else f"not within {q['post_max']:,}"
         first = s.get("first_alert")
         if first and first[1] != s["driftwarden_rule"]:
             dw_txt += f"; first alert {first[1]} at {first[0]:,}"
@@ -370,8 +371,9 @@ def _say_quality(q: dict[str, Any]) -> str:
     if slower:
         text += (f". Per-event ADWIN on the one affected stream is faster on {len(slower)} of {len(sc)} scenarios: "
                  "a windowed monitor speaks at a window's end, so its delay is at least the rest of the window "
-                 f"in which the change falls ({1000 - q['change_at'] % 1000:,} events here) and a weaker change "
-                 "needs a second window. This target is missed by design of windows of 1,000, not by the tests: "
+                 f"in which the change falls ({1000 - q['change_at'] % 1000:,} events here), a weaker change "
+                 "needs a second window, and rules with `fire_after: 2` in the shipped example policies wait for "
+                 "a second breaching window. This target is missed by design of windows of 1,000, not by the tests: "
                  "the delay is the window, which is also what makes ≤ 1 false alarm per million possible")
     text += ". ADWIN alone must be told which stream to watch (and a variance change must be turned into a mean for it)"
     ks = [x["per_million"] for x in q.get("kswin_fa", {}).values()]
