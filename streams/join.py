@@ -23,40 +23,51 @@ logs expires entries exactly as the live worker did.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, MutableMapping, Protocol
 
+import orjson
+
 from streams.events import Feedback, Prediction
+
+
+# An entry is a small list (compact in memory and in the changelog):
+# [event time, model id, state, payload]
+TIME, MODEL, STATE, PAYLOAD = 0, 1, 2, 3
+WAITING_PREDICTION = "p"  # payload: the prediction, packed as a JSON string
+WAITING_LABEL = "l"  # payload: [label, feedback time]
+JOINED = "j"  # payload: None; kept until the TTL so duplicates and redeliveries are recognised
 
 
 class JoinStore(Protocol):
     """The little a join needs from its state: get, set, delete, iterate."""
 
-    def get(self, key: str) -> dict[str, Any] | None: ...
+    def get(self, key: str) -> list[Any] | None: ...
 
-    def set(self, key: str, value: dict[str, Any]) -> None: ...
+    def set(self, key: str, value: list[Any]) -> None: ...
 
     def delete(self, key: str) -> None: ...
 
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
+    def items(self) -> Iterator[tuple[str, list[Any]]]: ...
 
 
 class DictStore:
     """A :class:`JoinStore` over a plain mapping (replay, tests)."""
 
-    def __init__(self, data: MutableMapping[str, dict[str, Any]] | None = None) -> None:
-        self.data: MutableMapping[str, dict[str, Any]] = {} if data is None else data
+    def __init__(self, data: MutableMapping[str, list[Any]] | None = None) -> None:
+        self.data: MutableMapping[str, list[Any]] = {} if data is None else data
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> list[Any] | None:
         return self.data.get(key)
 
-    def set(self, key: str, value: dict[str, Any]) -> None:
+    def set(self, key: str, value: list[Any]) -> None:
         self.data[key] = value
 
     def delete(self, key: str) -> None:
         self.data.pop(key, None)
 
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def items(self) -> Iterator[tuple[str, list[Any]]]:
         return iter(list(self.data.items()))
 
     def __len__(self) -> int:
@@ -112,17 +123,18 @@ class FeedbackJoin:
         """
         self.watermark = max(self.watermark, event.timestamp)
         entry = self._live(event.prediction_id)
-        if entry is not None and "label" in entry and "prediction" not in entry and not entry.get("joined"):
-            self.store.set(event.prediction_id, {"t": event.timestamp, "joined": 1, "m": event.model_id})
+        if entry is not None and entry[STATE] == WAITING_LABEL:
+            label, feedback_time = entry[PAYLOAD]
+            self.store.set(event.prediction_id, [event.timestamp, event.model_id, JOINED, None])
             self.counts.pairs += 1
-            return LabelledPair(event, entry["label"], entry["lt"])
-        self.store.set(event.prediction_id, {"t": event.timestamp, "m": event.model_id, "prediction": _pack(event)})
+            return LabelledPair(event, label, feedback_time)
+        self.store.set(event.prediction_id, [event.timestamp, event.model_id, WAITING_PREDICTION, _pack(event)])
         return None
 
     def is_duplicate_prediction(self, event: Prediction) -> bool:
         """True when this ``prediction_id`` already has a prediction (pending or joined)."""
         entry = self._live(event.prediction_id)
-        if entry is not None and ("prediction" in entry or entry.get("joined")):
+        if entry is not None and entry[STATE] in (WAITING_PREDICTION, JOINED):
             self.counts.duplicate_predictions += 1
             return True
         return False
@@ -133,52 +145,60 @@ class FeedbackJoin:
         entry = self._live(event.prediction_id)
         if entry is None:
             self.store.set(event.prediction_id,
-                           {"t": event.timestamp, "m": event.model_id, "label": event.label, "lt": event.timestamp})
+                           [event.timestamp, event.model_id, WAITING_LABEL, [event.label, event.timestamp]])
             return None
-        if entry.get("joined") or "label" in entry:
+        if entry[STATE] != WAITING_PREDICTION:
             self.counts.duplicate_feedback += 1
             return None
         prediction = _unpack(event.prediction_id, entry)
-        self.store.set(event.prediction_id, {"t": entry["t"], "joined": 1, "m": entry["m"]})
+        self.store.set(event.prediction_id, [entry[TIME], entry[MODEL], JOINED, None])
         self.counts.pairs += 1
         return LabelledPair(prediction, event.label, event.timestamp)
 
-    def _live(self, key: str) -> dict[str, Any] | None:
+    def waiting_label(self, key: str) -> str | float | None:
+        """The label waiting for prediction ``key``, if one is."""
+        entry = self.store.get(key)
+        return entry[PAYLOAD][0] if entry is not None and entry[STATE] == WAITING_LABEL else None
+
+    def _live(self, key: str) -> list[Any] | None:
         """The entry for ``key`` unless its TTL has passed (then it is expired now, and counted),
         so whether late input joins depends on event time only, not on when :meth:`expire` last ran."""
         entry = self.store.get(key)
-        if entry is not None and entry["t"] < self.watermark - self.ttl_seconds:
+        if entry is not None and entry[TIME] < self.watermark - self.ttl_seconds:
             self._expire_entry(key, entry)
             return None
         return entry
 
-    def _expire_entry(self, key: str, entry: dict[str, Any]) -> None:
+    def _expire_entry(self, key: str, entry: list[Any]) -> None:
         self.store.delete(key)
-        if entry.get("joined"):
+        if entry[STATE] == JOINED:
             return
-        if "prediction" in entry:
+        if entry[STATE] == WAITING_PREDICTION:
             self.counts.expired_predictions += 1
         else:
             self.counts.orphan_feedback += 1
-        self.expired_by_model[entry["m"]] = self.expired_by_model.get(entry["m"], 0) + 1
+        self.expired_by_model[entry[MODEL]] = self.expired_by_model.get(entry[MODEL], 0) + 1
 
     def expire(self) -> dict[str, int]:
         """Drop entries older than the TTL (event time); returns per-model counts of what expired unjoined."""
         horizon = self.watermark - self.ttl_seconds
         for key, entry in self.store.items():
-            if entry["t"] < horizon:
+            if entry[TIME] < horizon:
                 self._expire_entry(key, entry)
         expired, self.expired_by_model = self.expired_by_model, {}
         return expired
 
 
-def _pack(event: Prediction) -> list[Any]:
-    return [event.model_version, event.prediction, event.score, event.attributes or None, event.scores,
-            event.features]
+def _pack(event: Prediction) -> str:
+    """The prediction as one compact JSON string: a few hundred bytes per waiting entry, where
+    the same values as Python objects take several times that."""
+    return orjson.dumps([event.model_version, event.prediction, event.score, event.attributes or None,
+                         event.scores, event.features]).decode()
 
 
-def _unpack(prediction_id: str, entry: dict[str, Any]) -> Prediction:
-    version, prediction, score, attributes, scores, features = entry["prediction"]
-    return Prediction(prediction_id=prediction_id, model_id=entry["m"], model_version=version, timestamp=entry["t"],
-                      features=features, prediction=prediction, score=score, scores=scores,
+def _unpack(prediction_id: str, entry: list[Any]) -> Prediction:
+    version, prediction, score, attributes, scores, features = orjson.loads(entry[PAYLOAD])
+    features = {k: (math.nan if v is None else v) for k, v in features.items()}
+    return Prediction(prediction_id=prediction_id, model_id=entry[MODEL], model_version=version,
+                      timestamp=entry[TIME], features=features, prediction=prediction, score=score, scores=scores,
                       attributes=attributes or {})

@@ -64,21 +64,21 @@ class PartitionState(JoinStore):
 
     partition: int
     send: Send | None = None
-    joins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    joins: dict[str, list[Any]] = field(default_factory=dict)
     snapshot: dict[str, Any] | None = None
     seq: int = 0
     epoch: int = 0
     marker_seq: int = 0
-    _sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _sets: dict[str, list[Any]] = field(default_factory=dict)
     _deletes: set[str] = field(default_factory=set)
     _recovery: dict[str, Any] = field(default_factory=lambda: {"deltas": {}, "chunks": {}, "marker": None})
 
     # -- JoinStore ---------------------------------------------------------------------------
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> list[Any] | None:
         return self.joins.get(key)
 
-    def set(self, key: str, value: dict[str, Any]) -> None:
+    def set(self, key: str, value: list[Any]) -> None:
         self.joins[key] = value
         self._sets[key] = value
         self._deletes.discard(key)
@@ -88,7 +88,7 @@ class PartitionState(JoinStore):
             self._sets.pop(key, None)
             self._deletes.add(key)
 
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def items(self) -> Iterator[tuple[str, list[Any]]]:
         return iter(list(self.joins.items()))
 
     # -- logging -----------------------------------------------------------------------------

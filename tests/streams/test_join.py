@@ -194,7 +194,7 @@ def test_joined_entry_keeps_duplicates_out_until_its_ttl() -> None:
     # after that, a redelivered feedback is no longer recognised: it waits like a new label
     assert join.add_feedback(fb("a", TTL + 1.0)) is None
     assert join.counts.duplicate_feedback == 1
-    assert join.store.get("a")["label"] == "1"
+    assert join.waiting_label("a") == "1"
 
 
 def test_entry_at_exactly_the_horizon_is_kept() -> None:
