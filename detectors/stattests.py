@@ -104,17 +104,25 @@ def undefined(method: str, threshold: float, *, p_value: bool = False) -> TestRe
     return TestResult(method, math.nan, False, float(threshold), math.nan if p_value else None, math.nan)
 
 
-def _shares(reference: ArrayLike, current: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:
+def _occupied(reference: ArrayLike, current: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two count vectors without the bins empty in both; ``None`` when either side is empty."""
     ref = np.asarray(reference, dtype=np.float64)
     cur = np.asarray(current, dtype=np.float64)
     if ref.shape != cur.shape:
         raise ValueError(f"count vectors differ in length: {ref.shape} vs {cur.shape}")
     keep = (ref > 0) | (cur > 0)
     ref, cur = ref[keep], cur[keep]
-    n_ref, n_cur = ref.sum(), cur.sum()
-    if n_ref <= 0 or n_cur <= 0:
+    if ref.sum() <= 0 or cur.sum() <= 0:
         return None
-    return ref / n_ref, cur / n_cur
+    return ref, cur
+
+
+def _shares(reference: ArrayLike, current: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:
+    counts = _occupied(reference, current)
+    if counts is None:
+        return None
+    ref, cur = counts
+    return ref / ref.sum(), cur / cur.sum()
 
 
 def fill_zeros(shares: np.ndarray) -> np.ndarray:
@@ -174,15 +182,11 @@ def chisquare(reference: ArrayLike, current: ArrayLike, threshold: float = PVALU
     >>> round(r.statistic, 6), round(r.value, 6), r.drifted
     (4.0, 0.0455, True)
     """
-    ref = np.asarray(reference, dtype=np.float64)
-    cur = np.asarray(current, dtype=np.float64)
-    if ref.shape != cur.shape:
-        raise ValueError(f"count vectors differ in length: {ref.shape} vs {cur.shape}")
-    keep = (ref > 0) | (cur > 0)
-    ref, cur = ref[keep], cur[keep]
-    n_ref, n_cur = ref.sum(), cur.sum()
-    if n_ref <= 0 or n_cur <= 0:
+    counts = _occupied(reference, current)
+    if counts is None:
         return undefined("chisquare", threshold, p_value=True)
+    ref, cur = counts
+    n_ref, n_cur = ref.sum(), cur.sum()
     if ref.size < 2:
         return TestResult("chisquare", 1.0, False, float(threshold), 1.0, 0.0)
     expected = ref * (n_cur / n_ref)
