@@ -49,7 +49,10 @@ async def _consume(bootstrap: str, published: Published, handler: Handler | None
             now = time.monotonic()
             if now - started > timeout or (cap_s is not None and first is not None and now - first > cap_s):
                 break
+            before = time.monotonic()
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            if batches and first is None:
+                samples.append((before, 0))  # the fetch that brought the first records started here
             for tp, records in batches.items():
                 kind = kinds[tp.topic]
                 for record in records:

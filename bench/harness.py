@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -341,16 +341,6 @@ def sustained_rate(samples: list[tuple[float, int]], total: int, lo: float = 0.1
     if done >= len(n) or idle.size == 0 or t[done] <= t[idle[-1]]:
         return float("nan")
     return float(total / (t[done] - t[idle[-1]]))
-
-
-@contextlib.contextmanager
-def timer() -> Iterator[dict[str, float]]:
-    box: dict[str, float] = {}
-    start = time.monotonic()
-    try:
-        yield box
-    finally:
-        box["seconds"] = time.monotonic() - start
 
 
 def machine() -> dict[str, str]:

@@ -31,7 +31,6 @@ Comparators on the very same rows:
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field

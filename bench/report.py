@@ -29,7 +29,7 @@ def _n(x: Any, digits: int = 0) -> str:
 
 
 def _mb(x: Any) -> str:
-    return "—" if not x else f"{x / MB:,.0f} MB"
+    return "—" if not x else f"{x / MB:,.0f} MiB"
 
 
 def _ratio(a: Any, b: Any) -> float:
@@ -419,7 +419,7 @@ def _memory(r: dict[str, Any]) -> list[str]:
 def _say_memory(mem: dict[str, Any]) -> str:
     parts = []
     for label, x in mem.items():
-        parts.append(f"with {label} RSS grows {x['slope_bytes_per_prediction']:,.0f} bytes per prediction "
+        parts.append(f"With {label} RSS grows {x['slope_bytes_per_prediction']:,.0f} bytes per prediction "
                      f"({'flat' if _flat(x) else 'not flat'}; {x['join_entries']:,} join entries at the end)")
     text = "; ".join(parts) + "."
     default = next(iter(mem.values()))
@@ -450,12 +450,15 @@ def _left_out(r: dict[str, Any]) -> list[str]:
         "KSWIN is fed the last 5,000 events before a change (its window is 100) and its stationary false-alarm "
         "rate is measured on a capped stream (count in the table).",
         "Memory beyond the run length is a linear projection from the slope, not a measurement.",
+        "Runtime on this machine: `python -m bench all` (200,000 predictions per run) ~6.5 min; "
+        "`python -m bench all --full` (1,000,000) ~20 min, most of it the worker consuming 1.5M single-event "
+        "messages (~5 min) and publishing them (~1.5 min).",
     ]
     if not r.get("victoria", True):
         notes.insert(0, "VictoriaMetrics was not installed: the worker ran with `influx.enabled: false` (points "
                      "went nowhere) and latency was not measured.")
     if not r.get("full"):
-        notes.insert(0, f"This is the default-size run ({r['events']:,} predictions per run); the headline figures "
+        notes.insert(0, f"This run used {r['events']:,} predictions per run; the headline figures "
                      "come from `python -m bench all --full` (1,000,000 predictions).")
     lines += [f"- {n}" for n in notes]
     return lines

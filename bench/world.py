@@ -23,7 +23,7 @@ policies, adapted) and the reference profile for this model, like
 
 from __future__ import annotations
 
-import math
+import heapq
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -85,9 +85,8 @@ class BenchWorld:
         }
 
     def _latent(self, num: Mapping[str, np.ndarray], cat0_codes: np.ndarray) -> np.ndarray:
-        u = (0.6 * num["num0"] + 0.5 * (num["num1"] - 50.0) / 10.0 - 0.4 * (num["num5"] - 2 / 7) / 0.16
-             + self.cat_effect[cat0_codes])
-        return u / 1.0
+        return (0.6 * num["num0"] + 0.5 * (num["num1"] - 50.0) / 10.0 - 0.4 * (num["num5"] - 2 / 7) / 0.16
+                + self.cat_effect[cat0_codes])
 
     def draw(self, n: int, change: str | None = None) -> dict[str, np.ndarray]:
         """``n`` rows with ``change`` (one of :data:`SCENARIOS`, or ``None``) in force."""
@@ -170,7 +169,6 @@ class EventStream:
         """``("prediction"|"feedback", event)`` in event-time order."""
         rng = np.random.default_rng(self.seed + 1)
         pending: list[tuple[float, int, dict[str, Any]]] = []
-        import heapq
 
         for first, cols in self.chunks(total):
             n = len(cols["score"])
