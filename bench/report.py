@@ -421,7 +421,7 @@ def _say_memory(mem: dict[str, Any]) -> str:
     for label, x in mem.items():
         parts.append(f"With {label} RSS grows {x['slope_bytes_per_prediction']:,.0f} bytes per prediction "
                      f"({'flat' if _flat(x) else 'not flat'}; {x['join_entries']:,} join entries at the end)")
-    text = "; ".join(parts) + "."
+    text = ". ".join(parts) + "."
     default = next(iter(mem.values()))
     if not _flat(default):
         text += (" The growth is the join table: every prediction keeps an entry (waiting for its label, or a "
