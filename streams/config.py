@@ -79,7 +79,7 @@ class KafkaConfig:
     sasl_password: Secret = Secret("")
     batch_size: int = 2000
     """Most events a worker takes from the stream before it hands them to the detectors."""
-    batch_timeout: float = 0.5
+    batch_timeout: float = 0.2
     """Seconds a worker waits to fill a batch before processing what it has."""
 
 
@@ -91,7 +91,7 @@ class InfluxConfig:
     token: Secret = Secret("")
     enabled: bool = True
     batch_size: int = 5000
-    flush_interval_ms: int = 1000
+    flush_interval_ms: int = 250
     max_retries: int = 5
 
 
