@@ -222,16 +222,10 @@ def encode(event: Any) -> bytes:
 def write_workspace(workdir: Path, *, bootstrap: str = "127.0.0.1:9092", influx_url: str | None = None,
                     overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Path:
     """Config (the shipped example and its policies, adapted to this model) and reference profile."""
-    from streams.commands import _set_path, build_profile, write_profile
-    from streams.config import example_config_path
+    from streams.commands import _set_path, build_profile, example_config, write_profile
 
     workdir.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load(example_config_path().read_text(encoding="utf-8"))
-    raw["kafka"]["bootstrap"] = bootstrap
-    if influx_url:
-        raw["influx"]["url"] = influx_url
-    else:
-        raw["influx"]["enabled"] = False
+    raw = example_config(bootstrap=bootstrap, influx_url=influx_url)
     model = dict(raw["models"][0])
     model.update({"id": MODEL_ID, "reference": f"profiles/{MODEL_ID}.json", "features": dict(FEATURES),
                   "attributes": list(ATTRIBUTES), "intersections": [list(ATTRIBUTES)], "window": {"events": 1000}})

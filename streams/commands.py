@@ -96,6 +96,18 @@ def run_baseline(args: Any) -> int:
     return 0
 
 
+def example_config(*, bootstrap: str, influx_url: str | None = None) -> dict[str, Any]:
+    """The shipped example configuration as a mapping, pointed at ``bootstrap`` and, when given,
+    at ``influx_url`` (else with the InfluxDB sink off)."""
+    raw: dict[str, Any] = yaml.safe_load(example_config_path().read_text(encoding="utf-8"))
+    raw["kafka"]["bootstrap"] = bootstrap
+    if influx_url:
+        raw["influx"]["url"] = influx_url
+    else:
+        raw["influx"]["enabled"] = False
+    return raw
+
+
 def prepare_workspace(
     workdir: Path,
     *,
@@ -110,12 +122,7 @@ def prepare_workspace(
     from streams.simulate import ATTRIBUTES, FEATURES, CreditRiskWorld
 
     workdir.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load(example_config_path().read_text(encoding="utf-8"))
-    raw["kafka"]["bootstrap"] = bootstrap
-    if influx_url:
-        raw["influx"]["url"] = influx_url
-    else:
-        raw["influx"]["enabled"] = False
+    raw = example_config(bootstrap=bootstrap, influx_url=influx_url)
     template = raw["models"][0]
     raw["models"] = []
     for i, model_id in enumerate(models):
