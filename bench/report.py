@@ -6,6 +6,8 @@ import math
 import subprocess
 from typing import Any
 
+from streams.config import InfluxConfig, KafkaConfig
+
 from bench.harness import REPO
 
 MB = 1024 * 1024
@@ -182,8 +184,8 @@ def _throughput(r: dict[str, Any]) -> list[str]:
         for run in (lat, t.get("latency_tuned")):
             if not run or "skipped" in run:
                 continue
-            rows.append([_settings(run["settings"]) or "defaults (`kafka.batch_timeout: 0.5`, "
-                         "`influx.flush_interval_ms: 1000`)", f"{run['achieved_rate']:,.0f}",
+            rows.append([_settings(run["settings"]) or f"defaults (`kafka.batch_timeout: {KafkaConfig.batch_timeout}`, "
+                         f"`influx.flush_interval_ms: {InfluxConfig.flush_interval_ms}`)", f"{run['achieved_rate']:,.0f}",
                          f"{run['measured']} of {run['windows']}", f"{run['p50']:.2f} s", f"**{run['p99']:.2f} s**",
                          f"{run['max']:.2f} s", f"{run['target_s']:.2f} s"])
         lines += _table(["settings", "predictions/s", "windows measured", "p50", "p99", "max", "target"], rows)
@@ -223,7 +225,8 @@ def _say_throughput(r: dict[str, Any]) -> str:
         verdict = "within" if lat["p99"] <= lat["target_s"] else "over"
         text += (f" End-to-end latency with the default settings: p50 {lat['p50']:.2f} s, p99 {lat['p99']:.2f} s — "
                  f"{verdict} the {lat['target_s']:.2f} s target; it is made of the worker's wait to fill a batch "
-                 "(`kafka.batch_timeout`, 0.5 s), the Influx client's flush interval (1 s), the processing of the "
+                 f"(`kafka.batch_timeout`, {KafkaConfig.batch_timeout} s), the Influx client's flush interval "
+                 f"({InfluxConfig.flush_interval_ms} ms), the processing of the "
                  "batch and Faust's commit/fetch cadence.")
         tuned = r["throughput"].get("latency_tuned")
         if tuned and "skipped" not in tuned:
