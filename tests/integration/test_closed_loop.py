@@ -13,11 +13,9 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from streams.broker import create_topics
-from streams.commands import prepare_workspace
-from streams.simulate import SimulatedStream
 from retrain.events import parse_time
-from tests.conftest import topic_overrides
+from streams.simulate import SimulatedStream
+from tests.conftest import integration_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +47,7 @@ def _publish(producer: KafkaProducer, topics: dict[str, str], stream: SimulatedS
 
 def test_drift_alert_retrain_job_new_version(broker, victoria, worker_factory, tmp_path: Path, unique: str):
     model_id = f"loop-{unique}"
-    overrides = {**topic_overrides(unique), "models.*.window": {"events": 500}}
-    config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
-                               models=(model_id,), overrides=overrides)
-    topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
-    create_topics(broker.bootstrap, topics.values(), partitions=1)
+    config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique, window=500)
 
     worker = worker_factory(config).start()
     retrainer = worker_factory(config, command="retrain-worker").start()
@@ -111,11 +105,7 @@ def test_drift_alert_retrain_job_new_version(broker, victoria, worker_factory, t
 def test_fairness_regression_shows_up_as_points_and_an_alert(broker, victoria, worker_factory, tmp_path: Path,
                                                               unique: str):
     model_id = f"fair-{unique}"
-    overrides = {**topic_overrides(unique), "models.*.window": {"events": 500}}
-    config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
-                               models=(model_id,), overrides=overrides)
-    topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
-    create_topics(broker.bootstrap, topics.values(), partitions=1)
+    config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique, window=500)
     worker = worker_factory(config).start()
     try:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)

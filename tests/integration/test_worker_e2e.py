@@ -17,9 +17,7 @@ import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from streams.broker import create_topics
-from streams.commands import prepare_workspace
-from tests.conftest import topic_overrides
+from tests.conftest import integration_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +50,8 @@ def _send(producer: KafkaProducer, topic: str, docs: list[Any]) -> None:
 
 def _workspace(tmp_path: Path, broker: Any, victoria: Any, unique: str) -> tuple[Path, str, dict[str, str]]:
     model_id = f"m-{unique}"
-    overrides = {**topic_overrides(unique), "models.*.window": {"events": WINDOW}}
-    config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
-                               models=(model_id,), overrides=overrides)
-    topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
+    config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique,
+                                           window=WINDOW)
     return config, model_id, topics
 
 
@@ -124,7 +120,6 @@ def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worke
     mixed_array = [predictions[3] | {"prediction_id": f"{model_id}-arr-ok"}, {"model_id": model_id}]
     bad_messages = [b"this is not json", bad_prediction, wrong_type, unknown_model, mixed_array]
 
-    create_topics(broker.bootstrap, topics.values(), partitions=1)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
     _send(producer, topics["feedback"], feedback_early)
     _send(producer, topics["predictions"], predictions[:500])
@@ -173,7 +168,6 @@ def test_restart_mid_stream_loses_and_doubles_nothing(broker, victoria, worker_f
     """Stop the worker (SIGTERM) mid-stream and start it again: the changelog restores the join
     table and the open window, so every joined pair counts exactly once."""
     config, model_id, topics = _workspace(tmp_path, broker, victoria, unique)
-    create_topics(broker.bootstrap, topics.values(), partitions=1)
     rng = np.random.default_rng(5)
     predictions = _events(model_id, 1500, 0, rng)
     feedback = [{"prediction_id": p["prediction_id"], "model_id": model_id, "timestamp": time.time() - 60,
