@@ -40,6 +40,7 @@ def create_app(
     sink: PointSink,
     recovered: dict[int, PartitionState] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> faust.App:
     """Build the worker's Faust app. Nothing connects until the app starts."""
     topics = cfg.kafka.topics
@@ -129,11 +130,22 @@ def create_app(
             stats["events"] += len(events)
             stats["batches"] += 1
 
-    @app.timer(interval=10.0)
+    last = {"messages": 0, "at": time.monotonic()}
+
+    @app.timer(interval=30.0)
     async def report_progress() -> None:
-        elapsed = max(time.monotonic() - stats["started"], 1e-9)
-        log.info("processed %d messages in %d batches (%.0f messages/s)", stats["events"], stats["batches"],
-                 stats["events"] / elapsed)
+        """A line every 30 s while messages flow: the worker is alive and how fast it goes."""
+        now = time.monotonic()
+        if stats["events"] == last["messages"]:
+            return
+        rate = (stats["events"] - last["messages"]) / max(now - last["at"], 1e-9)
+        last.update(messages=stats["events"], at=now)
+        events = sum(p.events_seen for p, _ in pipelines.values())
+        dead = sum(p.dead_letter_count for p, _ in pipelines.values())
+        pairs = sum(p.join.counts.pairs for p, _ in pipelines.values())
+        line = (f"PROGRESS {stats['events']} messages ({rate:.0f}/s over the last 30 s), {events} events, "
+                f"{pairs} labelled pairs, {dead} dead letters, {stats['failed_batches']} failed batches")
+        (echo or log.info)(line)
 
     app.driftwarden_pipelines = pipelines  # type: ignore[attr-defined]
     return app

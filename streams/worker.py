@@ -67,8 +67,7 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
     create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True)
     recovered = recover(cfg.kafka.bootstrap, changelog)
     app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations, registry=registry), sink=sink,
-                     recovered=recovered,
-                     on_outcome=actions.handle)
+                     recovered=recovered, on_outcome=actions.handle, echo=echo)
     actions.bind(app)
     follower.attach(app)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -82,5 +81,10 @@ def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
     finally:
         sink.close()
         actions.close()
-        log.info("driftwarden worker stopped")
+        pipelines = [p for p, _ in app.driftwarden_pipelines.values()]
+        echo(f"driftwarden worker stopped: {sum(p.events_seen for p in pipelines)} events, "
+             f"{sum(p.join.counts.pairs for p in pipelines)} labelled pairs, "
+             f"{sum(p.dead_letter_count for p in pipelines)} dead letters, {actions.alerts_sent} alerts, "
+             f"{actions.jobs_sent} retrain jobs; points written {getattr(sink, 'written', 0)}, "
+             f"lost {getattr(sink, 'failed', 0)}")
     return code
