@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from streams.app import create_app
 from dataclasses import replace
@@ -46,7 +45,7 @@ def with_source_partitions(cfg: Config) -> Config:
     return cfg
 
 
-def run_worker(config_path: str, *, outcome_hook: Any = None) -> int:
+def run_worker(config_path: str) -> int:
     """Run the Faust worker in this process until SIGINT/SIGTERM; flush points on the way out."""
     import faust
 

@@ -129,7 +129,6 @@ def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worke
 
     secret = "sekret-token-do-not-log-4711"
     worker = worker_factory(config, env={"DRIFTWARDEN_INFLUX_TOKEN": secret}).start()
-    expected_events = 1000 + 1  # + the good element of the mixed array
     group = f"driftwarden-{unique}"
     assert _wait_consumed(broker.bootstrap, group, [topics["predictions"], topics["feedback"]]), worker.log()[-3000:]
     # Close the last window: filler predictions without feedback, after everything above was processed.
