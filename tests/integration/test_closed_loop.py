@@ -140,3 +140,66 @@ def test_fairness_regression_shows_up_as_points_and_an_alert(broker, victoria, w
         assert abs(sum(late(men)) / len(late(men)) - sum(early(men)) / len(early(men))) < 0.08
     finally:
         worker.stop()
+
+
+def test_same_drifting_stream_twice_and_with_a_restart_gives_one_job_with_one_id(
+        broker, victoria, worker_factory, tmp_path: Path, unique: str):
+    """Three workers (own consumer groups) over the same topics: straight through, again, and
+    stopped halfway and started again. Each publishes exactly one retrain job, with the same id."""
+    import yaml
+
+    model_id = f"idem-{unique}"
+    config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique, window=500)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+    stream = SimulatedStream(model_id=model_id, seed=9, start=time.time() - 3600, rate=100.0, change_after=2000,
+                             changes=("drift",), feedback_delay=1.0, feedback_loss=0.05)
+    events = list(stream.events(4500))
+    half = len(events) // 2
+
+    def publish(part: list[tuple[str, dict[str, Any]]]) -> None:
+        for kind, event in part:
+            topic = topics["predictions"] if kind == "prediction" else topics["feedback"]
+            producer.send(topic, key=event["prediction_id"].encode(), value=orjson.dumps(event))
+        producer.flush()
+
+    def run(group: str, jobs_topic: str, *, restart: bool) -> list[dict[str, Any]]:
+        raw = yaml.safe_load(config.read_text())
+        raw["kafka"]["group_id"] = group
+        raw["kafka"]["topics"]["retrain_jobs"] = jobs_topic
+        raw["kafka"]["batch_size"] = 200
+        own = config.with_name(f"{group}.yaml")
+        own.write_text(yaml.safe_dump(raw))
+        worker = worker_factory(own).start()
+        try:
+            if restart:  # stop partway (small batches make "partway" likely mid-stream), resume from the changelog
+                assert _wait_offsets(broker.bootstrap, group, topics["predictions"], half // 2), worker.log()[-2000:]
+                assert worker.stop() == 0
+                worker = worker_factory(own).start()
+            return _collect(broker.bootstrap, jobs_topic, lambda found: len(found) >= 1, timeout=90)
+        finally:
+            time.sleep(3)  # a second job, if any, would follow within a window or two
+            worker.stop()
+
+    publish(events)
+    runs = {name: run(f"idem-{name}-{unique}", f"jobs-{name}-{unique}", restart=(name == "restart"))
+            for name in ("first", "second", "restart")}
+    for name, jobs in runs.items():
+        again = _collect(broker.bootstrap, f"jobs-{name}-{unique}", lambda found: False, timeout=2)
+        assert len(again) == 1, (name, [j["job_id"] for j in again])
+    ids = {name: jobs[0]["job_id"] for name, jobs in runs.items()}
+    assert len(set(ids.values())) == 1, ids
+
+
+def _wait_offsets(bootstrap: str, group: str, topic: str, at_least: int, timeout: float = 60) -> bool:
+    from kafka import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (consumer.committed(TopicPartition(topic, 0)) or 0) >= at_least:
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        consumer.close()
