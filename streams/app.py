@@ -77,6 +77,7 @@ def create_app(
     def send_change(partition: int, key: bytes, value: bytes | None) -> None:
         changelog.send_soon(key=key, value=value, partition=partition)
     stats = {"events": 0, "batches": 0, "failed_batches": 0, "started": time.monotonic()}
+    last = {"messages": 0, "at": time.monotonic()}
 
     def pipeline_for(partition: int) -> tuple[Pipeline, PartitionState]:
         entry = pipelines.get(partition)
@@ -94,6 +95,7 @@ def create_app(
     @app.agent(source, name="monitor")
     async def monitor(stream: faust.Stream) -> None:
         async for events in stream.take_events(cfg.kafka.batch_size, within=cfg.kafka.batch_timeout):
+            started = time.monotonic()
             by_partition: dict[int, list[RawMessage]] = {}
             for event in events:
                 message = event.message
@@ -127,10 +129,10 @@ def create_app(
             if on_outcome is not None:
                 for outcome in outcomes:
                     await _maybe_await(on_outcome(outcome))
+            if not stats["batches"]:
+                last["at"] = started  # rates count from the first batch, not from start-up
             stats["events"] += len(events)
             stats["batches"] += 1
-
-    last = {"messages": 0, "at": time.monotonic()}
 
     @app.timer(interval=30.0)
     async def report_progress() -> None:

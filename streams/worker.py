@@ -10,7 +10,7 @@ from dataclasses import replace
 from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
 from streams.runtime import load_evaluations, pipeline_factory
-from streams.sinks import InfluxSink, MemorySink, PointSink
+from streams.sinks import DiscardSink, InfluxSink, PointSink
 from streams.state import changelog_topic, recover
 from streams.updates import UpdateFollower, VersionRegistry
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def build_sink(cfg: Config) -> PointSink:
     if not cfg.influx.enabled:
         log.warning("influx.enabled is false: points are not written anywhere")
-        return MemorySink()
+        return DiscardSink()
     if not cfg.influx.token:
         log.warning("DRIFTWARDEN_INFLUX_TOKEN is not set: writing to %s without a token", cfg.influx.url)
     return InfluxSink(cfg.influx)
