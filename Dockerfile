@@ -10,7 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . /app
+# The example config's reference profile, built from the simulated model's training data, so that
+# `docker compose up` (worker + simulator) works out of the box. Replace it with your own:
+#   driftwarden baseline --data train.parquet --model ID ... -o /app/examples/profiles/ID.json
 RUN pip install . \
+    && python -m streams.commands /app/examples/profiles/credit-risk.json \
     && useradd --create-home --uid 10001 driftwarden \
     && mkdir -p /data/reports /data/state \
     && chown -R driftwarden /data

@@ -119,7 +119,7 @@ def prepare_workspace(
 ) -> Path:
     """Write a config (the shipped example, adapted) and reference profiles built from the
     simulator's training data into ``workdir``; return the config path. Used by the demo and the tests."""
-    from streams.simulate import ATTRIBUTES, FEATURES, CreditRiskWorld
+    from streams.simulate import CreditRiskWorld
 
     workdir.mkdir(parents=True, exist_ok=True)
     raw = example_config(bootstrap=bootstrap, influx_url=influx_url)
@@ -128,11 +128,8 @@ def prepare_workspace(
     for i, model_id in enumerate(models):
         model = {**template, "id": model_id, "reference": f"profiles/{model_id}.json"}
         raw["models"].append(model)
-        frame = CreditRiskWorld(seed + i).training_frame(20_000)
-        profile = build_profile(frame, model_id=model_id, features=FEATURES, target="label",
-                                prediction="prediction", score="score", attributes=ATTRIBUTES)
-        write_profile(profile, workdir / "profiles" / f"{model_id}.json")
-        frame.to_csv(workdir / f"{model_id}-train.csv", index=False)
+        write_simulated_profile(workdir / "profiles" / f"{model_id}.json", model_id, seed + i)
+        CreditRiskWorld(seed + i).training_frame(20_000).to_csv(workdir / f"{model_id}-train.csv", index=False)
     for key, value in (overrides or {}).items():
         _set_path(raw, key, value)
     path = workdir / "driftwarden.yaml"
@@ -152,3 +149,19 @@ def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
         return
     target = raw.setdefault(head, {})
     _set_path(target, rest, value)  # type: ignore[arg-type]
+
+
+def write_simulated_profile(output: Path, model_id: str = "credit-risk", seed: int = 7) -> Path:
+    """The reference profile of the simulator's model (its training data), for images and examples."""
+    from streams.simulate import ATTRIBUTES, FEATURES, CreditRiskWorld
+
+    frame = CreditRiskWorld(seed).training_frame(20_000)
+    profile = build_profile(frame, model_id=model_id, features=FEATURES, target="label",
+                            prediction="prediction", score="score", attributes=ATTRIBUTES)
+    return write_profile(profile, output)
+
+
+if __name__ == "__main__":  # python -m streams.commands PROFILE.json (used by the Dockerfile)
+    import sys
+
+    print(f"wrote {write_simulated_profile(Path(sys.argv[1]))}")
