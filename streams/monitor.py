@@ -49,7 +49,6 @@ class WindowOutput:
     end_ns: int
     n: int
     points: list[Point]
-    summaries: WindowSummaries | None = None
     evidence: Callable[[], Any] | None = None
     """Builds a DataFrame of the window's recent rows (for the retrain job's Evidently report)."""
     offsets: tuple[int, int] | None = None
@@ -301,7 +300,7 @@ class _VersionMonitor:
             self.open = {k: _Pane(latest.new_window()) if not p.n else p for k, p in self.open.items()}
         recent, recent_pairs = list(self.recent), list(self.recent_pairs)
         evidence = lambda: self.evaluation.evidence_frame(recent, recent_pairs)  # noqa: E731
-        return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, window, evidence, offsets)
+        return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, evidence, offsets)
 
     # -- snapshot ----------------------------------------------------------------------------
 
@@ -399,12 +398,6 @@ class ModelMonitor:
                 [int(before[positions[i]]) for i in chosen],
                 [o for o, keep in zip(offsets, mine) if keep] if offsets else None))
         return outputs
-
-    def add_predictions(self, events: Sequence[Prediction]) -> list[WindowOutput]:
-        return self.add_batch(events)
-
-    def add_pairs(self, pairs: Sequence[LabelledPair]) -> None:
-        self.add_batch((), pairs, [0] * len(pairs))
 
     def count(self, name: str, value: int) -> None:
         """Add to a worker counter reported with the next closed window (e.g. dead letters)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import orjson
 
@@ -228,10 +228,3 @@ class _ModelBatch:
 def _dead_letter(message: RawMessage, rejection: Rejection) -> DeadLetter:
     return DeadLetter(message=message, reason=rejection.reason, index=rejection.index, model_id=rejection.model_id)
 
-
-def messages_from_lines(lines: Iterable[bytes], kind: str, source: str) -> Iterable[RawMessage]:
-    """Turn the lines of a JSON-lines file into messages (blank lines skipped)."""
-    for number, line in enumerate(lines):
-        line = line.strip()
-        if line:
-            yield RawMessage(kind=kind, value=line, topic=source, partition=0, offset=number)
