@@ -21,6 +21,7 @@ drift reuses.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Self, Sequence
@@ -35,6 +36,16 @@ from detectors.stattests import STATTESTS, TestResult, get_stattest
 
 OVERFLOW = "__overflow__"
 """Key under which unseen categories beyond the tracking capacity are counted."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _vocabulary_index(categories: tuple[str, ...]) -> pd.Index:
+    """The lookup index of a vocabulary, built once: every window's counter shares it (an
+    ``Index`` is immutable), and building one costs more than counting a window's values."""
+    index = pd.Index(categories, dtype=object)
+    if not index.is_unique:
+        raise DetectorError("reference categories must be unique")
+    return index
 
 
 class CategoryCounts:
@@ -58,9 +69,7 @@ class CategoryCounts:
             raise DetectorError(f"max_unseen must be >= 0, got {max_unseen}")
         self.categories = tuple(str(c) for c in categories)
         self.max_unseen = int(max_unseen)
-        self._index = pd.Index(self.categories, dtype=object)
-        if not self._index.is_unique:
-            raise DetectorError("reference categories must be unique")
+        self._index = _vocabulary_index(self.categories)
         self._reset()
 
     def _reset(self) -> None:

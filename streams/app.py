@@ -1,10 +1,13 @@
-"""The Faust application: one agent over ``predictions`` and ``feedback``.
+"""The worker's Faust application.
 
-The agent is thin: it takes micro-batches of raw messages (``take_events``),
-hands them to the partition's :class:`~streams.pipeline.Pipeline`, and passes
-what comes out to the sinks: points to InfluxDB, rejects to ``dead-letters``,
-alerts to ``alerts``, retrain jobs to ``retrain-jobs``, joined pairs to
-``labelled``. Offsets are acknowledged only after a batch is done.
+Predictions and feedback are read in micro-batches by a
+:class:`~streams.consumer.SourceConsumer` (a service of this app: aiokafka's
+``getmany``, not one Faust event per message). Each batch goes to the
+partition's :class:`~streams.pipeline.Pipeline`, and what comes out goes to the
+sinks: points to InfluxDB, rejects to ``dead-letters``, alerts to ``alerts``,
+retrain jobs to ``retrain-jobs``, joined pairs to ``labelled`` — all through
+Faust's producer. Offsets are committed only after a batch is done and its
+output acknowledged.
 
 State (the join table and, after each batch, a snapshot of every model's
 open windows) is kept per partition and sent to a changelog topic; see
@@ -13,24 +16,37 @@ open windows) is kept per partition and sent to a changelog topic; see
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Callable
 
 import faust
 import orjson
+from faust.app.base import BootStrategy
 
 from streams.config import Config
+from streams.consumer import Batch, SourceConsumer, kafka_security
 from streams.join import JoinStore
-from streams.pipeline import FEEDBACK, PREDICTION, Outcome, Pipeline, RawMessage
+from streams.pipeline import Outcome, Pipeline
 from streams.sinks import PointSink
-from streams.state import PartitionState, changelog_topic
+from streams.state import PartitionState, changelog_topic, recover
 
 log = logging.getLogger(__name__)
 
 LABELLED_PER_MESSAGE = 500
 """Pairs per ``labelled`` message (a JSON array), keeping messages well under 1 MB."""
 
+
+class _WithoutFaustConsumer(BootStrategy):
+    """Faust's producer, timers and services, but not its consumer: the source topics are read by
+    :class:`SourceConsumer` (and Faust's consumer would join the same group)."""
+
+    enable_kafka_consumer = False
+
+
+class WorkerApp(faust.App):
+    BootStrategy = _WithoutFaustConsumer
 
 
 def create_app(
@@ -44,7 +60,7 @@ def create_app(
 ) -> faust.App:
     """Build the worker's Faust app. Nothing connects until the app starts."""
     topics = cfg.kafka.topics
-    app = faust.App(
+    app = WorkerApp(
         cfg.kafka.group_id,
         broker=[f"kafka://{host}" for host in cfg.kafka.bootstrap.split(",")],
         broker_credentials=_credentials(cfg),
@@ -54,25 +70,27 @@ def create_app(
         value_serializer="raw",
         topic_partitions=cfg.kafka.partitions,
         topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        broker_rebalance_timeout=5,
-        broker_session_timeout=6,
-        broker_heartbeat_interval=1,
-        broker_max_poll_interval=30,
-        broker_commit_interval=1.0,
-        stream_buffer_maxsize=max(4 * cfg.kafka.batch_size, 4096),
         web_enabled=False,
         producer_linger_ms=5,
-        table_cleanup_interval=3600,
     )
-    source = app.topic(topics.predictions, topics.feedback, key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(topics.dead_letters, key_serializer="raw", value_serializer="raw")
     labelled = app.topic(topics.labelled, key_serializer="raw", value_serializer="raw")
-    changelog = app.topic(changelog_topic(cfg.kafka.group_id), key_serializer="raw", value_serializer="raw",
+    changelog_name = changelog_topic(cfg.kafka.group_id)
+    changelog = app.topic(changelog_name, key_serializer="raw", value_serializer="raw",
                           partitions=cfg.kafka.partitions)
     recovered = recovered or {}
     pipelines: dict[int, tuple[Pipeline, PartitionState]] = {}
+    given_up = {"events": 0, "pairs": 0, "dead_letters": 0}
+    """What this worker did on partitions it no longer holds (for its progress lines and summary)."""
+
+    def totals() -> dict[str, int]:
+        """Events, labelled pairs and dead letters this worker processed, over all partitions it held."""
+        out = dict(given_up)
+        for pipeline, _ in pipelines.values():
+            out["events"] += pipeline.events_seen
+            out["pairs"] += pipeline.join.counts.pairs
+            out["dead_letters"] += pipeline.dead_letter_count
+        return out
 
     def send_change(partition: int, key: bytes, value: bytes | None) -> None:
         changelog.send_soon(key=key, value=value, partition=partition)
@@ -92,47 +110,70 @@ def create_app(
             entry = pipelines[partition] = (pipeline, state)
         return entry
 
-    @app.agent(source, name="monitor")
-    async def monitor(stream: faust.Stream) -> None:
-        async for events in stream.take_events(cfg.kafka.batch_size, within=cfg.kafka.batch_timeout):
-            started = time.monotonic()
-            by_partition: dict[int, list[RawMessage]] = {}
-            for event in events:
-                message = event.message
-                kind = FEEDBACK if message.topic == topics.feedback else PREDICTION
-                by_partition.setdefault(message.partition, []).append(
-                    RawMessage(kind, message.value or b"", message.key, message.topic, message.partition,
-                               message.offset))
-            outcomes = []
-            # Everything up to the state snapshot is synchronous: a cancellation (shutdown) can only
-            # land between batches or in the awaits below, after the batch's state is recorded.
-            for partition, messages in by_partition.items():
-                pipeline, state = pipeline_for(partition)
-                try:
-                    outcome = pipeline.process(messages)
-                except Exception:  # never a crashed worker: log, count, go on with the next batch
-                    log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
-                    stats["failed_batches"] += 1
-                    continue
-                sink.write(outcome.points)
-                for dead in outcome.dead_letters:
-                    dead_letters.send_soon(key=dead.message.key, value=dead.to_json())
-                by_model: dict[str, list[Any]] = {}
-                for pair in outcome.pairs:
-                    by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
-                for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
-                    for i in range(0, len(docs), LABELLED_PER_MESSAGE):
-                        labelled.send_soon(key=model_id.encode(),
-                                           value=orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
-                state.save_snapshot(pipeline.snapshot())
-                outcomes.append(outcome)
-            if on_outcome is not None:
-                for outcome in outcomes:
-                    await _maybe_await(on_outcome(outcome))
-            if not stats["batches"]:
-                last["at"] = started  # rates count from the first batch, not from start-up
-            stats["events"] += len(events)
-            stats["batches"] += 1
+    stale: set[int] = set()
+    """Partitions given up since the changelog was read: another worker may have moved them on."""
+
+    async def assigned(partitions: list[int]) -> None:
+        """Partitions given up earlier: read their state back from the changelog before their first
+        batch (every partition's state was read at start-up, before the app started)."""
+        (echo or log.info)(f"PARTITIONS assigned {partitions} of {topics.predictions}/{topics.feedback}")
+        missing = sorted(stale.intersection(partitions))
+        if missing:
+            states = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: recover(cfg.kafka.bootstrap, changelog_name, partitions=missing,
+                                      **kafka_security(cfg)))
+            recovered.update(states)
+            stale.difference_update(missing)
+
+    async def revoked(partitions: list[int]) -> None:
+        """Their batches are committed and their state is in the changelog: let them go, so a later
+        assignment reads the state the next owner left."""
+        for partition in partitions:
+            entry = pipelines.pop(partition, None)
+            if entry is not None:
+                given_up["events"] += entry[0].events_seen
+                given_up["pairs"] += entry[0].join.counts.pairs
+                given_up["dead_letters"] += entry[0].dead_letter_count
+            recovered.pop(partition, None)
+        stale.update(partitions)
+        (echo or log.info)(f"PARTITIONS revoked {partitions} (committed; state in {changelog_name})")
+
+    async def handle(batch: Batch) -> None:
+        started = time.monotonic()
+        outcomes = []
+        # Everything up to the state snapshot is synchronous: a cancellation (shutdown) can only
+        # land between batches or in the awaits below, after the batch's state is recorded.
+        for partition, messages in batch.items():
+            pipeline, state = pipeline_for(partition)
+            try:
+                outcome = pipeline.process(messages)
+            except Exception:  # never a crashed worker: log, count, go on with the next batch
+                log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
+                stats["failed_batches"] += 1
+                continue
+            sink.write(outcome.points)
+            for dead in outcome.dead_letters:
+                dead_letters.send_soon(key=dead.message.key, value=dead.to_json())
+            by_model: dict[str, list[Any]] = {}
+            for pair in outcome.pairs:
+                by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
+            for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
+                for i in range(0, len(docs), LABELLED_PER_MESSAGE):
+                    labelled.send_soon(key=model_id.encode(),
+                                       value=orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
+            state.save_snapshot(pipeline.snapshot())
+            outcomes.append(outcome)
+        if on_outcome is not None:
+            for outcome in outcomes:
+                await _maybe_await(on_outcome(outcome))
+        if not stats["batches"]:
+            last["at"] = started  # rates count from the first batch, not from start-up
+        stats["events"] += sum(len(messages) for messages in batch.values())
+        stats["batches"] += 1
+
+    consumer = SourceConsumer(cfg, handle=handle, before_commit=lambda: app.producer.flush(),
+                              assigned=assigned, revoked=revoked, beacon=app.beacon)
+    app.service(consumer)
 
     @app.timer(interval=30.0)
     async def report_progress() -> None:
@@ -142,14 +183,14 @@ def create_app(
             return
         rate = (stats["events"] - last["messages"]) / max(now - last["at"], 1e-9)
         last.update(messages=stats["events"], at=now)
-        events = sum(p.events_seen for p, _ in pipelines.values())
-        dead = sum(p.dead_letter_count for p, _ in pipelines.values())
-        pairs = sum(p.join.counts.pairs for p, _ in pipelines.values())
+        done = totals()
+        events, dead, pairs = done["events"], done["dead_letters"], done["pairs"]
         line = (f"PROGRESS {stats['events']} messages ({rate:.0f}/s over the last 30 s), {events} events, "
                 f"{pairs} labelled pairs, {dead} dead letters, {stats['failed_batches']} failed batches")
         (echo or log.info)(line)
 
-    app.driftwarden_pipelines = pipelines  # type: ignore[attr-defined]
+    app.driftwarden_totals = totals  # type: ignore[attr-defined]
+    app.driftwarden_consumer = consumer  # type: ignore[attr-defined]
     return app
 
 

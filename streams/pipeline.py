@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import orjson
 
@@ -30,9 +30,9 @@ PREDICTION = "prediction"
 FEEDBACK = "feedback"
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One Kafka message (or one line of a replayed file)."""
+class RawMessage(NamedTuple):
+    """One Kafka message (or one line of a replayed file). A tuple: the worker builds one per
+    message, and a frozen dataclass costs four times as much to create."""
 
     kind: str  # PREDICTION or FEEDBACK
     value: bytes
@@ -108,6 +108,13 @@ class Pipeline:
         # Per model: the batch's new predictions, and the joined pairs with, for each, how many of
         # the model's predictions came before it in this batch (to place it in the right window).
         segments: dict[str, _ModelBatch] = {}
+
+        def segment(model_id: str) -> _ModelBatch:
+            found = segments.get(model_id)
+            if found is None:
+                found = segments[model_id] = _ModelBatch()
+            return found
+
         rejected_by_model: dict[str, int] = {}  # "" = rejections no model can be told for
         for message in messages:
             if message.kind == PREDICTION:
@@ -118,7 +125,7 @@ class Pipeline:
                 outcome.dead_letters.append(_dead_letter(message, rejection))
                 if rejection.model_id in self.monitors:
                     # counted in the window open when it arrived, like a pair
-                    segments.setdefault(rejection.model_id, _ModelBatch()).add_mark("dead_letters")
+                    segment(rejection.model_id).add_mark("dead_letters")
                 else:
                     rejected_by_model[""] = rejected_by_model.get("", 0) + 1
             for event in events:
@@ -128,10 +135,10 @@ class Pipeline:
                 else:
                     if self.join.is_duplicate_prediction(event):
                         continue
-                    segments.setdefault(event.model_id, _ModelBatch()).add_prediction(event, message.offset)
+                    segment(event.model_id).add_prediction(event, message.offset)
                     pair = self.join.add_prediction(event)
                 if pair is not None:
-                    segments.setdefault(pair.prediction.model_id, _ModelBatch()).add_pair(pair)
+                    segment(pair.prediction.model_id).add_pair(pair)
                     outcome.pairs.append(pair)
         self.dead_letter_count += len(outcome.dead_letters)
         if rejected_by_model.get(""):

@@ -166,9 +166,9 @@ def changelog_topic(group_id: str) -> str:
     return f"{group_id}-state-changelog"
 
 
-def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = 1.0,
+def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = 1.0, partitions: list[int] | None = None,
                 **client_options: Any) -> Iterator[Any]:
-    """Every record of ``topic``, from the beginning to its end (then stops).
+    """Every record of ``topic`` (or of its ``partitions``), from the beginning to its end (then stops).
 
     The end is where the reported end offsets are passed and a poll comes back
     empty: the embedded broker under-reports end offsets, so they alone are not
@@ -180,29 +180,34 @@ def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = 1.0,
                              client_id="driftwarden-recovery", fetch_max_bytes=64 * 1024 * 1024,
                              max_partition_fetch_bytes=32 * 1024 * 1024, **client_options)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
+        wanted = sorted(consumer.partitions_for_topic(topic) or ()) if partitions is None else sorted(partitions)
+        tps = [TopicPartition(topic, p) for p in wanted]
+        if not tps:
             return
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
         while True:
             batch = consumer.poll(timeout_ms=int(idle_seconds * 1000), max_records=100_000)
             for messages in batch.values():
                 yield from messages
-            if not batch and all(consumer.position(tp) >= ends[tp] for tp in partitions):
+            if not batch and all(consumer.position(tp) >= ends[tp] for tp in tps):
                 return
     finally:
         consumer.close()
 
 
 def recover(bootstrap: str, topic: str, **options: Any) -> dict[int, PartitionState]:
-    """Read the state changelog ``topic`` to its end; return the state per partition."""
+    """Read the state changelog ``topic`` to its end; return the state per partition.
+
+    ``options`` go to :func:`read_to_end` (``partitions=[...]`` reads only those)."""
     started = time.monotonic()
     states: dict[int, PartitionState] = {}
     records = 0
     for message in read_to_end(bootstrap, topic, **options):
-        state = states.setdefault(message.partition, PartitionState(message.partition))
+        state = states.get(message.partition)
+        if state is None:
+            state = states[message.partition] = PartitionState(message.partition)
         state.apply(message.key, message.value)
         records += 1
     for state in states.values():

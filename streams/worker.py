@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-
-from streams.app import create_app
 from dataclasses import replace
 
+from streams.app import create_app
 from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
+from streams.consumer import kafka_security
 from streams.runtime import load_evaluations, pipeline_factory
 from streams.sinks import DiscardSink, InfluxSink, PointSink
 from streams.state import changelog_topic, recover
@@ -64,7 +64,7 @@ def run_worker(config_path: str) -> int:
     actions = Actions(cfg, evaluations, echo=echo, registry=registry)
     changelog = changelog_topic(cfg.kafka.group_id)
     create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True)
-    recovered = recover(cfg.kafka.bootstrap, changelog)
+    recovered = recover(cfg.kafka.bootstrap, changelog, **kafka_security(cfg))
     app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations, registry=registry), sink=sink,
                      recovered=recovered, on_outcome=actions.handle, echo=echo)
     actions.bind(app)
@@ -80,10 +80,9 @@ def run_worker(config_path: str) -> int:
     finally:
         sink.close()
         actions.close()
-        pipelines = [p for p, _ in app.driftwarden_pipelines.values()]
-        echo(f"driftwarden worker stopped: {sum(p.events_seen for p in pipelines)} events, "
-             f"{sum(p.join.counts.pairs for p in pipelines)} labelled pairs, "
-             f"{sum(p.dead_letter_count for p in pipelines)} dead letters, {actions.alerts_sent} alerts, "
+        done = app.driftwarden_totals()
+        echo(f"driftwarden worker stopped: {done['events']} events, {done['pairs']} labelled pairs, "
+             f"{done['dead_letters']} dead letters, {actions.alerts_sent} alerts, "
              f"{actions.jobs_sent} retrain jobs; points written {getattr(sink, 'written', 0)}, "
              f"lost {getattr(sink, 'failed', 0)}")
     return code

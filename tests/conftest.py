@@ -106,9 +106,9 @@ def topic_overrides(suffix: str) -> dict[str, Any]:
 
 
 def integration_workspace(tmp_path: Path, broker: EmbeddedBroker, victoria: VictoriaMetrics, *, model_id: str,
-                          unique: str, window: int) -> tuple[Path, dict[str, str]]:
-    """A config and reference profile for ``model_id`` on this test's own topics (created, one
-    partition each), writing to VictoriaMetrics; returns the config path and topic names by key."""
+                          unique: str, window: int, partitions: int = 1) -> tuple[Path, dict[str, str]]:
+    """A config and reference profile for ``model_id`` on this test's own topics (created, with
+    ``partitions`` each), writing to VictoriaMetrics; returns the config path and topic names by key."""
     from streams.broker import create_topics
     from streams.commands import prepare_workspace
 
@@ -116,7 +116,7 @@ def integration_workspace(tmp_path: Path, broker: EmbeddedBroker, victoria: Vict
     config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
                                models=(model_id,), overrides=overrides)
     topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
-    create_topics(broker.bootstrap, topics.values(), partitions=1)
+    create_topics(broker.bootstrap, topics.values(), partitions=partitions)
     return config, topics
 
 

@@ -203,3 +203,66 @@ def test_restart_mid_stream_loses_and_doubles_nothing(broker, victoria, worker_f
     exp_n, exp_accuracy = _expected(predictions, feedback)
     assert n == exp_n
     assert accuracy == pytest.approx(exp_accuracy, abs=1e-9)
+
+
+def _send_keyed(producer: KafkaProducer, topic: str, docs: list[dict[str, Any]]) -> None:
+    """Keyed by prediction_id, as DESIGN asks: a prediction and its feedback share a partition."""
+    for doc in docs:
+        producer.send(topic, key=doc["prediction_id"].encode(), value=json.dumps(doc).encode())
+    producer.flush()
+
+
+def _wait_for_line(worker: Any, text: str, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in worker.log():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_a_second_worker_takes_over_a_partition_with_its_state(broker, victoria, worker_factory, tmp_path, unique):
+    """Two workers in one group over two partitions: when the second joins, the first gives up a
+    partition after committing it, and the second resumes that partition's join table from the
+    changelog, so feedback for predictions the first worker saw still joins — every pair is
+    published to ``labelled`` exactly once."""
+    model_id = f"m-{unique}"
+    config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique,
+                                           window=WINDOW, partitions=2)
+    rng = np.random.default_rng(3)
+    predictions = _events(model_id, 1200, 0, rng)
+    feedback = [{"prediction_id": p["prediction_id"], "model_id": model_id, "timestamp": time.time() - 60,
+                 "label": int(rng.integers(0, 2))} for p in predictions if rng.random() < 0.7]
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    group = f"driftwarden-{unique}"
+    source = [topics["predictions"], topics["feedback"]]
+
+    # Phase 1, one worker owns both partitions: all predictions, and labels for the first 300 only.
+    _send_keyed(producer, topics["predictions"], predictions[:800])
+    first = {p["prediction_id"] for p in predictions[:300]}
+    _send_keyed(producer, topics["feedback"], [f for f in feedback if f["prediction_id"] in first])
+    a = worker_factory(config).start()
+    assert _wait_consumed(broker.bootstrap, group, source), a.log()[-3000:]
+
+    # Phase 2: a second worker joins; one partition moves to it with its waiting predictions.
+    b = worker_factory(config).start()
+    assert _wait_for_line(a, "PARTITIONS revoked"), a.log()[-3000:]
+    assert _wait_for_line(b, "PARTITIONS assigned [0]") or _wait_for_line(b, "PARTITIONS assigned [1]"), \
+        b.log()[-3000:]
+    _send_keyed(producer, topics["predictions"], predictions[800:])
+    _send_keyed(producer, topics["feedback"], [f for f in feedback if f["prediction_id"] not in first])
+    assert _wait_consumed(broker.bootstrap, group, source), a.log()[-3000:] + b.log()[-3000:]
+    assert a.stop() == 0 and b.stop() == 0
+
+    consumer = KafkaConsumer(topics["labelled"], bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    pairs = [pair for message in consumer for pair in json.loads(message.value)]
+    consumer.close()
+    ids = [pair["prediction_id"] for pair in pairs]
+    assert len(ids) == len(set(ids)), "a pair was published twice"
+    assert set(ids) == {f["prediction_id"] for f in feedback}
+    labels = {f["prediction_id"]: f["label"] for f in feedback}
+    assert all(str(pair["label"]) == str(labels[pair["prediction_id"]]) for pair in pairs)  # labels as class names
+    summaries = [line for w in (a, b) for line in w.log().splitlines() if "driftwarden worker stopped:" in line]
+    # every message was processed by exactly one of them (a partition is committed before it moves)
+    assert sum(int(line.split(" events")[0].rsplit(" ", 1)[1]) for line in summaries) == len(predictions) + len(feedback)
