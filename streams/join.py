@@ -273,7 +273,7 @@ class FeedbackJoin:
             "join table full (join.max_entries=%d): %d oldest entries evicted since the last warning "
             "(in all: %d predictions waiting for a label, %d labels waiting for a prediction, %d tombstones); "
             "labels for evicted predictions will count as orphan feedback. Raise join.max_entries "
-            "(~0.5 KB of memory per entry) or lower join.ttl_seconds to the real label delay",
+            "(~0.6 KB of memory per entry) or lower join.ttl_seconds to the real label delay",
             self.max_entries, self._unwarned, c.evicted_predictions, c.evicted_feedback, c.evicted_tombstones)
         self._unwarned = 0
         self._warned_at = self.watermark
