@@ -8,16 +8,25 @@ records ``VmRSS`` every 1/40 of the run (at least 5,000 predictions). The slope 
 half of the run, in bytes per prediction, projects RSS to 1M and 10M
 predictions (a projection, not a measurement, unless the run was that long).
 
-Two join TTLs: the default (7 days of event time) and 60 s (most labels, ~30 s late on average, still join). Predictions that
-never get a label wait in the join table until their TTL ends, so with the
-default TTL the table — and RSS — grows with every unlabelled prediction until
-7 days of traffic have gone by.
+Three runs. The default TTL (7 days of event time) with the default bound
+(``join.max_entries``, 1,000,000 entries): predictions that never get a label,
+and the tombstones of those that did, stay in the join table until their TTL
+ends, so the table — and RSS — grows by one entry per prediction until it
+reaches the bound; the projection stops growing there. The default TTL with a
+bound of a fifth of the run's predictions: the bound is reached at 20 % of the
+run, so the second half shows what RSS does beyond it (measured, not
+projected). And a 60 s TTL (most labels, ~30 s late on average, still join),
+where the TTL rather than the bound keeps the table small.
+
+``python -m bench.memory --events 2000000 --max-entries 200000`` runs one
+configuration (default TTL unless ``--ttl``) and prints its figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -29,7 +38,7 @@ import numpy as np
 
 from bench.harness import REPO, proc_memory
 
-def child(events: int, ttl: float | None, workdir: Path) -> dict[str, Any]:
+def child(events: int, ttl: float | None, workdir: Path, max_entries: int | None = None) -> dict[str, Any]:
     import os
 
     from bench.world import EventStream, encode, write_workspace
@@ -38,9 +47,12 @@ def child(events: int, ttl: float | None, workdir: Path) -> dict[str, Any]:
     from streams.pipeline import FEEDBACK, PREDICTION, RawMessage
     from streams.runtime import pipeline_factory
 
-    overrides = {"join.ttl_seconds": ttl} if ttl else {}
+    overrides: dict[str, Any] = {"join.ttl_seconds": ttl} if ttl else {}
+    if max_entries:
+        overrides["join.max_entries"] = max_entries
     config = write_workspace(workdir, overrides=overrides)
-    pipeline = pipeline_factory(Config.load(str(config)))(DictStore())
+    cfg = Config.load(str(config))
+    pipeline = pipeline_factory(cfg)(DictStore())
     stream = EventStream(seed=3, rate=1000.0, feedback_delay=30.0)
     samples: list[tuple[int, int]] = []
     batch: list[RawMessage] = []
@@ -64,17 +76,20 @@ def child(events: int, ttl: float | None, workdir: Path) -> dict[str, Any]:
     if batch:
         pipeline.process(batch)
     samples.append((predictions, proc_memory(pid).get("VmRSS", 0)))
-    store = pipeline.join.store
-    entries = len(getattr(store, "data", {}))
-    return {"events": events, "ttl": ttl, "samples": samples, "seconds": time.perf_counter() - started,
-            "join_entries": entries, "peak": proc_memory(pid).get("VmHWM", 0)}
+    counts = pipeline.join.counts
+    return {"events": events, "ttl": ttl, "max_entries": cfg.join.max_entries, "samples": samples,
+            "seconds": time.perf_counter() - started, "join_entries": len(pipeline.join.store),
+            "evicted": counts.evicted_predictions + counts.evicted_feedback + counts.evicted_tombstones,
+            "pairs": counts.pairs, "peak": proc_memory(pid).get("VmHWM", 0)}
 
 
-def run_child(events: int, ttl: float | None) -> dict[str, Any]:
+def run_child(events: int, ttl: float | None, max_entries: int | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         cmd = [sys.executable, "-m", "bench.memory", "--child", "--events", str(events), "--workdir", tmp]
         if ttl:
             cmd += ["--ttl", str(ttl)]
+        if max_entries:
+            cmd += ["--max-entries", str(max_entries)]
         done = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=3600)
         if done.returncode != 0:
             raise RuntimeError(f"memory child failed:\n{done.stderr[-3000:]}")
@@ -83,27 +98,49 @@ def run_child(events: int, ttl: float | None) -> dict[str, Any]:
 
 
 def analyse(result: dict[str, Any]) -> dict[str, Any]:
+    """Slope over the second half; RSS at 25/50/100 %; projections to 1M and 10M predictions.
+
+    The join adds at most one entry per prediction and holds at most ``max_entries``, so a run
+    that ends below the bound is projected to grow at its slope only up to the bound (the run
+    with a small bound measures what happens past it: ``slope_after_bound``).
+    """
     samples = np.array(result["samples"], dtype=np.float64)
     n, rss = samples[:, 0], samples[:, 1]
     half = n >= n[-1] / 2
     slope = float(np.polyfit(n[half], rss[half], 1)[0]) if half.sum() >= 2 else float("nan")
     last_n, last_rss = float(n[-1]), float(rss[-1])
+    bound = float(result.get("max_entries") or math.inf)
+    past = n >= bound
+    after_bound = float(np.polyfit(n[past], rss[past], 1)[0]) if past.sum() >= 2 else None
+
+    def projected(at: float) -> float:
+        if at <= last_n:
+            return float(np.interp(at, n, rss))
+        growing_until = max(min(at, bound), last_n) if last_n < bound else at
+        return last_rss + slope * (growing_until - last_n)
+
     result.update({
         "slope_bytes_per_prediction": slope,
+        "slope_after_bound": after_bound,
         "rss_end": last_rss,
         "rss_quarter": float(np.interp(n[-1] / 4, n, rss)),
         "rss_half": float(np.interp(n[-1] / 2, n, rss)),
-        "projected_1m": last_rss + slope * max(1e6 - last_n, 0) if last_n < 1e6 else float(np.interp(1e6, n, rss)),
-        "projected_10m": last_rss + slope * max(1e7 - last_n, 0),
+        "projected_1m": projected(1e6),
+        "projected_10m": projected(1e7),
     })
     return result
 
 
 def run(events: int) -> dict[str, Any]:
+    small = max(1, events // 5)
     out = {}
-    for label, ttl in (("default TTL (7 days)", None), ("TTL 60 s", 60.0)):
+    for label, ttl, max_entries in (
+        ("default TTL (7 days), default bound (1,000,000)", None, None),
+        (f"default TTL, bound {small:,} (a fifth of the run)", None, small),
+        ("TTL 60 s, default bound", 60.0, None),
+    ):
         print(f"  memory: {events:,} predictions, {label}", flush=True)
-        out[label] = run_child(events, ttl)
+        out[label] = run_child(events, ttl, max_entries)
     return out
 
 
@@ -112,10 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--ttl", type=float, default=None)
+    parser.add_argument("--max-entries", type=int, default=None, help="join.max_entries (default: the config's)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.events, args.ttl, args.workdir)))
+        print(json.dumps(child(args.events, args.ttl, args.workdir, args.max_entries)))
+        return
+    if args.ttl is not None or args.max_entries is not None:
+        result = run_child(args.events, args.ttl, args.max_entries)
+        result.pop("samples")
+        print(json.dumps(result, indent=1, default=str))
         return
     print(json.dumps(run(args.events), indent=1, default=str))
 

@@ -133,14 +133,23 @@ def _targets(r: dict[str, Any], sections: tuple[str, ...]) -> list[list[str]]:
     mem = r.get("memory")
     if mem:
         for label, res in mem.items():
-            flat = _flat(res)
             rows.append([f"RSS flat ({label})", f"{res['slope_bytes_per_prediction']:,.0f} bytes per prediction; "
-                         f"projected {_mb(res['projected_10m'])} at 10M", "met" if flat else "missed: grows"])
+                         f"projected {_mb(res['projected_10m'])} at 10M", _memory_verdict(res)])
     return rows
 
 
 def _settings(settings: dict[str, Any]) -> str:
     return ", ".join(f"`{k}: {v}`" for k, v in settings.items())
+
+
+def _memory_verdict(res: dict[str, Any]) -> str:
+    if _flat(res):
+        return "met"
+    bound = res.get("max_entries")
+    if bound and res["join_entries"] < bound:
+        return (f"grows until the join bound ({bound:,} entries, projected {_mb(res['projected_10m'])}); "
+                "the bounded run measures what follows")
+    return "missed: grows"
 
 
 def _flat(res: dict[str, Any]) -> bool:
@@ -400,15 +409,19 @@ def _memory(r: dict[str, Any]) -> list[str]:
     lines = ["## 4. Memory", "",
              "In-process `Pipeline` in a child process, RSS (`/proc/self/status`) every 1/40 of the run; the "
              "slope over the second half of the run (bytes per prediction) **projects** RSS to 1M and 10M "
-             "predictions (measured, not projected, where the run reached that count). Traffic: 1,000 "
+             "predictions (measured, not projected, where the run reached that count; a run that ends below "
+             "its `join.max_entries` is projected to grow only up to it). Traffic: 1,000 "
              "predictions per second of event time, ~50 % labelled ~30 s later.", ""]
     rows = []
     for label, x in mem.items():
+        after = x.get("slope_after_bound")
         rows.append([label, f"{x['events']:,}", _mb(x["rss_quarter"]), _mb(x["rss_half"]), _mb(x["rss_end"]),
-                     f"{x['slope_bytes_per_prediction']:,.0f}", f"{x['join_entries']:,}", _mb(x["projected_1m"]),
+                     f"{x['slope_bytes_per_prediction']:,.0f}", "–" if after is None else f"{after:,.0f}",
+                     f"{x['join_entries']:,}", f"{x.get('evicted', 0):,}", _mb(x["projected_1m"]),
                      _mb(x["projected_10m"])])
-    lines += _table(["join TTL", "predictions", "RSS at 25 %", "at 50 %", "at end", "slope, bytes/prediction",
-                     "join entries at end", "RSS at 1M", "RSS at 10M (projected)"], rows)
+    lines += _table(["join configuration", "predictions", "RSS at 25 %", "at 50 %", "at end",
+                     "slope, bytes/prediction", "slope past the bound", "join entries at end", "evicted",
+                     "RSS at 1M", "RSS at 10M (projected)"], rows)
     runs = r.get("throughput", {}).get("runs", {})
     if runs:
         lines.append("")
@@ -422,17 +435,15 @@ def _memory(r: dict[str, Any]) -> list[str]:
 def _say_memory(mem: dict[str, Any]) -> str:
     parts = []
     for label, x in mem.items():
-        parts.append(f"With {label} RSS grows {x['slope_bytes_per_prediction']:,.0f} bytes per prediction "
-                     f"({'flat' if _flat(x) else 'not flat'}; {x['join_entries']:,} join entries at the end)")
+        parts.append(f"With {label} RSS grows {x['slope_bytes_per_prediction']:,.0f} bytes per prediction over the "
+                     f"second half ({'flat' if _flat(x) else 'not flat'}; {x['join_entries']:,} join entries at "
+                     f"the end, {x.get('evicted', 0):,} evicted)")
     text = ". ".join(parts) + "."
-    default = next(iter(mem.values()))
-    if not _flat(default):
-        text += (" The growth is the join table: every prediction keeps an entry (waiting for its label, or a "
-                 "tombstone against duplicate feedback) until the TTL, 7 days of event time by default — at 1,000 "
-                 f"predictions/s that is 605M entries, ~{default['slope_bytes_per_prediction'] * 604.8e6 / 1e12:,.1f} "
-                 "TB at this slope. Window summaries and detectors are bounded; memory is set by rate × TTL. "
-                 "Missed: RSS is flat only with a TTL that matches how late labels really come (or with the "
-                 "join state on disk).")
+    text += (" Until the bound, every prediction keeps a join entry (waiting for its label, or a tombstone against "
+             "duplicate feedback) for the TTL, 7 days of event time by default; `join.max_entries` caps the table, "
+             "evicting the oldest entries, so memory is set by the bound × bytes per entry, not by rate × TTL. "
+             "Window summaries and detectors are bounded. Labels arriving after their prediction was evicted "
+             "become orphans (counted as `evicted`): size the bound to rate × real label delay.")
     return text
 
 

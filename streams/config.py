@@ -141,6 +141,9 @@ class ModelConfig:
 class JoinConfig:
     ttl_seconds: float = 7 * 24 * 3600.0
     """How long (event time) a prediction waits for its label, and a label for its prediction."""
+    max_entries: int = 1_000_000
+    """Most entries of one partition's join table; beyond it the oldest are evicted. This, not
+    traffic × TTL, bounds the join's memory: ~0.6 KB per entry (README, "Memory and speed")."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ class Config:
             kafka=kafka,
             influx=influx,
             models=models,
-            join=_build(JoinConfig, "join", _section(merged, "join")),
+            join=_join(_section(merged, "join")),
             validation=_validation(_section(merged, "validation")),
             alerts=_build(AlertsConfig, "alerts", _section(merged, "alerts")),
             retrain=retrain,
@@ -259,6 +262,14 @@ class Config:
             policies=tuple(policies) if policies is not None else None,
             source=source,
         )
+
+
+def _join(raw: Mapping[str, Any]) -> JoinConfig:
+    cfg = _build(JoinConfig, "join", raw)
+    given = raw.get("max_entries", cfg.max_entries)
+    if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) or cfg.max_entries < 1:
+        raise ConfigError(f"join.max_entries: expected a positive whole number of entries, got {given!r}")
+    return cfg
 
 
 def _validation(raw: Mapping[str, Any]) -> ValidationConfig:

@@ -15,15 +15,27 @@ Counts the README promises:
 - ``orphan_feedback``: feedback whose prediction never arrived within the TTL;
 - ``expired_predictions``: predictions whose label never arrived within the TTL;
 - ``late_feedback``: feedback arriving after its prediction expired is an orphan
-  too (it waits a TTL for a prediction that will not come, then is counted).
+  too (it waits a TTL for a prediction that will not come, then is counted);
+- ``evicted_predictions`` / ``evicted_feedback`` / ``evicted_tombstones``: entries
+  dropped, oldest first, because the table held more than ``max_entries`` — the
+  bound that keeps memory set by configuration rather than by traffic × TTL. A
+  label arriving after its prediction was evicted waits and ends as an orphan.
 
 TTLs run on event time (the largest timestamp seen), so replaying last month's
 logs expires entries exactly as the live worker did.
+
+"Oldest" for eviction is insertion order: the table is ordered by when each
+``prediction_id`` first arrived (a tombstone keeps its entry's place), which the
+store keeps in O(1) (:class:`~collections.OrderedDict`); arrival order is event
+time up to the producers' own disorder, and it is what a restarted worker
+recovers from the changelog, so it evicts the same entries next.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, MutableMapping, Protocol
 
@@ -31,6 +43,10 @@ import orjson
 
 from streams.events import Feedback, Prediction
 
+log = logging.getLogger(__name__)
+
+EVICTION_WARNING_SECONDS = 60.0
+"""At most one eviction warning per this many seconds of event time (the first eviction always warns)."""
 
 # An entry is a small list (compact in memory and in the changelog):
 # [event time, model id, state, payload]
@@ -41,7 +57,10 @@ JOINED = "j"  # payload: None; kept until the TTL so duplicates and redeliveries
 
 
 class JoinStore(Protocol):
-    """The little a join needs from its state: get, set, delete, iterate."""
+    """The little a join needs from its state: get, set, delete, iterate, size, and the oldest entry.
+
+    ``set`` on a new key places it last; on an existing key it keeps the key's place.
+    """
 
     def get(self, key: str) -> list[Any] | None: ...
 
@@ -51,12 +70,23 @@ class JoinStore(Protocol):
 
     def items(self) -> Iterator[tuple[str, list[Any]]]: ...
 
+    def oldest(self) -> tuple[str, list[Any]] | None:
+        """The entry inserted first (O(1)); ``None`` when empty."""
+        ...
+
+    def __len__(self) -> int: ...
+
 
 class DictStore:
-    """A :class:`JoinStore` over a plain mapping (replay, tests)."""
+    """A :class:`JoinStore` over a mapping (replay, tests).
+
+    The default mapping is an :class:`~collections.OrderedDict`: finding the oldest
+    key of a plain ``dict`` after many deletions at its front scans the deleted
+    slots, which makes eviction quadratic. A plain ``dict`` given here works, slower.
+    """
 
     def __init__(self, data: MutableMapping[str, list[Any]] | None = None) -> None:
-        self.data: MutableMapping[str, list[Any]] = {} if data is None else data
+        self.data: MutableMapping[str, list[Any]] = OrderedDict() if data is None else data
 
     def get(self, key: str) -> list[Any] | None:
         return self.data.get(key)
@@ -69,6 +99,9 @@ class DictStore:
 
     def items(self) -> Iterator[tuple[str, list[Any]]]:
         return iter(list(self.data.items()))
+
+    def oldest(self) -> tuple[str, list[Any]] | None:
+        return next(iter(self.data.items()), None)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -85,11 +118,16 @@ class LabelledPair:
 
 @dataclass
 class JoinCounts:
+    """What the join has seen (see the module docstring); kept in the worker's snapshot."""
+
     pairs: int = 0
     duplicate_feedback: int = 0
     duplicate_predictions: int = 0
     orphan_feedback: int = 0
     expired_predictions: int = 0
+    evicted_predictions: int = 0
+    evicted_feedback: int = 0
+    evicted_tombstones: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -107,13 +145,27 @@ class FeedbackJoin:
     [('a', '1')]
     >>> join.add_feedback(Feedback("a", "m", 6.0, "1")) is None, join.counts.duplicate_feedback
     (True, 1)
+
+    With ``max_entries``, the oldest entries make room for new ones:
+
+    >>> join = FeedbackJoin(DictStore(), ttl_seconds=60, max_entries=2)
+    >>> for pid in "abc":
+    ...     join.add_prediction(Prediction(pid, "m", "1", 1.0, {}, "1"))
+    >>> [key for key, _ in join.store.items()], join.counts.evicted_predictions, join.take_evicted()
+    (['b', 'c'], 1, {'m': 1})
     """
 
     store: JoinStore
     ttl_seconds: float
+    max_entries: int | None = None
+    """Most entries the table keeps (``None``: unbounded); see :meth:`_bound`."""
     counts: JoinCounts = field(default_factory=JoinCounts)
     watermark: float = 0.0
     expired_by_model: dict[str, int] = field(default_factory=dict)
+    evicted_by_model: dict[str, int] = field(default_factory=dict)
+    """Unjoined entries evicted per model since :meth:`take_evicted` last ran."""
+    _unwarned: int = field(default=0, init=False, repr=False)
+    _warned_at: float = field(default=-math.inf, init=False, repr=False)
 
     def add_prediction(self, event: Prediction) -> LabelledPair | None:
         """Store a prediction; return its pair when its label was already waiting.
@@ -129,6 +181,8 @@ class FeedbackJoin:
             self.counts.pairs += 1
             return LabelledPair(event, label, feedback_time)
         self.store.set(event.prediction_id, [event.timestamp, event.model_id, WAITING_PREDICTION, _pack(event)])
+        if entry is None:
+            self._bound()
         return None
 
     def is_duplicate_prediction(self, event: Prediction) -> bool:
@@ -146,6 +200,7 @@ class FeedbackJoin:
         if entry is None:
             self.store.set(event.prediction_id,
                            [event.timestamp, event.model_id, WAITING_LABEL, [event.label, event.timestamp]])
+            self._bound()
             return None
         if entry[STATE] != WAITING_PREDICTION:
             self.counts.duplicate_feedback += 1
@@ -178,6 +233,55 @@ class FeedbackJoin:
         else:
             self.counts.orphan_feedback += 1
         self.expired_by_model[entry[MODEL]] = self.expired_by_model.get(entry[MODEL], 0) + 1
+
+    def _bound(self) -> None:
+        """Evict oldest-first until the table holds at most ``max_entries`` (after an insert).
+
+        One insert evicts at most one entry, so this is O(1) per event; more only when
+        the table starts above the bound (``max_entries`` lowered before a restart).
+        An oldest entry already past its TTL is expired and counted as such, not evicted.
+        Eviction is a store delete, so the worker's changelog records it like any other.
+        """
+        if self.max_entries is None:
+            return
+        horizon = self.watermark - self.ttl_seconds
+        evicted = 0
+        while len(self.store) > self.max_entries and (oldest := self.store.oldest()) is not None:
+            key, entry = oldest
+            if entry[TIME] < horizon:
+                self._expire_entry(key, entry)
+                continue
+            self.store.delete(key)
+            evicted += 1
+            if entry[STATE] == JOINED:
+                self.counts.evicted_tombstones += 1
+                continue
+            if entry[STATE] == WAITING_PREDICTION:
+                self.counts.evicted_predictions += 1
+            else:
+                self.counts.evicted_feedback += 1
+            self.evicted_by_model[entry[MODEL]] = self.evicted_by_model.get(entry[MODEL], 0) + 1
+        if evicted:
+            self._unwarned += evicted
+            if self.watermark - self._warned_at >= EVICTION_WARNING_SECONDS:
+                self._warn()
+
+    def _warn(self) -> None:
+        """Tell the operator that labels will be lost, and what to change (rate-limited by the caller)."""
+        c = self.counts
+        log.warning(
+            "join table full (join.max_entries=%d): %d oldest entries evicted since the last warning "
+            "(in all: %d predictions waiting for a label, %d labels waiting for a prediction, %d tombstones); "
+            "labels for evicted predictions will count as orphan feedback. Raise join.max_entries "
+            "(~0.6 KB of memory per entry) or lower join.ttl_seconds to the real label delay",
+            self.max_entries, self._unwarned, c.evicted_predictions, c.evicted_feedback, c.evicted_tombstones)
+        self._unwarned = 0
+        self._warned_at = self.watermark
+
+    def take_evicted(self) -> dict[str, int]:
+        """Per-model counts of unjoined entries evicted since the last call (and reset them)."""
+        evicted, self.evicted_by_model = self.evicted_by_model, {}
+        return evicted
 
     def expire(self) -> dict[str, int]:
         """Drop entries older than the TTL (event time); returns per-model counts of what expired unjoined."""

@@ -95,7 +95,7 @@ class Pipeline:
         self.monitors = dict(monitors)
         self.policies = dict(policies or {})
         self.schemas = schemas_from_config(cfg.models, cfg.validation.type_errors)
-        self.join = FeedbackJoin(store, ttl_seconds=cfg.join.ttl_seconds)
+        self.join = FeedbackJoin(store, ttl_seconds=cfg.join.ttl_seconds, max_entries=cfg.join.max_entries)
         self.expire_every = expire_every
         self._since_expiry = 0
         self.events_seen = 0
@@ -152,6 +152,9 @@ class Pipeline:
             for model_id, count in self.join.expire().items():
                 if model_id in self.monitors:
                     self.monitors[model_id].count("expired", count)
+        for model_id, count in self.join.take_evicted().items():
+            if model_id in self.monitors:
+                self.monitors[model_id].count("evicted", count)
         for model_id, batch in segments.items():
             monitor = self.monitors[model_id]
             try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -60,11 +61,15 @@ class PartitionState(JoinStore):
     compacted topic the log stays bounded (``DELTA_SLOTS`` + two snapshots). A
     per-record changelog (one message per join entry, as Faust tables do) costs
     three messages per labelled event; this costs a few per batch.
+
+    Recovery gives back the table's order too (the join evicts oldest-first): snapshots
+    are written in order, and a delta deletes before it sets, so a key deleted and set
+    again in one batch is logged as both and moves to the end, as it did live.
     """
 
     partition: int
     send: Send | None = None
-    joins: dict[str, list[Any]] = field(default_factory=dict)
+    joins: OrderedDict[str, list[Any]] = field(default_factory=OrderedDict)
     snapshot: dict[str, Any] | None = None
     seq: int = 0
     epoch: int = 0
@@ -81,7 +86,6 @@ class PartitionState(JoinStore):
     def set(self, key: str, value: list[Any]) -> None:
         self.joins[key] = value
         self._sets[key] = value
-        self._deletes.discard(key)
 
     def delete(self, key: str) -> None:
         if self.joins.pop(key, None) is not None:
@@ -90,6 +94,17 @@ class PartitionState(JoinStore):
 
     def items(self) -> Iterator[tuple[str, list[Any]]]:
         return iter(list(self.joins.items()))
+
+    def oldest(self) -> tuple[str, list[Any]] | None:
+        return next(iter(self.joins.items()), None)
+
+    def __len__(self) -> int:
+        return len(self.joins)
+
+    def __bool__(self) -> bool:
+        # A partition's state with an empty join table is still state (its monitors' snapshot):
+        # without this, ``recovered.get(p) or PartitionState(p)`` would drop it.
+        return True
 
     # -- logging -----------------------------------------------------------------------------
 
@@ -144,7 +159,7 @@ class PartitionState(JoinStore):
     def finish_recovery(self) -> None:
         marker = self._recovery["marker"]
         chunks, deltas = self._recovery["chunks"], self._recovery["deltas"]
-        self.joins = {}
+        self.joins = OrderedDict()
         base = 0
         if marker is not None and all((marker["epoch"], i) in chunks for i in range(marker["parts"])):
             for i in range(marker["parts"]):

@@ -129,7 +129,10 @@ class WorkerProcess:
         self.config = config
         self.command = command
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
+        # The code under test is this checkout's, not whatever ``streams`` the interpreter has installed
+        # (as bench/harness.py does): the worker runs from the config's directory.
+        pythonpath = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        self.env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import signal
 import subprocess
@@ -42,6 +43,7 @@ from streams.app import _pair_doc
 from streams.events import Prediction
 from streams.join import LabelledPair
 from streams.simulate import ATTRIBUTES, FEATURES, CreditRiskWorld
+from tests.conftest import REPO
 
 T0 = 1_800_000_000  # epoch seconds of the first prediction
 NS = 1_000_000_000
@@ -322,8 +324,9 @@ def test_cli_stops_cleanly_on_sigterm(tmp_path: Path, broker: Any, unique: str) 
     cfg, _ = _setup(tmp_path, broker, unique)
     log_path = tmp_path / "retrain-worker.log"
     with open(log_path, "wb") as out:
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         process = subprocess.Popen([sys.executable, "-m", "streams.cli", "retrain-worker", "-c", str(cfg.source)],
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=str(tmp_path), env=env)
     try:
         deadline = time.monotonic() + 30
         while "waiting for jobs" not in log_path.read_text() and time.monotonic() < deadline:

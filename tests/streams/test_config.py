@@ -60,6 +60,7 @@ def test_defaults_follow_design() -> None:
     assert cfg.influx.token == "" and isinstance(cfg.influx.token, Secret)
     assert cfg.kafka.sasl_password == "" and isinstance(cfg.kafka.sasl_password, Secret)
     assert cfg.join.ttl_seconds == 7 * 24 * 3600
+    assert cfg.join.max_entries == 1_000_000
     assert cfg.validation.type_errors == "reject"
     assert cfg.models == {} and cfg.policies is None and cfg.source is None
     assert cfg.retrain.reports_dir == Path("/base/reports")
@@ -247,6 +248,25 @@ def test_unknown_model_key_names_its_path() -> None:
 
 # -- invalid values -------------------------------------------------------------------------
 
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "0", "-3"])
+def test_join_max_entries_must_be_a_positive_whole_number(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^join\.max_entries: expected a positive whole number of entries, got"):
+        Config.from_mapping({"join": {"max_entries": value}}, environ={})
+
+
+@pytest.mark.parametrize("value", [None, "many", [1]])
+def test_join_max_entries_must_be_a_number(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^join\.max_entries: expected a number"):
+        Config.from_mapping({"join": {"max_entries": value}}, environ={})
+
+
+def test_join_max_entries_from_yaml_numbers() -> None:
+    assert Config.from_mapping({"join": {"max_entries": 5000}}, environ={}).join.max_entries == 5000
+    assert Config.from_mapping({"join": {"max_entries": 2e5}}, environ={}).join.max_entries == 200_000
+    assert Config.from_mapping({"join": {"max_entries": "7"}}, environ={}).join.max_entries == 7
+
+
 INVALID_MODELS = [
     (model(task="ranking"), "models[m].task: expected one of binary, multiclass, regression, got 'ranking'"),
     (model(features={"x": "text"}), "models[m].features.x: expected numeric or categorical, got 'text'"),
@@ -397,6 +417,7 @@ def test_example_config_loads() -> None:
         if isinstance(star, dict):
             assert m.drift_method("no-such-feature") == DriftMethod(star.get("method", "auto"), star.get("threshold"))
     assert cfg.join.ttl_seconds == raw["join"]["ttl_seconds"]
+    assert cfg.join.max_entries == raw["join"]["max_entries"]
     assert cfg.kafka.topics.retrain_jobs == raw["kafka"]["topics"]["retrain_jobs"]
     assert cfg.policies == (tuple(raw["policies"]) if "policies" in raw else None)
     assert cfg.influx.token == ""

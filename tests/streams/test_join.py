@@ -12,6 +12,7 @@ from streams.events import Feedback, Prediction
 from streams.join import DictStore, FeedbackJoin, JoinCounts, LabelledPair
 
 TTL = 100.0
+NOT_EVICTED = {"evicted_predictions": 0, "evicted_feedback": 0, "evicted_tombstones": 0}
 
 
 def pred(pid: str, t: float = 0.0, *, model: str = "m", version: str = "1", prediction: str = "1",
@@ -49,7 +50,7 @@ def test_prediction_then_feedback() -> None:
     pair = join.add_feedback(fb("a", 50.0, "0"))
     assert pair == LabelledPair(prediction=p, label="0", feedback_timestamp=50.0)
     assert counts(join) == {"pairs": 1, "duplicate_feedback": 0, "duplicate_predictions": 0,
-                            "orphan_feedback": 0, "expired_predictions": 0}
+                            "orphan_feedback": 0, "expired_predictions": 0, **NOT_EVICTED}
 
 
 def test_feedback_then_prediction() -> None:
@@ -140,7 +141,7 @@ def test_prediction_never_labelled_expires() -> None:
     join.add_feedback(fb("z", TTL + 7.0, model="m2"))  # watermark moves; "a" (t=0) and the joined "b" are past the TTL
     assert join.expire() == {"m1": 1}
     assert counts(join) == {"pairs": 1, "duplicate_feedback": 0, "duplicate_predictions": 0,
-                            "orphan_feedback": 0, "expired_predictions": 1}
+                            "orphan_feedback": 0, "expired_predictions": 1, **NOT_EVICTED}
     assert set(dict(join.store.items())) == {"z"}
 
 
@@ -208,7 +209,7 @@ def test_entry_at_exactly_the_horizon_is_kept() -> None:
 def test_counts_as_dict() -> None:
     c = JoinCounts(pairs=3, orphan_feedback=1)
     assert c.as_dict() == {"pairs": 3, "duplicate_feedback": 0, "duplicate_predictions": 0,
-                           "orphan_feedback": 1, "expired_predictions": 0}
+                           "orphan_feedback": 1, "expired_predictions": 0, **NOT_EVICTED}
 
 
 def test_dict_store_over_a_given_mapping() -> None:
