@@ -283,12 +283,21 @@ class FeedbackJoin:
         evicted, self.evicted_by_model = self.evicted_by_model, {}
         return evicted
 
-    def expire(self) -> dict[str, int]:
-        """Drop entries older than the TTL (event time); returns per-model counts of what expired unjoined."""
+    def expire(self, *, full: bool = True) -> dict[str, int]:
+        """Drop entries older than the TTL (event time); returns per-model counts of what expired unjoined.
+
+        Oldest arrivals go first, and the sweep stops at the first entry still within the
+        TTL, so it costs what it removes. An entry that arrived after a newer one (out of
+        order) is left to a ``full`` sweep, which reads the whole table; callers run one
+        only every table-size events, keeping the cost per event constant. (A lookup
+        treats an entry past its TTL as expired in any case: :meth:`_live`.)"""
         horizon = self.watermark - self.ttl_seconds
-        for key, entry in self.store.items():
-            if entry[TIME] < horizon:
-                self._expire_entry(key, entry)
+        while (oldest := self.store.oldest()) is not None and oldest[1][TIME] < horizon:
+            self._expire_entry(*oldest)
+        if full:
+            for key, entry in self.store.items():
+                if entry[TIME] < horizon:
+                    self._expire_entry(key, entry)
         expired, self.expired_by_model = self.expired_by_model, {}
         return expired
 

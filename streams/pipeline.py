@@ -98,6 +98,7 @@ class Pipeline:
         self.join = FeedbackJoin(store, ttl_seconds=cfg.join.ttl_seconds, max_entries=cfg.join.max_entries)
         self.expire_every = expire_every
         self._since_expiry = 0
+        self._since_full_sweep = 0
         self.events_seen = 0
         self.dead_letter_count = 0
         self.internal_errors = 0
@@ -147,9 +148,13 @@ class Pipeline:
             for monitor in self.monitors.values():
                 monitor.count("dead_letters_unattributed", rejected_by_model[""])
         self._since_expiry += len(messages)
+        self._since_full_sweep += len(messages)
         if self._since_expiry >= self.expire_every:
             self._since_expiry = 0
-            for model_id, count in self.join.expire().items():
+            full = self._since_full_sweep >= len(self.join.store)  # whole table every table-size messages
+            if full:
+                self._since_full_sweep = 0
+            for model_id, count in self.join.expire(full=full).items():
                 if model_id in self.monitors:
                     self.monitors[model_id].count("expired", count)
         for model_id, count in self.join.take_evicted().items():

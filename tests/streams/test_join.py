@@ -274,3 +274,15 @@ def test_any_interleaving_joins_each_labelled_prediction_exactly_once(events: li
     assert c.expired_predictions == len(set(first_prediction) - set(first_label))
     assert c.pairs == len(joined)
     assert set(dict(join.store.items())) == {"clock"}
+
+
+def test_a_quick_sweep_expires_from_the_oldest_and_leaves_out_of_order_entries_to_a_full_one() -> None:
+    join = new_join()
+    join.add_prediction(pred("a", 0.0))
+    join.add_prediction(pred("b", 2 * TTL))  # newer, arrived before "late"
+    join.add_prediction(pred("late", 1.0))   # older than b: behind it in arrival order
+    join.add_prediction(pred("c", 2 * TTL + 2.0))
+    assert join.expire(full=False) == {"m": 1}  # a only: the sweep stops at b, still within the TTL
+    assert join.store.get("late") is not None
+    assert join.expire(full=True) == {"m": 1} and join.store.get("late") is None
+    assert join.counts.expired_predictions == 2 and join.store.get("b") is not None
