@@ -78,9 +78,9 @@ class KafkaConfig:
     sasl_username: str = ""
     sasl_password: Secret = Secret("")
     batch_size: int = 2000
-    """Most events a worker takes from the stream before it hands them to the detectors."""
+    """Most messages in one micro-batch: a batch is whatever has arrived, up to this many."""
     batch_timeout: float = 0.2
-    """Seconds a worker waits to fill a batch before processing what it has."""
+    """Longest wait, in seconds, for messages when none is waiting."""
 
 
 @dataclass(frozen=True)
