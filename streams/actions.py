@@ -91,10 +91,9 @@ class Actions:
         self.jobs_sent = 0
 
     def bind(self, app: Any) -> None:
-        """Publish through the Faust app's producer (buffered; flushed on shutdown)."""
-        topics = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
-                  for name in (self.cfg.kafka.topics.alerts, self.cfg.kafka.topics.retrain_jobs)}
-        self.publish = lambda topic, key, value: topics[topic].send_soon(key=key, value=value)
+        """Publish with the worker's batch output (the batch's offsets are committed only once the
+        broker has acknowledged its alerts and jobs)."""
+        self.publish = app.driftwarden_outbox.put
 
     def decide(self, outcome: Outcome) -> Iterator[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
         """The batch's alerts and jobs as dicts (``replay``), with reports written."""

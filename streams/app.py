@@ -38,6 +38,29 @@ LABELLED_PER_MESSAGE = 500
 """Pairs per ``labelled`` message (a JSON array), keeping messages well under 1 MB."""
 
 
+class Outbox:
+    """Messages a batch produced, sent through the app's producer; :meth:`delivered` returns once
+    the broker has acknowledged every one of them (Faust's ``send_soon`` buffer gives no such
+    point: its flush returns while messages still wait in it)."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self.in_flight: list[Any] = []
+
+    def put(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        self.queued.append((topic, key, value, partition))
+
+    async def send(self, producer: Any) -> None:
+        queued, self.queued = self.queued, []
+        for topic, key, value, partition in queued:
+            self.in_flight.append(await producer.send(topic, key, value, partition, None, None))
+
+    async def delivered(self) -> None:
+        in_flight, self.in_flight = self.in_flight, []
+        if in_flight:
+            await asyncio.gather(*in_flight)
+
+
 class _WithoutFaustConsumer(BootStrategy):
     """Faust's producer, timers and services, but not its consumer: the source topics are read by
     :class:`SourceConsumer` (and Faust's consumer would join the same group)."""
@@ -73,11 +96,8 @@ def create_app(
         web_enabled=False,
         producer_linger_ms=5,
     )
-    dead_letters = app.topic(topics.dead_letters, key_serializer="raw", value_serializer="raw")
-    labelled = app.topic(topics.labelled, key_serializer="raw", value_serializer="raw")
     changelog_name = changelog_topic(cfg.kafka.group_id)
-    changelog = app.topic(changelog_name, key_serializer="raw", value_serializer="raw",
-                          partitions=cfg.kafka.partitions)
+    outbox = Outbox()
     recovered = recovered or {}
     pipelines: dict[int, tuple[Pipeline, PartitionState]] = {}
     given_up = {"events": 0, "pairs": 0, "dead_letters": 0}
@@ -93,7 +113,7 @@ def create_app(
         return out
 
     def send_change(partition: int, key: bytes, value: bytes | None) -> None:
-        changelog.send_soon(key=key, value=value, partition=partition)
+        outbox.put(changelog_name, key, value, partition)
     stats = {"events": 0, "batches": 0, "failed_batches": 0, "started": time.monotonic()}
     last = {"messages": 0, "at": time.monotonic()}
 
@@ -117,6 +137,10 @@ def create_app(
         """Partitions given up earlier: read their state back from the changelog before their first
         batch (every partition's state was read at start-up, before the app started)."""
         (echo or log.info)(f"PARTITIONS assigned {partitions} of {topics.predictions}/{topics.feedback}")
+        for partition in [p for p in recovered if p not in partitions]:
+            # read at start-up but owned by another worker since: that worker moves it on
+            del recovered[partition]
+            stale.add(partition)
         missing = sorted(stale.intersection(partitions))
         if missing:
             states = await asyncio.get_running_loop().run_in_executor(
@@ -153,25 +177,25 @@ def create_app(
                 continue
             sink.write(outcome.points)
             for dead in outcome.dead_letters:
-                dead_letters.send_soon(key=dead.message.key, value=dead.to_json())
+                outbox.put(topics.dead_letters, dead.message.key, dead.to_json())
             by_model: dict[str, list[Any]] = {}
             for pair in outcome.pairs:
                 by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
             for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
                 for i in range(0, len(docs), LABELLED_PER_MESSAGE):
-                    labelled.send_soon(key=model_id.encode(),
-                                       value=orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
+                    outbox.put(topics.labelled, model_id.encode(), orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
             state.save_snapshot(pipeline.snapshot())
             outcomes.append(outcome)
         if on_outcome is not None:
             for outcome in outcomes:
                 await _maybe_await(on_outcome(outcome))
+        await outbox.send(app.producer)
         if not stats["batches"]:
             last["at"] = started  # rates count from the first batch, not from start-up
         stats["events"] += sum(len(messages) for messages in batch.values())
         stats["batches"] += 1
 
-    consumer = SourceConsumer(cfg, handle=handle, before_commit=lambda: app.producer.flush(),
+    consumer = SourceConsumer(cfg, handle=handle, before_commit=outbox.delivered,
                               assigned=assigned, revoked=revoked, beacon=app.beacon)
     app.service(consumer)
 
@@ -190,6 +214,7 @@ def create_app(
         (echo or log.info)(line)
 
     app.driftwarden_totals = totals  # type: ignore[attr-defined]
+    app.driftwarden_outbox = outbox  # type: ignore[attr-defined]
     app.driftwarden_consumer = consumer  # type: ignore[attr-defined]
     return app
 

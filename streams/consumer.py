@@ -190,4 +190,5 @@ class SourceConsumer(Service):
     async def _on_assigned(self, assigned: Iterable[Any]) -> None:
         partitions = sorted({tp.partition for tp in assigned})
         if self.assigned is not None:
-            await self.assigned(partitions)
+            async with self._batch_lock:  # no batch of a new partition before its state is back
+                await self.assigned(partitions)
