@@ -142,8 +142,15 @@ class NumericDriftSummary:
         self.needs_sample = STATTESTS[self.method].kind == "sample"
         self._edges = np.asarray(reference.inner_edges, dtype=np.float64)
         self._ref_counts = np.asarray(reference.counts, dtype=np.int64)
-        self._ref_sorted = np.sort(np.asarray(reference.sample, dtype=np.float64))
+        self._ref_sorted: np.ndarray | None = None
         self._reset()
+
+    def _reference_sorted(self) -> np.ndarray:
+        """The reference sample, sorted when a sample test first needs it (binned methods never do,
+        and sorting it for every window cost more than counting the window)."""
+        if self._ref_sorted is None:
+            self._ref_sorted = np.sort(np.asarray(self.reference.sample, dtype=np.float64))
+        return self._ref_sorted
 
     def _reset(self) -> None:
         self.counts = np.zeros(self._edges.size + 1, dtype=np.int64)
@@ -224,10 +231,10 @@ class NumericDriftSummary:
             test = undefined(self.method, self.threshold, p_value=self.method in ("ks", "chisquare"))
         elif self.method == "wasserstein":
             test = wasserstein(
-                self._ref_sorted, self.sample, self.threshold, norm=self.reference.std, reference_sorted=True
+                self._reference_sorted(), self.sample, self.threshold, norm=self.reference.std, reference_sorted=True
             )
         elif self.needs_sample:
-            test = STATTESTS[self.method](self._ref_sorted, self.sample, self.threshold)
+            test = STATTESTS[self.method](self._reference_sorted(), self.sample, self.threshold)
         else:
             test = STATTESTS[self.method](self._ref_counts, self.counts, self.threshold)
         return _result(self.feature, "numeric", test, n, self.n_missing)
