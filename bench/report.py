@@ -406,11 +406,12 @@ def _say_quality(q: dict[str, Any]) -> str:
         text += (f". Per-event ADWIN on the one affected stream is faster on {len(slower)} of {len(sc)} scenarios "
                  f"({', '.join(slower)}) on this seed; it watches one stream at its own false-alarm rate, where "
                  "driftwarden watches every stream of the model within one budget")
-        if all("driftwarden_median" in sc[n] for n in slower):
-            worse = [n for n in slower if sc[n]["driftwarden_median"] is None or (
-                sc[n]["adwin_median"] is not None and sc[n]["driftwarden_median"] > sc[n]["adwin_median"])]
-            text += (f"; on the median over {len(sc[slower[0]]['driftwarden_delays'])} seeds it is faster on "
-                     f"{len(worse)} of them" + (f" ({', '.join(worse)})" if worse else ""))
+    if all("driftwarden_median" in s for s in sc.values()):
+        worse = [n for n, s in sc.items() if s["driftwarden_median"] is None or (
+            s["adwin_median"] is not None and s["driftwarden_median"] > s["adwin_median"])]
+        seeds = max(len(s["driftwarden_delays"]) for s in sc.values())
+        text += (f". On the median delay over {seeds} seeds ADWIN is faster on {len(worse)} of {len(sc)} scenarios"
+                 + (f" ({', '.join(worse)})" if worse else ""))
     text += ". ADWIN alone must be told which stream to watch (and a variance change must be turned into a mean for it)"
     ks = [x["per_million"] for x in q.get("kswin_fa", {}).values()]
     if ks:

@@ -58,7 +58,11 @@ which only lengthens it)::
 With ``m`` columns and a target of ``r`` false alarms per event for all of them
 together (Bonferroni: each column gets ``r/m``, and no column observes more
 than one value per prediction event), each column's threshold solves
-``ARL₀(h) = m / r``. ``r`` is ``false_alarms_per_million × 10⁻⁶``.
+``ARL₀(h) = m / r``. ``r`` is ``false_alarms_per_million × 10⁻⁶``. For the
+Gaussian mean columns Siegmund's corrected approximation is used instead:
+``e^h`` becomes ``e^b`` with ``b = h + 1.166·δ`` (:data:`OVERSHOOT`; Siegmund
+1985, eq. 2.56), which is accurate there; elsewhere the overshoot is left out
+and the thresholds are conservative.
 
 Detections. Each stream reports its first detection in the current reporting
 window (:meth:`ReferenceCUSUM.start_window` begins a new one) as a new
@@ -69,11 +73,11 @@ matters); run one per model version. Memory: one float per column.
 
 >>> import numpy as np
 >>> bank = PageCUSUM([5.0], groups=[0])
->>> x = np.r_[np.full(10, -0.5), np.full(10, 1.0)]      # drifts down, then up by 1 per row
->>> [d.row for d in bank.update(x[:, None]).detections]
+>>> x = np.r_[np.full(10, -0.5), np.full(8, 1.0)]       # drifts down, then up by 1 per row
+>>> [d.row for d in bank.update(x[:, None]).detections]  # S = 0 until row 9, then 1, 2, ...
 [14]
 >>> float(bank.statistic[0])                             # restarted after row 14
-5.0
+3.0
 """
 
 from __future__ import annotations
@@ -110,13 +114,17 @@ MIN_REFERENCE = 100
 
 _P_EDGE = 1e-6
 
+OVERSHOOT = 1.166
+"""Siegmund's correction for a Gaussian mean CUSUM: ``b = h + 1.166·δ`` on the LLR scale
+(``2 × 0.583``, the expected overshoot at the two boundaries, in standard deviations)."""
+
 
 def threshold_for(arl: float, kl: float) -> float:
     """The LLR threshold ``h`` with ``(e^h − h − 1) / kl = arl`` (Wald's in-control ARL).
 
     >>> h = threshold_for(1e8, 0.125)
     >>> round(h, 3), round((math.exp(h) - h - 1) / 0.125 / 1e8, 6)
-    (16.363, 1.0)
+    (16.341, 1.0)
     """
     if not (arl > 0 and kl > 0):
         raise DetectorError(f"threshold_for needs a positive ARL and KL divergence, got {arl!r}, {kl!r}")
@@ -291,18 +299,25 @@ class _Spec:
     beta: list[float]
     kl: list[float]
     group: list[int]
+    overshoot: list[float]
 
     @classmethod
     def empty(cls) -> _Spec:
-        return cls([], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [])
 
-    def add(self, src: int, obs: int, alpha: float, beta: float, kl: float, group: int) -> None:
+    def add(self, src: int, obs: int, alpha: float, beta: float, kl: float, group: int,
+            overshoot: float = 0.0) -> None:
         self.src.append(src)
         self.obs.append(obs)
         self.alpha.append(alpha)
         self.beta.append(beta)
         self.kl.append(kl)
         self.group.append(group)
+        self.overshoot.append(overshoot)
+
+    def thresholds(self, arl: float) -> list[float]:
+        """Each column's ``h``: ``ARL₀ = arl`` with ``b = h + overshoot`` (see the module docstring)."""
+        return [max(threshold_for(arl, kl) - o, 1e-9) for kl, o in zip(self.kl, self.overshoot)]
 
 
 def _bernoulli(p0: float, n_ref: int, direction: int, delta: float, margin: float) -> tuple[float, float, float] | None:
@@ -346,8 +361,7 @@ class ReferenceCUSUM:
         m = len(prediction_spec.src) + len(error_spec.src)
         if thresholds is None:
             arl = m / (self.false_alarms_per_million * 1e-6) if m else 1.0
-            thresholds = ([threshold_for(arl, kl) for kl in prediction_spec.kl],
-                          [threshold_for(arl, kl) for kl in error_spec.kl])
+            thresholds = (prediction_spec.thresholds(arl), error_spec.thresholds(arl))
         self._pbank = PageCUSUM(thresholds[0], groups=prediction_spec.group)
         self._ebank = PageCUSUM(thresholds[1], groups=error_spec.group)
         self._palpha = np.asarray(prediction_spec.alpha, np.float64)
@@ -417,7 +431,7 @@ class ReferenceCUSUM:
             for direction in (1, -1):
                 for d in deltas:
                     # Gaussian LLR of N(dir·(mu+d), 1) vs N(dir·mu, 1) on y
-                    pspec.add(y, obs, direction * d, -(d * mu + d * d / 2.0), d * d / 2.0, g)
+                    pspec.add(y, obs, direction * d, -(d * mu + d * d / 2.0), d * d / 2.0, g, OVERSHOOT * d)
                 for d in (deltas if direction > 0 else deltas[-1:]):
                     ratio = (1.0 + d) ** 2 if direction > 0 else 1.0 / (1.0 + d) ** 2  # σ₁² / σ₀²
                     v0 = 1.0 + direction * dv
@@ -670,7 +684,8 @@ class ReferenceCUSUM:
         """JSON-able state: the configuration (streams, reference tables, coefficients) and the
         statistics, so that a restored instance continues exactly."""
         def spec(s: _Spec) -> dict[str, list[Any]]:
-            return {"src": s.src, "obs": s.obs, "alpha": s.alpha, "beta": s.beta, "kl": s.kl, "group": s.group}
+            return {"src": s.src, "obs": s.obs, "alpha": s.alpha, "beta": s.beta, "kl": s.kl, "group": s.group,
+                    "overshoot": s.overshoot}
 
         return {
             "kind": "reference_cusum", "version": 1,
@@ -691,7 +706,7 @@ class ReferenceCUSUM:
         """Rebuild from :meth:`snapshot`."""
         def spec(d: Mapping[str, Any]) -> _Spec:
             return _Spec(list(d["src"]), list(d["obs"]), list(d["alpha"]), list(d["beta"]), list(d["kl"]),
-                         list(d["group"]))
+                         list(d["group"]), list(d.get("overshoot") or [0.0] * len(d["src"])))
 
         pbank, ebank = state["prediction_bank"], state["error_bank"]
         sources = [(kind, (key[0], key[1]) if kind == "indicator" else key) for kind, key in state["sources"]]

@@ -164,10 +164,14 @@ def test_streams_and_thresholds_follow_the_reference(profile: ReferenceProfile) 
     assert names == [("feature", "x"), ("feature", "skewed"), ("feature", "counts"), ("feature", "cat"),
                      ("prediction", "prediction"), ("fairness", "sex=F"), ("fairness", "sex=M"), ("concept", "error")]
     # every column's threshold gives it an in-control ARL of columns / rate (Bonferroni)
+    # (Siegmund's overshoot correction b = h + 1.166 δ on the Gaussian mean columns, none elsewhere)
     arl = cusum.columns / 1e-6
     kls = cusum._pspec.kl + cusum._espec.kl
-    for h, kl in zip(cusum.thresholds, kls):
-        assert (math.exp(h) - h - 1) / kl == pytest.approx(arl, rel=1e-9)
+    overshoot = cusum._pspec.overshoot + cusum._espec.overshoot
+    assert sorted(set(overshoot)) == [0.0, 1.166 * 0.25, 1.166 * 0.5, 1.166]
+    for h, kl, o in zip(cusum.thresholds, kls, overshoot):
+        b = h + o
+        assert (math.exp(b) - b - 1) / kl == pytest.approx(arl, rel=1e-9)
     # a tenfold stricter target raises every threshold by about ln 10
     strict = monitor(profile, false_alarms_per_million=0.1)
     assert np.all(np.abs(strict.thresholds - cusum.thresholds - math.log(10)) < 0.01)
