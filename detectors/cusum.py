@@ -680,44 +680,62 @@ class ReferenceCUSUM:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-able state: the configuration (streams, reference tables, coefficients) and the
-        statistics, so that a restored instance continues exactly."""
+    def snapshot(self, *, reference: bool = True) -> dict[str, Any]:
+        """JSON-able state: the statistics and window counts and, unless ``reference=False``,
+        the configuration (streams, reference tables, coefficients) — the reference samples are
+        most of its size; leave them out when the restoring side can rebuild them from the
+        profile (:meth:`restore` with ``template``)."""
         def spec(s: _Spec) -> dict[str, list[Any]]:
             return {"src": s.src, "obs": s.obs, "alpha": s.alpha, "beta": s.beta, "kl": s.kl, "group": s.group,
                     "overshoot": s.overshoot}
 
-        return {
-            "kind": "reference_cusum", "version": 1,
-            "streams": [[s.kind, s.name, s.attribute, s.group] for s in self.streams],
-            "numeric": {k: [v[0].tolist(), v[1].tolist()] for k, v in self.numeric.items()},
-            "categories": self.categories, "classes": self.classes, "attributes": self.attributes,
-            "positive_label": self.positive_label, "false_alarms_per_million": self.false_alarms_per_million,
-            "sources": [[kind, list(key) if isinstance(key, tuple) else key] for kind, key in self._sources],
-            "observed": [[kind, list(key) if isinstance(key, tuple) else key] for kind, key in self._observed],
-            "prediction_spec": spec(self._pspec), "error_spec": spec(self._espec),
+        state: dict[str, Any] = {
+            "kind": "reference_cusum", "version": 1, "columns": self.columns,
             "prediction_bank": self._pbank.snapshot(), "error_bank": self._ebank.snapshot(),
             "window_detections": self._window_detections.tolist(), "window_ratio": self._window_ratio.tolist(),
             "window_n": self._window_n.tolist(), "n_total": self._n_total.tolist(),
         }
+        if reference:
+            state["reference"] = {
+                "streams": [[s.kind, s.name, s.attribute, s.group] for s in self.streams],
+                "numeric": {k: [v[0].tolist(), v[1].tolist()] for k, v in self.numeric.items()},
+                "categories": self.categories, "classes": self.classes, "attributes": self.attributes,
+                "positive_label": self.positive_label, "false_alarms_per_million": self.false_alarms_per_million,
+                "sources": [[kind, list(key) if isinstance(key, tuple) else key] for kind, key in self._sources],
+                "observed": [[kind, list(key) if isinstance(key, tuple) else key] for kind, key in self._observed],
+                "prediction_spec": spec(self._pspec), "error_spec": spec(self._espec),
+            }
+        return state
 
     @classmethod
-    def restore(cls, state: Mapping[str, Any]) -> Self:
-        """Rebuild from :meth:`snapshot`."""
+    def restore(cls, state: Mapping[str, Any], *, template: ReferenceCUSUM | None = None) -> Self:
+        """Rebuild from :meth:`snapshot`; a snapshot without its reference needs ``template``, a fresh
+        instance built from the same profile and settings (its statistics are replaced)."""
         def spec(d: Mapping[str, Any]) -> _Spec:
             return _Spec(list(d["src"]), list(d["obs"]), list(d["alpha"]), list(d["beta"]), list(d["kl"]),
                          list(d["group"]), list(d.get("overshoot") or [0.0] * len(d["src"])))
 
         pbank, ebank = state["prediction_bank"], state["error_bank"]
-        sources = [(kind, (key[0], key[1]) if kind == "indicator" else key) for kind, key in state["sources"]]
-        observed = [(kind, tuple(key) if kind == "group" else key) for kind, key in state["observed"]]
-        out = cls(streams=[Stream(*s) for s in state["streams"]],
-                  numeric={k: (v[0], v[1]) for k, v in state["numeric"].items()},
-                  categories=state["categories"], classes=state["classes"], attributes=state["attributes"],
-                  positive_label=state["positive_label"], prediction_spec=spec(state["prediction_spec"]),
-                  error_spec=spec(state["error_spec"]), layout=(sources, observed),
-                  false_alarms_per_million=state["false_alarms_per_million"],
-                  thresholds=(pbank["thresholds"], ebank["thresholds"]))
+        ref = state.get("reference")
+        if ref is not None:
+            sources = [(kind, (key[0], key[1]) if kind == "indicator" else key) for kind, key in ref["sources"]]
+            observed = [(kind, tuple(key) if kind == "group" else key) for kind, key in ref["observed"]]
+            out = cls(streams=[Stream(*s) for s in ref["streams"]],
+                      numeric={k: (v[0], v[1]) for k, v in ref["numeric"].items()},
+                      categories=ref["categories"], classes=ref["classes"], attributes=ref["attributes"],
+                      positive_label=ref["positive_label"], prediction_spec=spec(ref["prediction_spec"]),
+                      error_spec=spec(ref["error_spec"]), layout=(sources, observed),
+                      false_alarms_per_million=ref["false_alarms_per_million"],
+                      thresholds=(pbank["thresholds"], ebank["thresholds"]))
+        elif template is None:
+            raise DetectorError("this CUSUM snapshot has no reference: restore it with template=")
+        else:
+            same = (template.columns == int(state["columns"])
+                    and np.array_equal(template._pbank.thresholds, np.asarray(pbank["thresholds"], np.float64))
+                    and np.array_equal(template._ebank.thresholds, np.asarray(ebank["thresholds"], np.float64)))
+            if not same:
+                raise DetectorError("this CUSUM snapshot was taken with another reference or other settings")
+            out = template  # type: ignore[assignment]
         out._pbank = PageCUSUM.restore(pbank)
         out._ebank = PageCUSUM.restore(ebank)
         out._window_detections = np.asarray(state["window_detections"], dtype=np.int64)

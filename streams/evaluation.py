@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from detectors.base import FeatureFrame
+from detectors.base import DetectorError, FeatureFrame
 from detectors.concept import ConceptDrift, concept_points
 from detectors.cusum import ReferenceCUSUM, cusum_detection_points, cusum_points
 from detectors.drift import DriftSuite, drift_points
@@ -164,7 +164,12 @@ class Evaluation:
 
     def restore_sequential(self, state: Mapping[str, Any]) -> SequentialState:
         perf_cls = RegressionPerformance if self.cfg.task == "regression" else ClassificationPerformance
-        cusum = ReferenceCUSUM.restore(state["cusum"]) if state.get("cusum") else self._cusum()
+        cusum = self._cusum()
+        if state.get("cusum") and cusum is not None:
+            try:
+                cusum = ReferenceCUSUM.restore(state["cusum"], template=cusum)
+            except DetectorError:  # taken with another reference or settings: start the streams afresh
+                cusum = self._cusum()
         return SequentialState(
             self,
             sequential=SequentialDrift.restore(state["sequential"]) if state.get("sequential") else None,
@@ -379,5 +384,5 @@ class SequentialState:
             "sequential": self.sequential.snapshot() if self.sequential is not None else None,
             "concept": self.concept.snapshot(),
             "cumulative": self.cumulative.snapshot(),
-            "cusum": self.cusum.snapshot() if self.cusum is not None else None,
+            "cusum": self.cusum.snapshot(reference=False) if self.cusum is not None else None,
         }

@@ -245,8 +245,12 @@ def test_detections_do_not_depend_on_batching_or_restarts(profile: ReferenceProf
     edges = [0, *sorted(set(cuts)), 3000]
     got = []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        if lo <= at < hi:  # restart from a JSON snapshot somewhere in the stream
-            cusum = ReferenceCUSUM.restore(json.loads(json.dumps(cusum.snapshot())))
+        if lo <= at < hi:  # restart from a JSON snapshot somewhere in the stream, with or without its reference
+            if at % 2:
+                cusum = ReferenceCUSUM.restore(json.loads(json.dumps(cusum.snapshot())))
+            else:
+                state = json.loads(json.dumps(cusum.snapshot(reference=False)))
+                cusum = ReferenceCUSUM.restore(state, template=monitor(profile))
         part = {k: v[lo:hi] for k, v in cols.items()}
         cusum.update(frame(part), part["prediction"].astype(str).astype(object), {"sex": part["sex"]})
         got.extend((lo + d.row, d.group) for d in cusum._pbank.detections)
@@ -323,3 +327,13 @@ def test_window_points_and_reset(profile: ReferenceProfile) -> None:
     assert not any(s.drift for s in cusum.result().streams)
     with pytest.raises(DetectorError):
         cusum.merge(monitor(profile))
+
+
+def test_a_snapshot_without_its_reference_is_small_and_checks_its_template(profile: ReferenceProfile) -> None:
+    cusum = monitor(profile)
+    small, full = cusum.snapshot(reference=False), cusum.snapshot()
+    assert len(json.dumps(small)) * 10 < len(json.dumps(full))
+    with pytest.raises(DetectorError):
+        ReferenceCUSUM.restore(small)
+    with pytest.raises(DetectorError):
+        ReferenceCUSUM.restore(small, template=monitor(profile, false_alarms_per_million=5.0))
