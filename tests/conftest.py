@@ -129,7 +129,9 @@ class WorkerProcess:
         self.config = config
         self.command = command
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
+        # the code under test, not whatever copy of the package the interpreter has installed
+        self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
