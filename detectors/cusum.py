@@ -95,8 +95,8 @@ from detectors.points import Point
 from detectors.profile import ReferenceProfile, as_class_labels
 
 __all__ = [
-    "DELTAS", "Detection", "PageCUSUM", "ReferenceCUSUM", "CUSUMResult", "StreamStatus", "Stream",
-    "cusum_detection_points", "cusum_points", "threshold_for", "FAIRNESS_METRIC",
+    "DELTAS", "Detection", "NewDetection", "PageCUSUM", "ReferenceCUSUM", "CUSUMResult", "StreamStatus", "Stream",
+    "cusum_detection_points", "cusum_points", "threshold_for", "FAIRNESS_METRIC", "OVERSHOOT",
 ]
 
 DELTAS: tuple[float, ...] = (0.25, 0.5, 1.0)
@@ -245,7 +245,8 @@ class PageCUSUM:
 @dataclass(frozen=True, slots=True)
 class Stream:
     """One named stream: ``kind`` is ``feature``, ``prediction``, ``fairness`` or ``concept``;
-    ``name`` the feature, the class, or ``attribute=group``; ``detail`` the attribute and group."""
+    ``name`` the feature, ``prediction``, ``attribute=group`` or ``error``; ``attribute`` and
+    ``group`` name a fairness stream's group."""
 
     kind: str
     name: str
