@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 from detectors.profile import ReferenceProfile
 from retrain.events import RetrainJob, RetrainTrigger
 from retrain.trainers import SklearnLogisticTrainer
+from tests.conftest import REPO
 from retrain.worker import (
     STATUS_FAILED,
     STATUS_SUCCEEDED,
@@ -322,8 +324,10 @@ def test_cli_stops_cleanly_on_sigterm(tmp_path: Path, broker: Any, unique: str) 
     cfg, _ = _setup(tmp_path, broker, unique)
     log_path = tmp_path / "retrain-worker.log"
     with open(log_path, "wb") as out:
+        # the code under test, not whatever copy of the package the interpreter has installed
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         process = subprocess.Popen([sys.executable, "-m", "streams.cli", "retrain-worker", "-c", str(cfg.source)],
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=str(tmp_path), env=env)
     try:
         deadline = time.monotonic() + 30
         while "waiting for jobs" not in log_path.read_text() and time.monotonic() < deadline:
