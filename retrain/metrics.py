@@ -55,7 +55,10 @@ PERFORMANCE_METRICS: frozenset[str] = frozenset(
      "precision_macro", "recall_macro", "f1_macro", "ece"}
 )
 FAIRNESS_GROUP_METRICS: frozenset[str] = frozenset(
-    {"selection_rate", "tpr", "fpr", "fnr", "precision", "accuracy"}
+    {"selection_rate", "tpr", "fpr", "fnr", "precision", "accuracy",
+     # beside DESIGN.md's names: the CUSUM on the group's selection rate (detectors/cusum.py);
+     # value = statistic / threshold, >= 1 when it detected a change
+     "selection_rate_cusum"}
 )
 """Fairness metrics written per group (tag ``group`` = the group's value)."""
 FAIRNESS_DISPARITY_METRICS: frozenset[str] = frozenset(

@@ -498,6 +498,7 @@ class _RuleState:
     streak_start_ns: int | None = None
     since_ns: int | None = None
     incident_id: str | None = None
+    last_instant_ns: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -510,6 +511,7 @@ class _RuleState:
             "streak_start_ns": self.streak_start_ns,
             "since_ns": self.since_ns,
             "incident_id": self.incident_id,
+            "last_instant_ns": self.last_instant_ns,
         }
 
 
@@ -575,18 +577,7 @@ class PolicyEngine:
         alerts: list[Alert] = []
         fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]] = []
         for rule in self.rules:
-            key = (model_id, rule.name)
-            state = self._states.get(key)
-            if state is None:
-                state = self._states[key] = _RuleState(model_version=model_version)
-            elif state.model_version != model_version:
-                if state.firing:
-                    alerts.append(
-                        self._alert(rule, state, "resolved", model_id, window_start_ns, window_end_ns, (),
-                                    message=f"{rule.name} resolved: model version changed from "
-                                            f"{state.model_version} to {model_version}")
-                    )
-                state = self._states[key] = _RuleState(model_version=model_version, cooldown=state.cooldown)
+            state = self._state(rule, model_id, model_version, window_start_ns, window_end_ns, alerts)
             verdict, results = rule.evaluate(own)
             if verdict is Verdict.NO_DATA:
                 continue
@@ -623,6 +614,78 @@ class PolicyEngine:
                         state.since_ns = None
                         state.incident_id = None
                         state.cooldown = rule.cooldown_windows
+        return Decision(alerts=tuple(alerts), jobs=self._jobs(model_id, model_version, window_start_ns, window_end_ns,
+                                                               fired_retrain))
+
+    def evaluate_instant(self, *, model_id: str, model_version: str, time_ns: int,
+                         points: Sequence[Point]) -> Decision:
+        """Evaluate points raised between window closes (a sequential detection, at event time
+        ``time_ns``), so that an alert fires in the micro-batch that saw the change.
+
+        Only rules that fire on a single breach (``fire_after`` 1) react, and only to a
+        breach: a rule that breaches and is neither firing nor cooling down fires, with
+        ``window_start``/``window_end`` at ``time_ns``; a firing rule that breaches restarts
+        its clear streak. Nothing else moves (streaks, cooldowns and resolving count windows),
+        so rules over window figures are untouched by instant points. A detection at or before
+        the last instant a rule saw (a redelivery) is ignored.
+        """
+        if not _is_int(time_ns):
+            raise PolicyError(ERR_WINDOW.format(start=time_ns, end=time_ns))
+        if isinstance(model_version, int) and not isinstance(model_version, bool):
+            model_version = str(model_version)
+        own = [p for p in points if p.tags.get("model_id", model_id) == model_id
+               and p.tags.get("model_version", model_version) == model_version]
+        alerts: list[Alert] = []
+        fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]] = []
+        for rule in self.rules:
+            if rule.fire_after != 1:
+                continue
+            verdict, results = rule.evaluate(own)
+            if verdict is not Verdict.BREACH:
+                continue
+            state = self._state(rule, model_id, model_version, time_ns, time_ns, alerts)
+            if state.last_instant_ns is not None and time_ns <= state.last_instant_ns:
+                continue
+            state.last_instant_ns = time_ns
+            if state.firing:
+                state.clear_streak = 0
+                continue
+            if state.cooldown > 0:
+                continue
+            state.firing = True
+            state.breach_streak = max(state.breach_streak, 1)
+            state.streak_start_ns = state.streak_start_ns if state.streak_start_ns is not None else time_ns
+            state.since_ns = time_ns
+            alert = self._alert(rule, state, "firing", model_id, time_ns, time_ns, results)
+            state.incident_id = alert.alert_id
+            alerts.append(alert)
+            if rule.retrain:
+                fired_retrain.append((rule, results))
+        return Decision(alerts=tuple(alerts), jobs=self._jobs(model_id, model_version, time_ns, time_ns,
+                                                               fired_retrain))
+
+    def _state(self, rule: Rule, model_id: str, model_version: str, start_ns: int, end_ns: int,
+               alerts: list[Alert]) -> _RuleState:
+        """The rule's state for this model; a new version resolves a firing alert of the old one
+        (appended to ``alerts``) and starts over, keeping the cooldown."""
+        key = (model_id, rule.name)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _RuleState(model_version=model_version)
+        elif state.model_version != model_version:
+            if state.firing:
+                alerts.append(
+                    self._alert(rule, state, "resolved", model_id, start_ns, end_ns, (),
+                                message=f"{rule.name} resolved: model version changed from "
+                                        f"{state.model_version} to {model_version}")
+                )
+            state = self._states[key] = _RuleState(model_version=model_version, cooldown=state.cooldown)
+        return state
+
+    def _jobs(self, model_id: str, model_version: str, start_ns: int, end_ns: int,
+              fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]]) -> tuple[RetrainTrigger, ...]:
+        """One retrain trigger for the retrain rules that fired together (none if none did)."""
+        window_start_ns, window_end_ns = start_ns, end_ns
         jobs: tuple[RetrainTrigger, ...] = ()
         if fired_retrain:
             metrics: dict[str, float] = {}
@@ -643,7 +706,7 @@ class PolicyEngine:
                     window_end_ns=window_end_ns,
                 ),
             )
-        return Decision(alerts=tuple(alerts), jobs=jobs)
+        return jobs
 
     def _alert(
         self,
@@ -729,6 +792,7 @@ class PolicyEngine:
                     streak_start_ns=_opt_int(entry.get("streak_start_ns")),
                     since_ns=_opt_int(entry.get("since_ns")),
                     incident_id=entry.get("incident_id"),
+                    last_instant_ns=_opt_int(entry.get("last_instant_ns")),
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise PolicyError(ERR_SNAPSHOT.format(problem=f"states[{i}]: {exc!r}")) from None

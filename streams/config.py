@@ -115,6 +115,14 @@ class DriftMethod:
 
 
 @dataclass(frozen=True)
+class CusumConfig:
+    enabled: bool = True
+    """Run the CUSUM streams against the reference profile on every micro-batch (detectors/cusum.py)."""
+    false_alarms_per_million: float = 1.0
+    """Target false alarms per million predictions for all CUSUM streams of the model together."""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     id: str
     task: str = "binary"
@@ -128,6 +136,7 @@ class ModelConfig:
     """Per-feature drift method and threshold; ``*`` applies to every feature not named."""
     min_group_size: int = 30
     policies: tuple[Mapping[str, Any], ...] | None = None
+    cusum: CusumConfig = field(default_factory=CusumConfig)
 
     @property
     def is_classification(self) -> bool:
@@ -337,6 +346,15 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
     min_group = raw.get("min_group_size", 30)
     if not isinstance(min_group, int) or min_group < 1:
         raise ConfigError(f"{where}.min_group_size: expected a positive integer")
+    cusum_raw = raw.get("cusum") or {}
+    if not isinstance(cusum_raw, Mapping):
+        raise ConfigError(f"{where}.cusum: expected {{enabled, false_alarms_per_million}}")
+    cusum = _build(CusumConfig, f"{where}.cusum", cusum_raw)
+    if not isinstance(cusum.enabled, bool):
+        raise ConfigError(f"{where}.cusum.enabled: expected true or false, got {cusum.enabled!r}")
+    rate = cusum.false_alarms_per_million
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0 < rate < 1e6):
+        raise ConfigError(f"{where}.cusum.false_alarms_per_million: expected a positive number, got {rate!r}")
     return ModelConfig(
         id=raw["id"],
         task=task,
@@ -349,6 +367,7 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
         drift=drift,
         min_group_size=min_group,
         policies=tuple(policies) if policies is not None else None,
+        cusum=cusum,
     )
 
 

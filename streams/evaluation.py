@@ -15,8 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from detectors.base import FeatureFrame
+from detectors.base import DetectorError, FeatureFrame
 from detectors.concept import ConceptDrift, concept_points
+from detectors.cusum import ReferenceCUSUM, cusum_detection_points, cusum_points
 from detectors.drift import DriftSuite, drift_points
 from detectors.estimate import ESTIMATE_MEASUREMENT, ConfidenceBasedEstimate
 from detectors.fairness import FairnessSummary, fairness_points
@@ -52,6 +53,8 @@ class PairColumns:
     y_pred: np.ndarray
     scores: np.ndarray | None
     attributes: Mapping[str, np.ndarray]
+    timestamps: np.ndarray | None = None
+    """When each pair became known: the later of its prediction's and its feedback's event time."""
 
     def __len__(self) -> int:
         return int(self.y_true.shape[0])
@@ -102,7 +105,8 @@ class Evaluation:
                 (math.nan if p.prediction.score is None else p.prediction.score for p in pairs), np.float64, n)
         attributes = {a: _objects([p.prediction.attributes.get(a, "missing") for p in pairs])
                       for a in self.cfg.attributes}
-        return PairColumns(y_true, y_pred, scores, attributes)
+        timestamps = np.fromiter((max(p.prediction.timestamp, p.feedback_timestamp) for p in pairs), np.float64, n)
+        return PairColumns(y_true, y_pred, scores, attributes, timestamps)
 
     def evidence_frame(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair]) -> Any:
         """The window's recent rows as one DataFrame with the reference profile's column names:
@@ -156,16 +160,33 @@ class Evaluation:
         sequential = SequentialDrift.from_profile(self.profile) if self.profile is not None else None
         task = "regression" if self.cfg.task == "regression" else "classification"
         return SequentialState(self, sequential=sequential, concept=ConceptDrift(task=task),
-                               cumulative=self._performance(cumulative=True))
+                               cumulative=self._performance(cumulative=True), cusum=self._cusum())
 
     def restore_sequential(self, state: Mapping[str, Any]) -> SequentialState:
         perf_cls = RegressionPerformance if self.cfg.task == "regression" else ClassificationPerformance
+        cusum = self._cusum()
+        if state.get("cusum") and cusum is not None:
+            try:
+                cusum = ReferenceCUSUM.restore(state["cusum"], template=cusum)
+            except DetectorError:  # taken with another reference or settings: start the streams afresh
+                cusum = self._cusum()
         return SequentialState(
             self,
             sequential=SequentialDrift.restore(state["sequential"]) if state.get("sequential") else None,
             concept=ConceptDrift.restore(state["concept"]),
             cumulative=perf_cls.restore(state["cumulative"]),
+            cusum=cusum,
         )
+
+    def _cusum(self) -> ReferenceCUSUM | None:
+        """CUSUM streams against the reference (every micro-batch; see :mod:`detectors.cusum`)."""
+        if self.profile is None or not self.cfg.cusum.enabled:
+            return None
+        binary = self.cfg.task == "binary"
+        return ReferenceCUSUM.from_profile(
+            self.profile, positive_label=self.cfg.positive_label if self.cfg.task != "regression" else None,
+            attributes=self.cfg.attributes if binary else (),
+            false_alarms_per_million=self.cfg.cusum.false_alarms_per_million)
 
     def _performance(self, *, cumulative: bool = False) -> ClassificationPerformance | RegressionPerformance:
         """A performance summary. The cumulative one keeps no exact score sample: its ROC AUC
@@ -288,18 +309,25 @@ class WindowSummaries:
 
 class SequentialState:
     """Detectors that run across windows: River's sequential detectors on feature means and
-    scores, concept drift on the error stream, and cumulative performance."""
+    scores, concept drift on the error stream, cumulative performance, and the CUSUM streams
+    against the reference, whose detections are points at once (:meth:`take_detections`)."""
 
     def __init__(self, evaluation: Evaluation, *, sequential: SequentialDrift | None, concept: ConceptDrift,
-                 cumulative: ClassificationPerformance | RegressionPerformance) -> None:
+                 cumulative: ClassificationPerformance | RegressionPerformance,
+                 cusum: ReferenceCUSUM | None = None) -> None:
         self.evaluation = evaluation
         self.sequential = sequential
         self.concept = concept
         self.cumulative = cumulative
+        self.cusum = cusum
+        self._detections: list[tuple[float, Any]] = []
 
     def add_predictions(self, batch: PredictionColumns) -> None:
         if self.sequential is not None:
             self.sequential.update(batch.frame, batch.scores)
+        if self.cusum is not None and len(batch):
+            self.cusum.update(batch.frame, batch.predictions, batch.attributes)
+            self._detections.extend((float(batch.timestamps[d.row]), d) for d in self.cusum.new)
 
     def add_pairs(self, cols: PairColumns) -> None:
         if isinstance(self.cumulative, RegressionPerformance):
@@ -307,7 +335,21 @@ class SequentialState:
             self.concept.update(np.abs(cols.y_true - cols.y_pred))
         else:
             self.cumulative.update(cols.y_true, cols.y_pred, cols.scores)
-            self.concept.update((cols.y_true != cols.y_pred).astype(np.float64))
+            errors = (cols.y_true != cols.y_pred).astype(np.float64)
+            self.concept.update(errors)
+            if self.cusum is not None and len(cols) and cols.timestamps is not None:
+                self.cusum.update_errors(errors)
+                self._detections.extend((float(cols.timestamps[d.row]), d) for d in self.cusum.new)
+
+    def take_detections(self, *, tags: Mapping[str, str]) -> list[tuple[int, Point]]:
+        """``(event time ns, point)`` of each CUSUM stream's first detection in the window since
+        the last call, in the order they happened."""
+        out = []
+        for t, detection in self._detections:
+            time_ns = int(round(t * 1_000_000_000))
+            out.append((time_ns, cusum_detection_points(detection, tags=tags, time_ns=time_ns)))
+        self._detections = []
+        return out
 
     def points(self, *, tags: Mapping[str, str], time_ns: int, predictions: int = 1) -> list[Point]:
         """Points at a window's close; also starts the concept detectors' next window.
@@ -317,6 +359,9 @@ class SequentialState:
             out.extend(sequential_points(self.sequential.result(), tags=tags, time_ns=time_ns))
         out.extend(concept_points(self.concept.result(), tags=tags, time_ns=time_ns))
         self.concept.start_window()
+        if self.cusum is not None:
+            out.extend(cusum_points(self.cusum.result(), tags=tags, time_ns=time_ns))
+            self.cusum.start_window()
         return out
 
     def with_cumulative(self, points: list[Point]) -> list[Point]:
@@ -339,4 +384,5 @@ class SequentialState:
             "sequential": self.sequential.snapshot() if self.sequential is not None else None,
             "concept": self.concept.snapshot(),
             "cumulative": self.cumulative.snapshot(),
+            "cusum": self.cusum.snapshot(reference=False) if self.cusum is not None else None,
         }

@@ -53,6 +53,9 @@ class WindowOutput:
     """Builds a DataFrame of the window's recent rows (for the retrain job's Evidently report)."""
     offsets: tuple[int, int] | None = None
     """First and last offset of the window's prediction messages (batch granularity)."""
+    instant: bool = False
+    """Not a closed window but a sequential detection between closes (a CUSUM stream crossed its
+    threshold): ``start_ns == end_ns`` is the detecting event's time, ``points`` its point(s)."""
 
 
 @dataclass
@@ -98,6 +101,8 @@ class _VersionMonitor:
         evidence_size = int(min(max(window.events or 1000, 1000), 5000))
         self.recent: deque[Prediction] = deque(maxlen=evidence_size)
         self.recent_pairs: deque[LabelledPair] = deque(maxlen=evidence_size)
+        self.log: list[WindowOutput] = []
+        """The last batch's closed windows and instant detections, in the order they happened."""
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -111,6 +116,7 @@ class _VersionMonitor:
         Kafka offsets of ``events`` (for the retrain job's data range); ``marks`` are
         counters (a dead letter) placed like pairs.
         """
+        self.log = []
         if not self.by_events:
             return self._add_by_time(events, pairs, positions, offsets, marks)
         outputs: list[WindowOutput] = []
@@ -211,14 +217,30 @@ class _VersionMonitor:
         pane.summaries.add_pairs(cols)
         self.sequential.add_pairs(cols)
         self.recent_pairs.extend(pairs)
+        self._instants(pane)
 
     def count(self, name: str, value: int) -> None:
         self.counters[name] = self.counters.get(name, 0) + value
 
     def flush(self) -> list[WindowOutput]:
         """Close every open pane that saw predictions or pairs (end of input)."""
+        self.log = []
         return [self._close(pane_id) for pane_id in sorted(self.open)
                 if self.open[pane_id].n > 0 or self.open[pane_id].pairs > 0]
+
+    def _instants(self, pane: _Pane) -> None:
+        """Log the sequential detections of the data just fed as instant outputs."""
+        tags = {"model_id": self.owner.cfg.id, "model_version": self.version}
+        found = self.sequential.take_detections(tags=tags)
+        if not found:
+            return
+        recent, recent_pairs = list(self.recent), list(self.recent_pairs)
+        evaluation = self.evaluation
+        evidence = lambda: evaluation.evidence_frame(recent, recent_pairs)  # noqa: E731
+        offsets = (pane.first_offset, pane.last_offset) if pane.first_offset is not None else None
+        for time_ns, point in found:
+            self.log.append(WindowOutput(self.owner.cfg.id, self.version, time_ns, time_ns, 0, [point], evidence,
+                                         offsets, instant=True))  # type: ignore[arg-type]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -252,6 +274,7 @@ class _VersionMonitor:
         pane.summaries.add_predictions(batch)
         self.sequential.add_predictions(batch)
         self.recent.extend(events)
+        self._instants(pane)
 
     def _close(self, pane_id: int) -> WindowOutput:
         pane = self.open.pop(pane_id)
@@ -300,7 +323,9 @@ class _VersionMonitor:
             self.open = {k: _Pane(latest.new_window()) if not p.n else p for k, p in self.open.items()}
         recent, recent_pairs = list(self.recent), list(self.recent_pairs)
         evidence = lambda: self.evaluation.evidence_frame(recent, recent_pairs)  # noqa: E731
-        return WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, evidence, offsets)
+        output = WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, evidence, offsets)
+        self.log.append(output)
+        return output
 
     # -- snapshot ----------------------------------------------------------------------------
 
@@ -409,6 +434,15 @@ class ModelMonitor:
 
     def flush(self) -> list[WindowOutput]:
         return [out for monitor in self.versions.values() for out in monitor.flush()]
+
+    def take_log(self) -> list[WindowOutput]:
+        """The last :meth:`add_batch` (or :meth:`flush`): every closed window and every instant
+        detection (``instant=True``), per version in the order they happened; clears it."""
+        out = []
+        for monitor in self.versions.values():
+            out.extend(monitor.log)
+            monitor.log = []
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         return {"versions": {v: m.snapshot() for v, m in self.versions.items()},

@@ -165,7 +165,7 @@ class Pipeline:
             try:
                 windows = monitor.add_batch(batch.predictions, batch.pairs, batch.positions, batch.offsets,
                                             batch.marks)
-                self._decide(model_id, windows, outcome)
+                self._decide(model_id, monitor.take_log(), outcome)
                 outcome.windows.extend(windows)
             except Exception:  # a detector bug must not stop the other models or the worker
                 self.internal_errors += 1
@@ -176,15 +176,23 @@ class Pipeline:
             outcome.points.extend(window.points)
         return outcome
 
-    def _decide(self, model_id: str, windows: list[WindowOutput], outcome: Outcome) -> None:
-        """Run the model's policy on each closed window; record alerts and retrain requests."""
+    def _decide(self, model_id: str, outputs: list[WindowOutput], outcome: Outcome) -> None:
+        """Run the model's policy on each closed window and each instant detection (a CUSUM
+        stream that crossed its threshold in this batch), in the order they happened; record
+        alerts and retrain requests. Instant detections' points are written at once."""
         engine = self.policies.get(model_id)
-        for window in windows:
+        for window in outputs:
+            if window.instant:
+                outcome.points.extend(window.points)
             if engine is None:
                 continue
-            decision = engine.evaluate(model_id=model_id, model_version=window.model_version,
-                                       window_start_ns=window.start_ns, window_end_ns=window.end_ns,
-                                       points=window.points)
+            if window.instant:
+                decision = engine.evaluate_instant(model_id=model_id, model_version=window.model_version,
+                                                   time_ns=window.end_ns, points=window.points)
+            else:
+                decision = engine.evaluate(model_id=model_id, model_version=window.model_version,
+                                           window_start_ns=window.start_ns, window_end_ns=window.end_ns,
+                                           points=window.points)
             outcome.alerts.extend(decision.alerts)
             outcome.jobs.extend(JobRequest(trigger, window) for trigger in decision.jobs)
 
@@ -193,7 +201,7 @@ class Pipeline:
         outcome = Outcome()
         for model_id, monitor in self.monitors.items():
             windows = monitor.flush()
-            self._decide(model_id, windows, outcome)
+            self._decide(model_id, monitor.take_log(), outcome)
             outcome.windows.extend(windows)
         for window in outcome.windows:
             outcome.points.extend(window.points)

@@ -573,3 +573,87 @@ def test_evaluate_rejects_bad_windows(start, end):
     with pytest.raises(PolicyError, match="window_end_ns"):
         PolicyEngine([low_accuracy_rule()]).evaluate(model_id="m", model_version="1", window_start_ns=start,
                                                      window_end_ns=end, points=[])
+
+
+# -- instant points: a sequential detection between window closes ----------------------------------
+
+def cusum_rule(**kw) -> Rule:
+    return Rule(name="drift-cusum", conditions=[Condition(measurement="feature_drift", field="drift",
+                                                          tags={"method": "cusum"}, op="==", threshold=True)],
+                clear_after=2, **kw)
+
+
+def window(engine: PolicyEngine, i: int, points: list[Point]) -> Decision:
+    start, end = bounds(i)
+    return engine.evaluate(model_id="m", model_version="1", window_start_ns=start, window_end_ns=end, points=points)
+
+
+def instant(engine: PolicyEngine, t: int, points: list[Point]) -> Decision:
+    return engine.evaluate_instant(model_id="m", model_version="1", time_ns=t, points=points)
+
+
+def test_an_instant_detection_fires_a_fire_after_1_rule_at_its_event_time() -> None:
+    engine = PolicyEngine([cusum_rule(), Rule(name="two", conditions=cusum_rule().conditions, fire_after=2),
+                           Rule(name="psi", conditions=[Condition(measurement="feature_drift", field="drift",
+                                                                  tags={"method": "psi"}, op="==", threshold=True)])])
+    assert not window(engine, 0, drift({"age": False}, method="cusum") + drift({"age": False}))
+    t = bounds(1)[0] + 17
+    decision = instant(engine, t, drift({"age": True}, method="cusum"))
+    assert [(a.rule, a.state, a.window_start_ns, a.window_end_ns) for a in decision.alerts] == \
+        [("drift-cusum", "firing", t, t)]
+    assert engine.firing() == (("m", "drift-cusum"),)
+    # the window close that holds the detection breaches again: no second alert; "two" (fire_after 2)
+    # ignored the instant point and counts this window as its first breach; the windowed rule stays quiet
+    d = window(engine, 1, drift({"age": True}, method="cusum") + drift({"age": False}))
+    assert not d.alerts and engine.firing() == (("m", "drift-cusum"),)
+    # two clear windows resolve it, then the cooldown (windows) would apply as usual
+    assert not window(engine, 2, drift({"age": False}, method="cusum"))
+    d = window(engine, 3, drift({"age": False}, method="cusum"))
+    assert ("drift-cusum", "resolved") in [(a.rule, a.state) for a in d.alerts]
+
+
+def test_instant_points_never_clear_or_move_window_streaks() -> None:
+    rule = Rule(name="multi", conditions=[Condition(measurement="feature_drift", field="drift", op="==",
+                                                    threshold=True, min_count=2, count_by="feature")], fire_after=2)
+    engine = PolicyEngine([rule])
+    assert not window(engine, 0, drift({"a": True, "b": True}))
+    # one feature's CUSUM detection: "multi" would be clear on it, but instant points do not clear
+    assert not instant(engine, bounds(1)[0] + 5, drift({"a": True}, method="cusum"))
+    d = window(engine, 1, drift({"a": True, "b": True}))
+    assert [(a.rule, a.state) for a in d.alerts] == [("multi", "firing")]
+
+
+def test_instant_detections_respect_cooldown_and_redelivery_across_snapshots() -> None:
+    engine = PolicyEngine([cusum_rule(cooldown_windows=2)])
+    t1 = bounds(0)[0] + 1
+    first = instant(engine, t1, drift({"age": True}, method="cusum"))
+    assert len(first.alerts) == 1
+    saved = json.loads(json.dumps(engine.snapshot()))
+    assert not instant(engine, t1, drift({"age": True}, method="cusum"))  # redelivered: ignored
+    restored = PolicyEngine([cusum_rule(cooldown_windows=2)]).restore(saved)
+    assert not instant(restored, t1, drift({"age": True}, method="cusum"))
+    # the same sequence on a fresh engine gives the same alert id (idempotent publishing)
+    again = instant(PolicyEngine([cusum_rule(cooldown_windows=2)]), t1, drift({"age": True}, method="cusum"))
+    assert again.alerts[0].alert_id == first.alerts[0].alert_id
+    # resolve, then a detection in the cooldown does not fire; after it, one does
+    for i in (1, 2):
+        window(engine, i, drift({"age": False}, method="cusum"))
+    assert not engine.firing()
+    assert not instant(engine, bounds(3)[0] + 1, drift({"age": True}, method="cusum"))
+    window(engine, 3, drift({"age": False}, method="cusum"))
+    window(engine, 4, drift({"age": False}, method="cusum"))
+    assert len(instant(engine, bounds(5)[0] + 1, drift({"age": True}, method="cusum")).alerts) == 1
+    # snapshots written before instant points existed still restore
+    old = engine.snapshot()
+    for state in old["states"]:
+        state.pop("last_instant_ns")
+    PolicyEngine([cusum_rule()]).restore(old)
+
+
+def test_an_instant_retrain_rule_makes_one_job() -> None:
+    engine = PolicyEngine([cusum_rule(retrain=True)])
+    t = bounds(0)[0] + 3
+    decision = instant(engine, t, drift({"age": True, "income": True}, method="cusum"))
+    assert len(decision.jobs) == 1
+    job = decision.jobs[0]
+    assert list(job.rules) == ["drift-cusum"] and (job.window_start_ns, job.window_end_ns) == (t, t)

@@ -73,6 +73,7 @@ def test_model_defaults() -> None:
     assert (m.task, m.positive_label, m.reference, m.attributes, m.intersections) == ("binary", "1", None, (), ())
     assert m.window == WindowConfig(events=1000, seconds=None, slide=None) and m.window.kind == "events"
     assert m.min_group_size == 30 and m.policies is None
+    assert (m.cusum.enabled, m.cusum.false_alarms_per_million) == (True, 1.0)
     assert m.drift_method("x") == DriftMethod("auto", None)
     assert m.is_classification
 
@@ -294,6 +295,11 @@ INVALID_MODELS = [
     (model(drift={"zz": "psi"}), "models[m].drift.zz: not a feature of this model"),
     (model(drift={"x": 3}), "models[m].drift.x: expected a method name or {method, threshold}"),
     (model(min_group_size=0), "models[m].min_group_size: expected a positive integer"),
+    (model(cusum={"false_alarms_per_million": 0}), "models[m].cusum.false_alarms_per_million: expected a positive"),
+    (model(cusum={"false_alarms_per_million": -1.0}), "models[m].cusum.false_alarms_per_million: expected a positive"),
+    (model(cusum={"enabled": "sometimes"}), "models[m].cusum.enabled"),
+    (model(cusum={"delta": 0.5}), "models[m].cusum.delta: unknown key"),
+    (model(cusum=[1]), "models[m].cusum: expected {enabled, false_alarms_per_million}"),
     (model(policies={"rule": 1}), "models[m].policies: expected a list of rules"),
     (model(id=""), "models[0].id: required"),
     (model(id=7), "models[0].id: required"),

@@ -196,8 +196,15 @@ def test_replay_writes_its_files_and_flushes_the_final_partial_window(drift_run:
     times = drift_run.inputs.prediction_times
     ends = [ns(times[min((k + 1) * WINDOW, n) - 1]) for k in range(len(events))]
     assert [t for t, _ in events] == ends
-    # every point of the run belongs to one of those windows
-    assert {ln.time_ns for ln in drift_run.metrics} == set(ends)
+    # every point of the run belongs to one of those windows, except the CUSUM streams' detections,
+    # written at once and stamped with the detecting event's time, after the change
+    instant = [ln for ln in drift_run.metrics if ln.time_ns not in set(ends)]
+    assert {ln.time_ns for ln in drift_run.metrics} - {ln.time_ns for ln in instant} == set(ends)
+    assert instant, "the drift is seen between window closes"
+    for ln in instant:
+        assert "cusum" in (ln.tags.get("method"), ln.tags.get("detector"), ln.tags.get("metric", "").rsplit("_", 1)[-1])
+        assert ln.fields.get("drift", True) is True and ln.fields.get("value", 1.0) >= 1.0
+        assert ln.time_ns >= ns(times[CHANGE_AFTER])
 
 
 def test_every_joined_pair_is_counted_in_some_window(drift_run: DriftRun) -> None:
@@ -246,9 +253,16 @@ def test_feature_drift_alert_fires_at_the_first_full_window_after_the_change(dri
     assert (parse_time(first["window_start"]), parse_time(first["window_end"])) == (start_ns, end_ns)
     assert first["model_id"] == MODEL and first["metric"] == "feature_drift"
     assert first["value"] > first["threshold"] == 0.1
-    assert all(parse_time(a["window_end"]) >= end_ns for a in drift_run.alerts)
+    windowed = [a for a in drift_run.alerts if not a["rule"].endswith("-cusum")]
+    assert all(parse_time(a["window_end"]) >= end_ns for a in windowed)
+    # the CUSUM streams fire inside that window, at the detecting event, after the change
+    cusum = [a for a in drift_run.alerts if a["rule"] == "feature-drift-cusum" and a["state"] == "firing"]
+    assert cusum and ns(times[CHANGE_AFTER]) <= parse_time(cusum[0]["window_end"]) < end_ns
+    assert parse_time(cusum[0]["window_start"]) == parse_time(cusum[0]["window_end"])
+    assert all(parse_time(a["window_end"]) >= ns(times[CHANGE_AFTER]) for a in drift_run.alerts)
 
-    drifted = [ln for ln in drift_run.metrics if ln.measurement == "feature_drift" and ln.fields["drift"] is True]
+    drifted = [ln for ln in drift_run.metrics if ln.measurement == "feature_drift" and ln.fields["drift"] is True
+               and ln.tags["method"] == "psi"]
     assert min(ln.time_ns for ln in drifted) == end_ns  # nothing drifted before the change
     # the injected change: age shifts by one sigma, the channel mix moves
     assert {ln.tags["feature"] for ln in drifted if ln.time_ns == end_ns} >= {"age", "channel"}

@@ -1,0 +1,825 @@
+"""Sequential change detection against the known reference: Page's CUSUM, vectorised per micro-batch.
+
+A windowed test speaks when its window closes, so a change that lands in the
+middle of a window of 1,000 events waits for the rest of it. A CUSUM (Page
+1954) on the log-likelihood ratio of "changed" against "as in training" speaks
+at the event where the evidence suffices, and for a change of the size it is
+tuned to it is the fastest test for a given false-alarm rate (Lorden 1971,
+Moustakides 1986). Here the pre-change distribution is not learnt from the
+stream: it is the **reference profile** (each feature's reference sample,
+category shares, predicted-class shares, per-group selection rates, the error
+rate of the reference's predictions).
+
+Two classes:
+
+- :class:`PageCUSUM` — a bank of one-sided CUSUMs ``S_t = max(0, S_{t-1} + x_t)``
+  over the columns of a ``(rows, columns)`` increment matrix. With ``C`` the
+  cumulative sum of the batch's increments, ``S_t = C_t - min(-S_0, min_{s<=t} C_s)``,
+  so a whole micro-batch is one ``np.cumsum`` and one ``np.minimum.accumulate``
+  (no per-event Python). A column whose statistic reaches its threshold raises
+  a detection at that row and its *stream* (a group of columns) restarts from 0.
+- :class:`ReferenceCUSUM` — the streams of one model, built from its
+  :class:`~detectors.profile.ReferenceProfile`, turning a micro-batch of
+  predictions (or of labelled pairs) into log-likelihood-ratio increments.
+
+Streams and their increments (``δ`` runs over :data:`DELTAS`, one column each;
+every stream has an up and a down direction unless said otherwise):
+
+- numeric feature — the **normal score** ``y = Φ⁻¹(F_ref(x))`` of each value
+  (``F_ref`` the mid-rank CDF of the feature's reference sample), which is
+  N(0, 1) before the change *whatever the feature's distribution*, so the
+  thresholds below hold for skewed and discrete features too (z-scores of a
+  log-normal feature would make the variance streams fire constantly).
+  Mean: ``±δ·(y ∓ μ₀) − δ²/2`` (the Gaussian LLR of a ``δ`` shift); variance:
+  ``½·y²/v₀·(1 − 1/σ₁²) − ln σ₁`` with ``σ₁ = 1+δ`` (up) or ``1/(1+δ)`` (down);
+- categorical feature — per category, the Bernoulli LLR of its indicator,
+  ``x·ln(p₁/p₀) + (1−x)·ln((1−p₁)/(1−p₀))`` with ``p₁ = p₀ ± δ·√(p₀(1−p₀))``;
+- predicted class — the same on the indicator of the positive class (binary)
+  or of each class (multiclass);
+- fairness — the same on the positive prediction of each group of each
+  sensitive attribute (its selection rate);
+- concept — the same on the 0/1 error of labelled pairs, up only (the
+  reference error rate is that of the reference sample's predictions).
+
+``μ₀``, ``v₀`` and ``p₀`` are the reference values moved by ``margin``
+reference standard errors towards the alternative (``1/√n`` for a normal
+score's mean, ``√(2/n)`` for its variance, ``√(p(1−p)/n)`` for a share): the
+reference is an estimate, and the false-alarm rate of a CUSUM is sensitive to
+a bias in it.
+
+Thresholds. A column with in-control drift ``−I₀`` per observation
+(``I₀ = KL(f₀‖f₁)``, the Kullback–Leibler divergence of the alternative from
+the reference) and threshold ``h`` on the LLR scale has an in-control average
+run length (Wald's approximation, Siegmund 1985, §2.6, without the overshoot,
+which only lengthens it)::
+
+    ARL₀(h) ≈ (e^h − h − 1) / I₀
+
+With ``m`` columns and a target of ``r`` false alarms per event for all of them
+together (Bonferroni: each column gets ``r/m``, and no column observes more
+than one value per prediction event), each column's threshold solves
+``ARL₀(h) = m / r``. ``r`` is ``false_alarms_per_million × 10⁻⁶``. For the
+Gaussian mean columns Siegmund's corrected approximation is used instead:
+``e^h`` becomes ``e^b`` with ``b = h + 1.166·δ`` (:data:`OVERSHOOT`; Siegmund
+1985, eq. 2.56), which is accurate there; elsewhere the overshoot is left out
+and the thresholds are conservative.
+
+Detections. Each stream reports its first detection in the current reporting
+window (:meth:`ReferenceCUSUM.start_window` begins a new one) as a new
+:class:`Detection`; it restarts from 0 after every detection, so a change
+that persists is detected again (counted) and reported again in the next
+window, not on every batch. Sequential: :meth:`merge` is not defined (order
+matters); run one per model version. Memory: one float per column.
+
+>>> import numpy as np
+>>> bank = PageCUSUM([5.0], groups=[0])
+>>> x = np.r_[np.full(10, -0.5), np.full(8, 1.0)]       # drifts down, then up by 1 per row
+>>> [d.row for d in bank.update(x[:, None]).detections]  # S = 0 until row 9, then 1, 2, ...
+[14]
+>>> float(bank.statistic[0])                             # restarted after row 14
+3.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, Self
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from detectors.base import DetectorError, FeatureFrame
+from detectors.points import Point
+from detectors.profile import ReferenceProfile, as_class_labels
+
+__all__ = [
+    "DELTAS", "Detection", "NewDetection", "PageCUSUM", "ReferenceCUSUM", "CUSUMResult", "StreamStatus", "Stream",
+    "cusum_detection_points", "cusum_points", "threshold_for", "FAIRNESS_METRIC", "OVERSHOOT",
+]
+
+DELTAS: tuple[float, ...] = (0.25, 0.5, 1.0)
+"""Change sizes each stream is tuned to, in reference standard deviations (a factor-2 grid:
+a change between two sizes is found nearly as fast as by a CUSUM tuned to it)."""
+
+FAIRNESS_METRIC = "selection_rate_cusum"
+"""``metric`` tag of the fairness streams' points (``value`` ≥ 1: a change in the group's selection rate)."""
+
+METHOD = "cusum"
+"""``method`` (``feature_drift``, ``prediction_drift``) and ``detector`` (``concept_drift``) tag value."""
+
+MIN_REFERENCE = 100
+"""Reference observations a stream needs (sample values, group rows, labelled rows)."""
+
+_P_EDGE = 1e-6
+
+OVERSHOOT = 1.166
+"""Siegmund's correction for a Gaussian mean CUSUM: ``b = h + 1.166·δ`` on the LLR scale
+(``2 × 0.583``, the expected overshoot at the two boundaries, in standard deviations)."""
+
+
+def threshold_for(arl: float, kl: float) -> float:
+    """The LLR threshold ``h`` with ``(e^h − h − 1) / kl = arl`` (Wald's in-control ARL).
+
+    >>> h = threshold_for(1e8, 0.125)
+    >>> round(h, 3), round((math.exp(h) - h - 1) / 0.125 / 1e8, 6)
+    (16.341, 1.0)
+    """
+    if not (arl > 0 and kl > 0):
+        raise DetectorError(f"threshold_for needs a positive ARL and KL divergence, got {arl!r}, {kl!r}")
+    target = arl * kl
+    h = math.log(target + 1.0)
+    for _ in range(100):
+        nxt = math.log(target + h + 1.0)
+        if abs(nxt - h) < 1e-13:
+            break
+        h = nxt
+    return h
+
+
+# -------------------------------------------------------------------------------- the bank
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """A stream (``group``) reached its threshold at ``row`` of the last batch, on ``column``;
+    ``ratio`` is that column's statistic over its threshold (≥ 1)."""
+
+    row: int
+    group: int
+    column: int
+    ratio: float
+
+
+class PageCUSUM:
+    """One-sided CUSUMs ``S_j = max(0, S_j + x_j)``, one per column, with thresholds ``h_j``.
+
+    ``groups[j]`` names the stream column ``j`` belongs to: when any column of a stream
+    reaches its threshold, a :class:`Detection` is recorded for the stream at that row and
+    all its columns restart from 0. An increment of 0 leaves a statistic unchanged, so a
+    row a stream did not observe is a 0 in its columns.
+    """
+
+    def __init__(self, thresholds: Sequence[float], *, groups: Sequence[int] | None = None) -> None:
+        self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+        if self.thresholds.size and not (np.isfinite(self.thresholds).all() and (self.thresholds > 0).all()):
+            raise DetectorError("CUSUM thresholds must be finite and positive")
+        m = self.thresholds.size
+        self.groups = np.arange(m) if groups is None else np.asarray(groups, dtype=np.int64).reshape(-1)
+        if self.groups.size != m:
+            raise DetectorError(f"{self.groups.size} groups given for {m} columns")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.statistic = np.zeros(self.thresholds.size, dtype=np.float64)
+        self.detections: tuple[Detection, ...] = ()
+        self.n = 0
+
+    def update(self, increments: np.ndarray) -> Self:
+        """Feed a ``(rows, columns)`` batch of increments in arrival order; :attr:`detections`
+        then holds this batch's detections (row indices into the batch)."""
+        x = np.asarray(increments, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.thresholds.size:
+            raise DetectorError(f"expected increments of shape (rows, {self.thresholds.size}), got {x.shape}")
+        return self.update_cumulative(np.cumsum(x, axis=0))
+
+    def update_cumulative(self, cumulative: np.ndarray) -> Self:
+        """:meth:`update` given the batch's cumulative sums of increments (``np.cumsum(x, axis=0)``;
+        overwritten)."""
+        c = cumulative
+        if c.ndim != 2 or c.shape[1] != self.thresholds.size:
+            raise DetectorError(f"expected sums of shape (rows, {self.thresholds.size}), got {c.shape}")
+        found: list[Detection] = []
+        s0 = self.statistic
+        start, n = 0, c.shape[0]
+        while start < n:
+            part = c[start:]
+            low = np.minimum.accumulate(part, axis=0)
+            np.minimum(low, -s0, out=low)
+            np.subtract(part, low, out=low)  # S_t for t = start..n-1, relative to the sums at start - 1
+            over = low >= self.thresholds
+            hit_rows = np.flatnonzero(over.any(axis=1))
+            if not hit_rows.size:
+                s0 = low[-1].copy()
+                break
+            r = int(hit_rows[0])
+            row = low[r]
+            s0 = row.copy()
+            for g in np.unique(self.groups[over[r]]):
+                members = np.flatnonzero(self.groups == g)
+                ratios = row[members] / self.thresholds[members]
+                best = int(members[int(np.argmax(ratios))])
+                found.append(Detection(start + r, int(g), best, float(ratios.max())))
+                s0[members] = 0.0
+            # continue after row r: the sums restart there
+            base = c[start + r].copy()
+            start += r + 1
+            c[start:] -= base
+        self.statistic = s0
+        self.detections = tuple(found)
+        self.n += n
+        return self
+
+    def merge(self, other: PageCUSUM) -> Self:
+        """Not defined: a CUSUM depends on the order of its increments."""
+        raise DetectorError("a CUSUM is order-dependent and cannot be merged; feed one instance in arrival order")
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state (the statistics; the last batch's detections are not state)."""
+        return {"thresholds": self.thresholds.tolist(), "groups": self.groups.tolist(),
+                "statistic": self.statistic.tolist(), "n": self.n}
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`snapshot`."""
+        out = cls(state["thresholds"], groups=state["groups"])
+        out.statistic = np.asarray(state["statistic"], dtype=np.float64)
+        out.n = int(state["n"])
+        return out
+
+
+# -------------------------------------------------------------------------------- the streams
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """One named stream: ``kind`` is ``feature``, ``prediction``, ``fairness`` or ``concept``;
+    ``name`` the feature, ``prediction``, ``attribute=group`` or ``error``; ``attribute`` and
+    ``group`` name a fairness stream's group."""
+
+    kind: str
+    name: str
+    attribute: str = ""
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """A stream in the current window: ``detections`` since :meth:`ReferenceCUSUM.start_window`,
+    ``ratio`` the largest statistic/threshold at a detection in the window, else the current
+    largest (< 1); ``n`` observations in the window; ``n_total`` since the start."""
+
+    stream: Stream
+    detections: int
+    ratio: float
+    n: int
+    n_total: int
+
+    @property
+    def drift(self) -> bool:
+        return self.detections > 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewDetection:
+    """A stream's first detection in the current window: ``row`` of the batch that raised it."""
+
+    stream: Stream
+    row: int
+    ratio: float
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class CUSUMResult:
+    """Every stream's status in the current window, and the settings behind the thresholds."""
+
+    streams: tuple[StreamStatus, ...]
+    columns: int
+    false_alarms_per_million: float
+
+
+@dataclass
+class _Spec:
+    """Columns of a block: increment_j = alpha_j * source[:, src_j] + beta_j * observed[:, obs_j]."""
+
+    src: list[int]
+    obs: list[int]
+    alpha: list[float]
+    beta: list[float]
+    kl: list[float]
+    group: list[int]
+    overshoot: list[float]
+
+    @classmethod
+    def empty(cls) -> _Spec:
+        return cls([], [], [], [], [], [], [])
+
+    def add(self, src: int, obs: int, alpha: float, beta: float, kl: float, group: int,
+            overshoot: float = 0.0) -> None:
+        self.src.append(src)
+        self.obs.append(obs)
+        self.alpha.append(alpha)
+        self.beta.append(beta)
+        self.kl.append(kl)
+        self.group.append(group)
+        self.overshoot.append(overshoot)
+
+    def thresholds(self, arl: float) -> list[float]:
+        """Each column's ``h``: ``ARL₀ = arl`` with ``b = h + overshoot`` (see the module docstring)."""
+        return [max(threshold_for(arl, kl) - o, 1e-9) for kl, o in zip(self.kl, self.overshoot)]
+
+
+def _bernoulli(p0: float, n_ref: int, direction: int, delta: float, margin: float) -> tuple[float, float, float] | None:
+    """(alpha, beta, KL) of the Bernoulli LLR ``x·alpha + beta`` for a ``delta``-sd move of ``p0``
+    in ``direction``; the in-control share is moved ``margin`` standard errors towards it."""
+    sd = math.sqrt(p0 * (1.0 - p0))
+    q0 = p0 + direction * margin * sd / math.sqrt(max(n_ref, 1))
+    p1 = p0 + direction * delta * sd
+    if not (_P_EDGE < q0 < 1 - _P_EDGE and _P_EDGE < p1 < 1 - _P_EDGE) or (p1 - q0) * direction <= 0:
+        return None
+    a = math.log(p1 / q0)
+    b = math.log((1 - p1) / (1 - q0))
+    kl = q0 * math.log(q0 / p1) + (1 - q0) * math.log((1 - q0) / (1 - p1))
+    return a - b, b, kl
+
+
+class ReferenceCUSUM:
+    """CUSUM streams of one model against its reference profile (see the module docstring).
+
+    Build with :meth:`from_profile`. :meth:`update` takes a micro-batch of predictions,
+    :meth:`update_errors` one of labelled pairs' 0/1 errors; after each, :attr:`new`
+    lists the streams whose first detection of the window happened in that batch.
+    """
+
+    def __init__(self, *, streams: Sequence[Stream], numeric: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                 categories: Mapping[str, Sequence[str]], classes: Sequence[str], attributes: Mapping[str, Sequence[str]],
+                 positive_label: str | None, prediction_spec: _Spec, error_spec: _Spec,
+                 layout: tuple[Sequence[tuple[str, Any]], Sequence[tuple[str, Any]]],
+                 false_alarms_per_million: float, thresholds: tuple[Sequence[float], Sequence[float]] | None = None
+                 ) -> None:
+        self.streams = tuple(streams)
+        self._sources, self._observed = list(layout[0]), list(layout[1])
+        self._numeric_obs = {key: j for j, (kind, key) in enumerate(self._observed) if kind == "numeric"}
+        self.numeric = {k: (np.asarray(v[0], np.float64), np.asarray(v[1], np.float64)) for k, v in numeric.items()}
+        self.categories = {k: list(v) for k, v in categories.items()}
+        self.classes = list(classes)
+        self.attributes = {k: list(v) for k, v in attributes.items()}
+        self.positive_label = positive_label
+        self.false_alarms_per_million = float(false_alarms_per_million)
+        self._pspec, self._espec = prediction_spec, error_spec
+        m = len(prediction_spec.src) + len(error_spec.src)
+        if thresholds is None:
+            arl = m / (self.false_alarms_per_million * 1e-6) if m else 1.0
+            thresholds = (prediction_spec.thresholds(arl), error_spec.thresholds(arl))
+        self._pbank = PageCUSUM(thresholds[0], groups=prediction_spec.group)
+        self._ebank = PageCUSUM(thresholds[1], groups=error_spec.group)
+        self._palpha = np.asarray(prediction_spec.alpha, np.float64)
+        self._pbeta = np.asarray(prediction_spec.beta, np.float64)
+        self._psrc = np.asarray(prediction_spec.src, np.int64)
+        self._pobs = np.asarray(prediction_spec.obs, np.int64)
+        self._ealpha = np.asarray(error_spec.alpha, np.float64)
+        self._ebeta = np.asarray(error_spec.beta, np.float64)
+        self._ptables = {f: _NormalScores(sample, moments) for f, (sample, moments) in self.numeric.items()}
+        self._cat_index = {f: pd.Index(v, dtype=object) for f, v in self.categories.items()}
+        self._class_index = pd.Index(self.classes, dtype=object)
+        self._blocks = self._source_blocks()
+        g = len(self.streams)
+        self._window_detections = np.zeros(g, dtype=np.int64)
+        self._window_ratio = np.zeros(g, dtype=np.float64)
+        self._window_n = np.zeros(g, dtype=np.int64)
+        self._n_total = np.zeros(g, dtype=np.int64)
+        # observation column -> stream (for the per-stream counts)
+        self._obs_group = self._observation_groups()
+        self.new: tuple[NewDetection, ...] = ()
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_profile(cls, profile: ReferenceProfile, *, positive_label: str | None = None,
+                     attributes: Sequence[str] = (), false_alarms_per_million: float = 1.0,
+                     deltas: Sequence[float] = DELTAS, margin: float = 1.0,
+                     min_reference: int = MIN_REFERENCE) -> ReferenceCUSUM:
+        """Streams for every numeric and categorical feature, the predicted class and, for a
+        binary model with ``positive_label``, each group of ``attributes`` and the error rate.
+
+        ``false_alarms_per_million``: target false alarms per million prediction events for all
+        streams together; ``deltas``: the change sizes (reference sds) each stream is tuned to;
+        ``margin``: reference standard errors the in-control value is moved towards each
+        alternative; streams with fewer than ``min_reference`` reference observations are left out.
+        """
+        if not (false_alarms_per_million > 0 and math.isfinite(false_alarms_per_million)):
+            raise DetectorError(f"false_alarms_per_million must be positive, got {false_alarms_per_million!r}")
+        if not deltas or any(not (d > 0) for d in deltas):
+            raise DetectorError(f"deltas must be positive change sizes, got {deltas!r}")
+        streams: list[Stream] = []
+        pspec, espec = _Spec.empty(), _Spec.empty()
+        numeric: dict[str, tuple[list[float], list[float]]] = {}
+        categories: dict[str, list[str]] = {}
+        # source columns of the prediction block: numeric y, numeric y², then 0/1 indicators;
+        # observed columns: one per numeric feature, then one per Bernoulli source family
+        sources: list[tuple[str, Any]] = []
+        observed: list[tuple[str, Any]] = []
+
+        for name, p in profile.numeric.items():
+            sample = np.sort(np.asarray(p.sample, dtype=np.float64))
+            if sample.size < min_reference:
+                continue
+            scores = _NormalScores(sample)
+            numeric[name] = (sample.tolist(), [scores.mean, scores.var])
+            g = len(streams)
+            streams.append(Stream("feature", name))
+            obs = len(observed)
+            observed.append(("numeric", name))
+            y = len(sources)
+            sources.append(("y", name))
+            y2 = len(sources)
+            sources.append(("y2", name))
+            n_ref = sample.size
+            mu = margin / math.sqrt(n_ref)
+            dv = margin * math.sqrt(2.0 / n_ref)
+            for direction in (1, -1):
+                for d in deltas:
+                    # Gaussian LLR of N(dir·(mu+d), 1) vs N(dir·mu, 1) on y
+                    pspec.add(y, obs, direction * d, -(d * mu + d * d / 2.0), d * d / 2.0, g, OVERSHOOT * d)
+                for d in (deltas if direction > 0 else deltas[-1:]):
+                    ratio = (1.0 + d) ** 2 if direction > 0 else 1.0 / (1.0 + d) ** 2  # σ₁² / σ₀²
+                    v0 = 1.0 + direction * dv
+                    if v0 <= 0:
+                        continue
+                    kl = 0.5 * (1.0 / ratio - 1.0 + math.log(ratio))
+                    pspec.add(y2, obs, 0.5 * (1.0 - 1.0 / ratio) / v0, -0.5 * math.log(ratio), kl, g)
+
+        def bernoulli_stream(stream: Stream, shares: Mapping[str, float], n_ref: int, obs: int,
+                             up_only: bool = False, spec: _Spec = pspec) -> None:
+            g = len(streams)
+            streams.append(stream)
+            for value, p0 in shares.items():
+                src = len(sources)
+                sources.append(("indicator", (obs, value)))
+                for direction in ((1,) if up_only else (1, -1)):
+                    for d in deltas:
+                        coef = _bernoulli(p0, n_ref, direction, d, margin)
+                        if coef is not None:
+                            spec.add(src, obs, coef[0], coef[1], coef[2], g)
+
+        for name, c in profile.categorical.items():
+            total = c.n_valid
+            if total < min_reference or len(c.counts) < 2:
+                continue
+            categories[name] = sorted(c.counts)
+            obs = len(observed)
+            observed.append(("categorical", name))
+            bernoulli_stream(Stream("feature", name), {k: v / total for k, v in sorted(c.counts.items())}, total, obs,
+                             up_only=True)
+
+        classes: list[str] = []
+        if profile.predictions and sum(profile.predictions.values()) >= min_reference and len(profile.predictions) >= 2:
+            total = sum(profile.predictions.values())
+            shares = {k: v / total for k, v in sorted(profile.predictions.items())}
+            if len(shares) == 2:
+                chosen = positive_label if positive_label in shares else sorted(shares)[-1]
+                shares = {chosen: shares[chosen]}
+            classes = sorted(shares)
+            obs = len(observed)
+            observed.append(("prediction", None))
+            bernoulli_stream(Stream("prediction", "prediction"), shares, total, obs)
+
+        groups_of: dict[str, list[str]] = {}
+        sample = profile.sample
+        if positive_label is not None and profile.prediction and profile.prediction in sample:
+            preds = as_class_labels(np.asarray(sample[profile.prediction], dtype=object))
+            positive = preds == positive_label
+            known = np.array([p is not None for p in preds], dtype=bool)
+            for attribute in attributes:
+                if attribute not in sample:
+                    continue
+                values = np.asarray(["missing" if v is None else str(v) for v in sample[attribute]], dtype=object)
+                kept = []
+                for group in sorted(set(values[known].tolist())):
+                    rows = known & (values == group)
+                    n_ref = int(rows.sum())
+                    if n_ref < min_reference:
+                        continue
+                    p0 = float(positive[rows].mean())
+                    obs = len(observed)
+                    observed.append(("group", (attribute, group)))
+                    bernoulli_stream(Stream("fairness", f"{attribute}={group}", attribute, group), {positive_label: p0},
+                                     n_ref, obs)
+                    kept.append(group)
+                if kept:
+                    groups_of[attribute] = kept
+            if profile.target and profile.target in sample:
+                labels = as_class_labels(np.asarray(sample[profile.target], dtype=object))
+                both = known & np.array([v is not None for v in labels], dtype=bool)
+                if int(both.sum()) >= min_reference:
+                    e0 = float((labels[both] != preds[both]).mean())
+                    g = len(streams)
+                    streams.append(Stream("concept", "error"))
+                    for d in deltas:
+                        coef = _bernoulli(e0, int(both.sum()), 1, d, margin)
+                        if coef is not None:
+                            espec.add(0, 0, coef[0], coef[1], coef[2], g)
+                    if not any(grp == g for grp in espec.group):
+                        streams.pop()
+
+        return cls(streams=streams, numeric=numeric, categories=categories, classes=classes, attributes=groups_of,
+                   positive_label=positive_label, prediction_spec=pspec, error_spec=espec, layout=(sources, observed),
+                   false_alarms_per_million=false_alarms_per_million)
+
+    def _source_blocks(self) -> list[tuple[int, int]]:
+        """Per observed family, the contiguous range of its source columns."""
+        owner = [self._numeric_obs[key] if kind in ("y", "y2") else key[0] for kind, key in self._sources]
+        blocks = []
+        for j in range(len(self._observed)):
+            mine = [i for i, o in enumerate(owner) if o == j]
+            if mine and mine != list(range(mine[0], mine[-1] + 1)):
+                raise DetectorError("CUSUM sources must be contiguous per observed family")
+            blocks.append((mine[0], mine[-1] + 1) if mine else (0, 0))
+        return blocks
+
+    def _observation_groups(self) -> np.ndarray:
+        groups = np.full(max(self._pobs.max(initial=-1) + 1, 0), -1, dtype=np.int64)
+        for obs, g in zip(self._pspec.obs, self._pspec.group):
+            groups[obs] = g
+        return groups
+
+    @property
+    def columns(self) -> int:
+        """Number of one-sided CUSUM columns (the Bonferroni divisor)."""
+        return self._pbank.thresholds.size + self._ebank.thresholds.size
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """Every column's threshold (prediction streams, then the error stream)."""
+        return np.concatenate([self._pbank.thresholds, self._ebank.thresholds])
+
+    # -- feeding -------------------------------------------------------------------------------
+
+    def _columns(self, frame: FeatureFrame, predictions: np.ndarray | None,
+                 attributes: Mapping[str, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(sources, observed): per row, each source value (normal score, its square, 0/1
+        indicator) and whether each observed family saw a value (0/1)."""
+        n = len(frame) if (frame.numeric or frame.categorical) else (0 if predictions is None else len(predictions))
+        src = np.zeros((n, len(self._sources)), dtype=np.float64)
+        obs = np.zeros((n, len(self._observed)), dtype=np.float64)
+        labels = None if predictions is None else np.asarray(predictions, dtype=object)
+        for j, (kind, key) in enumerate(self._observed):
+            lo, hi = self._blocks[j]
+            if kind == "numeric":
+                values = frame.numeric.get(key)
+                if values is None:
+                    continue
+                y, seen = self._ptables[key].scores(np.asarray(values, dtype=np.float64))
+                src[:, lo] = y
+                np.multiply(y, y, out=src[:, lo + 1])
+            elif kind == "categorical":
+                values = frame.categorical.get(key)
+                if values is None:
+                    continue
+                codes = self._cat_index[key].get_indexer(pd.Index(values, dtype=object))
+                seen = pd.notna(np.asarray(values, dtype=object))
+                src[:, lo:hi] = codes[:, None] == np.arange(hi - lo)
+            elif kind == "prediction":
+                if labels is None:
+                    continue
+                seen = pd.notna(labels)
+                codes = self._class_index.get_indexer(pd.Index(labels, dtype=object))
+                src[:, lo:hi] = codes[:, None] == np.arange(hi - lo)
+            else:  # group
+                attribute, group = key
+                values = (attributes or {}).get(attribute)
+                if values is None or labels is None:
+                    continue
+                seen = (np.asarray(values, dtype=object) == group) & pd.notna(labels)
+                src[:, lo] = seen & (labels == self.positive_label)
+            obs[:, j] = seen
+        return src, obs
+
+    def increments(self, frame: FeatureFrame, predictions: np.ndarray | None = None,
+                   attributes: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """The ``(rows, columns)`` LLR increments of a batch of predictions (0 where a stream
+        has no observation: a missing value, a missing attribute, an unknown class)."""
+        src, obs = self._columns(frame, predictions, attributes)
+        out = src[:, self._psrc] * self._palpha
+        out += obs[:, self._pobs] * self._pbeta
+        return out
+
+    def update(self, frame: FeatureFrame, predictions: np.ndarray | None = None,
+               attributes: Mapping[str, np.ndarray] | None = None) -> Self:
+        """Feed a micro-batch of predictions (features, predicted classes, sensitive attributes).
+
+        The increments are linear in the sources, so their cumulative sums are taken on the
+        few source columns and spread to the CUSUM columns afterwards."""
+        src, obs = self._columns(frame, predictions, attributes)
+        csrc = np.cumsum(src, axis=0)
+        cobs = np.cumsum(obs, axis=0)
+        c = csrc[:, self._psrc]
+        c *= self._palpha
+        b = cobs[:, self._pobs]
+        b *= self._pbeta
+        c += b
+        self._pbank.update_cumulative(c)
+        seen = np.zeros(len(self.streams), dtype=np.int64)
+        if obs.shape[0]:
+            np.add.at(seen, self._obs_group, cobs[-1, : self._obs_group.size].astype(np.int64))
+        self._record(self._pbank, seen, cumulative=cobs)
+        return self
+
+    def update_errors(self, errors: np.ndarray) -> Self:
+        """Feed a micro-batch of labelled pairs' 0/1 errors (``NaN``: not observed)."""
+        e = np.asarray(errors, dtype=np.float64).reshape(-1)
+        seen_rows = ~np.isnan(e)
+        if e.size and not np.isin(e[seen_rows], (0.0, 1.0)).all():
+            raise DetectorError("errors must be 0 (right) or 1 (wrong)")
+        x = np.where(seen_rows, e, 0.0)[:, None] * self._ealpha + seen_rows[:, None] * self._ebeta
+        self._ebank.update(x)
+        seen = np.zeros(len(self.streams), dtype=np.int64)
+        for g in set(self._espec.group):
+            seen[g] = int(seen_rows.sum())
+        self._record(self._ebank, seen, cumulative=np.cumsum(seen_rows)[:, None], error=True)
+        return self
+
+    def _record(self, bank: PageCUSUM, seen: np.ndarray, *, cumulative: np.ndarray, error: bool = False) -> None:
+        new = []
+        for d in bank.detections:
+            g = d.group
+            # the stream's observations up to and including the detecting row
+            if error:
+                upto = int(cumulative[d.row, 0])
+            else:
+                upto = int(cumulative[d.row, np.flatnonzero(self._obs_group == g)].sum())
+            if self._window_detections[g] == 0:
+                new.append(NewDetection(self.streams[g], d.row, d.ratio, int(self._window_n[g]) + upto))
+                self._window_ratio[g] = d.ratio
+            else:
+                self._window_ratio[g] = max(self._window_ratio[g], d.ratio)
+            self._window_detections[g] += 1
+        self._window_n += seen
+        self._n_total += seen
+        self.new = tuple(new)
+
+    def start_window(self) -> Self:
+        """Begin a new reporting window: counts restart, the statistics carry on."""
+        self._window_detections[:] = 0
+        self._window_ratio[:] = 0.0
+        self._window_n[:] = 0
+        return self
+
+    def merge(self, other: ReferenceCUSUM) -> Self:
+        """Not defined: sequential statistics depend on the order of events."""
+        raise DetectorError("CUSUM streams are order-dependent and cannot be merged; run one per model version")
+
+    def _current_ratio(self) -> np.ndarray:
+        ratio = np.zeros(len(self.streams), dtype=np.float64)
+        for bank in (self._pbank, self._ebank):
+            if bank.thresholds.size:
+                np.maximum.at(ratio, bank.groups, bank.statistic / bank.thresholds)
+        return ratio
+
+    def result(self) -> CUSUMResult:
+        """Every stream in the current window (no state change)."""
+        current = self._current_ratio()
+        streams = tuple(
+            StreamStatus(stream=s, detections=int(self._window_detections[g]),
+                         ratio=float(self._window_ratio[g] if self._window_detections[g] else current[g]),
+                         n=int(self._window_n[g]), n_total=int(self._n_total[g]))
+            for g, s in enumerate(self.streams))
+        return CUSUMResult(streams=streams, columns=self.columns,
+                           false_alarms_per_million=self.false_alarms_per_million)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def snapshot(self, *, reference: bool = True) -> dict[str, Any]:
+        """JSON-able state: the statistics and window counts and, unless ``reference=False``,
+        the configuration (streams, reference tables, coefficients) — the reference samples are
+        most of its size; leave them out when the restoring side can rebuild them from the
+        profile (:meth:`restore` with ``template``)."""
+        def spec(s: _Spec) -> dict[str, list[Any]]:
+            return {"src": s.src, "obs": s.obs, "alpha": s.alpha, "beta": s.beta, "kl": s.kl, "group": s.group,
+                    "overshoot": s.overshoot}
+
+        state: dict[str, Any] = {
+            "kind": "reference_cusum", "version": 1, "columns": self.columns,
+            "prediction_bank": self._pbank.snapshot(), "error_bank": self._ebank.snapshot(),
+            "window_detections": self._window_detections.tolist(), "window_ratio": self._window_ratio.tolist(),
+            "window_n": self._window_n.tolist(), "n_total": self._n_total.tolist(),
+        }
+        if reference:
+            state["reference"] = {
+                "streams": [[s.kind, s.name, s.attribute, s.group] for s in self.streams],
+                "numeric": {k: [v[0].tolist(), v[1].tolist()] for k, v in self.numeric.items()},
+                "categories": self.categories, "classes": self.classes, "attributes": self.attributes,
+                "positive_label": self.positive_label, "false_alarms_per_million": self.false_alarms_per_million,
+                "sources": [[kind, list(key) if isinstance(key, tuple) else key] for kind, key in self._sources],
+                "observed": [[kind, list(key) if isinstance(key, tuple) else key] for kind, key in self._observed],
+                "prediction_spec": spec(self._pspec), "error_spec": spec(self._espec),
+            }
+        return state
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any], *, template: ReferenceCUSUM | None = None) -> Self:
+        """Rebuild from :meth:`snapshot`; a snapshot without its reference needs ``template``, a fresh
+        instance built from the same profile and settings (its statistics are replaced)."""
+        def spec(d: Mapping[str, Any]) -> _Spec:
+            return _Spec(list(d["src"]), list(d["obs"]), list(d["alpha"]), list(d["beta"]), list(d["kl"]),
+                         list(d["group"]), list(d.get("overshoot") or [0.0] * len(d["src"])))
+
+        pbank, ebank = state["prediction_bank"], state["error_bank"]
+        ref = state.get("reference")
+        if ref is not None:
+            sources = [(kind, (key[0], key[1]) if kind == "indicator" else key) for kind, key in ref["sources"]]
+            observed = [(kind, tuple(key) if kind == "group" else key) for kind, key in ref["observed"]]
+            out = cls(streams=[Stream(*s) for s in ref["streams"]],
+                      numeric={k: (v[0], v[1]) for k, v in ref["numeric"].items()},
+                      categories=ref["categories"], classes=ref["classes"], attributes=ref["attributes"],
+                      positive_label=ref["positive_label"], prediction_spec=spec(ref["prediction_spec"]),
+                      error_spec=spec(ref["error_spec"]), layout=(sources, observed),
+                      false_alarms_per_million=ref["false_alarms_per_million"],
+                      thresholds=(pbank["thresholds"], ebank["thresholds"]))
+        elif template is None:
+            raise DetectorError("this CUSUM snapshot has no reference: restore it with template=")
+        else:
+            same = (template.columns == int(state["columns"])
+                    and np.array_equal(template._pbank.thresholds, np.asarray(pbank["thresholds"], np.float64))
+                    and np.array_equal(template._ebank.thresholds, np.asarray(ebank["thresholds"], np.float64)))
+            if not same:
+                raise DetectorError("this CUSUM snapshot was taken with another reference or other settings")
+            out = template  # type: ignore[assignment]
+        out._pbank = PageCUSUM.restore(pbank)
+        out._ebank = PageCUSUM.restore(ebank)
+        out._window_detections = np.asarray(state["window_detections"], dtype=np.int64)
+        out._window_ratio = np.asarray(state["window_ratio"], dtype=np.float64)
+        out._window_n = np.asarray(state["window_n"], dtype=np.int64)
+        out._n_total = np.asarray(state["n_total"], dtype=np.int64)
+        return out
+
+
+class _NormalScores:
+    """``Φ⁻¹`` of the mid-rank CDF of a sorted reference sample, standardised on that sample.
+
+    ``moments`` (mean, variance of the raw scores over the sample) are recomputed when not given.
+    """
+
+    def __init__(self, sample: np.ndarray, moments: Sequence[float] | None = None) -> None:
+        self.sample = np.asarray(sample, dtype=np.float64)
+        n = self.sample.size
+        u = np.clip(np.arange(2 * n + 1) / (2.0 * n), 0.5 / n, 1.0 - 0.5 / n)
+        self.table = ndtri(u)
+        self._run_end = np.searchsorted(self.sample, self.sample, side="right")
+        if moments is None:
+            raw = self._raw(self.sample)
+            moments = (float(raw.mean()), float(raw.var()))
+        self.mean, self.var = float(moments[0]), float(moments[1])
+        self.scale = 1.0 / math.sqrt(self.var) if self.var > 0 else 1.0
+
+    def _raw(self, values: np.ndarray) -> np.ndarray:
+        # mid-rank index left + right with one search: right == left unless the value is in the
+        # sample, where right is the end of its run of ties
+        left = np.searchsorted(self.sample, values, side="left")
+        hit = self.sample[np.minimum(left, self.sample.size - 1)] == values
+        return self.table[left + np.where(hit, self._run_end[np.minimum(left, self.sample.size - 1)], left)]
+
+    def scores(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(standardised normal scores with 0 where missing, observed mask) of ``values``."""
+        seen = ~np.isnan(values)
+        y = (self._raw(np.where(seen, values, 0.0)) - self.mean) * self.scale
+        return np.where(seen, y, 0.0), seen
+
+
+# -------------------------------------------------------------------------------- points
+
+
+def _point(stream: Stream, *, drift: bool, ratio: float, n: int, tags: Mapping[str, str], time_ns: int) -> Point:
+    if stream.kind == "feature":
+        return Point("feature_drift", {**tags, "feature": stream.name, "method": METHOD},
+                     {"value": float(ratio), "drift": drift, "threshold": 1.0, "n": int(n)}, time_ns)
+    if stream.kind == "prediction":
+        return Point("prediction_drift", {**tags, "method": METHOD, "target": "prediction"},
+                     {"value": float(ratio), "drift": drift, "n": int(n)}, time_ns)
+    if stream.kind == "concept":
+        return Point("concept_drift", {**tags, "detector": METHOD}, {"drift": drift, "n": int(n)}, time_ns)
+    return Point("fairness", {**tags, "attribute": stream.attribute, "group": stream.group, "metric": FAIRNESS_METRIC},
+                 {"value": float(ratio), "n": int(n)}, time_ns)
+
+
+def cusum_detection_points(detection: NewDetection, *, tags: Mapping[str, str], time_ns: int) -> Point:
+    """The point a stream's detection writes at once (timestamped at the detecting event):
+    ``feature_drift``/``prediction_drift`` with ``method=cusum`` (``value`` = statistic / threshold,
+    ≥ 1; ``threshold`` 1), ``concept_drift`` with ``detector=cusum``, or ``fairness`` with
+    ``metric=selection_rate_cusum``; ``n`` = the stream's observations in the window so far.
+
+    >>> d = NewDetection(Stream("feature", "age"), row=3, ratio=1.02, n=140)
+    >>> cusum_detection_points(d, tags={"model_id": "m"}, time_ns=7).to_line_protocol()
+    'feature_drift,feature=age,method=cusum,model_id=m drift=true,n=140i,threshold=1.0,value=1.02 7'
+    """
+    return _point(detection.stream, drift=True, ratio=detection.ratio, n=detection.n, tags=tags, time_ns=time_ns)
+
+
+def cusum_points(result: CUSUMResult, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
+    """One point per stream at a window's close: ``drift`` whether it detected in the window,
+    ``value`` its largest statistic/threshold at a detection, else its current one (< 1).
+    The predicted-class streams of a multiclass model share one ``prediction_drift`` point."""
+    out: list[Point] = []
+    prediction: list[StreamStatus] = []
+    for s in result.streams:
+        if s.stream.kind == "prediction":
+            prediction.append(s)
+            continue
+        out.append(_point(s.stream, drift=s.drift, ratio=s.ratio, n=s.n, tags=tags, time_ns=time_ns))
+    if prediction:
+        top = max(prediction, key=lambda s: (s.drift, s.ratio))
+        out.append(_point(top.stream, drift=any(s.drift for s in prediction), ratio=top.ratio, n=top.n, tags=tags,
+                          time_ns=time_ns))
+    return out

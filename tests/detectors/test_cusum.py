@@ -1,0 +1,339 @@
+"""CUSUM streams against the reference: oracles (a per-event loop of Page's recursion), batch-split
+and snapshot/restore invariance, the LLR increments by hand, false-alarm rate and detection delay."""
+
+from __future__ import annotations
+
+import json
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.base import DetectorError, FeatureFrame
+from detectors.cusum import DELTAS, PageCUSUM, ReferenceCUSUM, cusum_points, threshold_for
+from detectors.profile import ReferenceProfile
+
+
+# -- oracle: Page's recursion, one event at a time ------------------------------------------------
+
+def loop_cusum(x: np.ndarray, h: np.ndarray, groups: np.ndarray, s0: np.ndarray | None = None
+               ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """S_j = max(0, S_j + x_j) per row; a stream (group) whose column reaches h is recorded
+    (row, group) and all its columns restart from 0."""
+    s = np.zeros(x.shape[1]) if s0 is None else s0.copy()
+    found = []
+    for t in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            s[j] = max(0.0, s[j] + x[t, j])
+        hit = sorted({int(groups[j]) for j in range(x.shape[1]) if s[j] >= h[j]})
+        for g in hit:
+            found.append((t, g))
+            s[groups == g] = 0.0
+    return s, found
+
+
+def feed(bank: PageCUSUM, x: np.ndarray, cuts: list[int]) -> list[tuple[int, int]]:
+    found = []
+    edges = [0, *sorted(set(c for c in cuts if 0 < c < x.shape[0])), x.shape[0]]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        bank.update(x[lo:hi])
+        found.extend((lo + d.row, d.group) for d in bank.detections)
+    return found
+
+
+dyadic = st.integers(min_value=-24, max_value=16).map(lambda k: k / 8.0)  # exact in float64
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), m=st.integers(1, 5), n=st.integers(0, 60))
+def test_bank_equals_the_per_event_recursion_exactly_across_batch_splits_and_restores(data, m, n) -> None:
+    x = np.array(data.draw(st.lists(st.lists(dyadic, min_size=m, max_size=m), min_size=n, max_size=n)),
+                 dtype=np.float64).reshape(n, m)
+    h = np.array(data.draw(st.lists(st.integers(1, 24).map(lambda k: k / 4.0), min_size=m, max_size=m)))
+    groups = np.array(data.draw(st.lists(st.integers(0, 2), min_size=m, max_size=m)))
+    cuts = data.draw(st.lists(st.integers(0, n), max_size=4))
+    want_s, want = loop_cusum(x, h, groups)
+
+    bank = PageCUSUM(h, groups=groups)
+    got = feed(bank, x, cuts)
+    assert got == want
+    assert bank.statistic.tolist() == want_s.tolist()  # dyadic increments: sums are exact
+
+    # snapshot/restore (through JSON) in the middle gives the same continuation
+    k = data.draw(st.integers(0, n))
+    first = PageCUSUM(h, groups=groups)
+    head = feed(first, x[:k], [])
+    second = PageCUSUM.restore(json.loads(json.dumps(first.snapshot())))
+    tail = [(k + r, g) for r, g in feed(second, x[k:], cuts)]
+    assert head + tail == want
+    assert second.statistic.tolist() == want_s.tolist()
+
+
+def test_bank_matches_the_recursion_on_random_floats_to_1e_12() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(-0.2, 1.0, (3000, 7))
+    h = rng.uniform(4.0, 9.0, 7)
+    groups = np.array([0, 0, 1, 2, 2, 2, 3])
+    want_s, want = loop_cusum(x, h, groups)
+    assert len(want) > 10  # the thresholds are crossed and streams restart
+    for cuts in ([], [1, 2, 500, 1777], list(range(0, 3000, 333))):
+        bank = PageCUSUM(h, groups=groups)
+        assert feed(bank, x, cuts) == want
+        np.testing.assert_allclose(bank.statistic, want_s, rtol=0, atol=1e-12)
+
+
+def test_bank_rejects_bad_shapes_and_cannot_merge() -> None:
+    with pytest.raises(DetectorError):
+        PageCUSUM([1.0, -1.0])
+    bank = PageCUSUM([1.0, 2.0])
+    with pytest.raises(DetectorError):
+        bank.update(np.zeros((3, 1)))
+    with pytest.raises(DetectorError):
+        bank.merge(PageCUSUM([1.0, 2.0]))
+
+
+def test_threshold_solves_walds_arl() -> None:
+    for arl, kl in ((1e3, 0.5), (3e8, 0.03125), (1e9, 0.8)):
+        h = threshold_for(arl, kl)
+        assert (math.exp(h) - h - 1) / kl == pytest.approx(arl, rel=1e-9)
+    with pytest.raises(DetectorError):
+        threshold_for(0.0, 1.0)
+
+
+# -- the streams of a model -------------------------------------------------------------------
+
+CATS = np.array(["a", "b", "c"], dtype=object)
+CAT_P = np.array([0.5, 0.3, 0.2])
+
+
+def draw(rng: np.random.Generator, n: int, *, shift: float = 0.0, scale: float = 1.0, cat_p: np.ndarray = CAT_P,
+         positive: float = 0.6, positive_f: float | None = None, error: float = 0.15) -> dict[str, np.ndarray]:
+    sex = np.where(rng.random(n) < 0.5, "F", "M").astype(object)
+    p = np.where(sex == "F", positive if positive_f is None else positive_f, positive)
+    pred = (rng.random(n) < p).astype(int)
+    wrong = rng.random(n) < error
+    return {
+        "x": rng.normal(10.0 + shift * 3.0, 3.0 * scale, n),
+        "skewed": rng.lognormal(0.0, 1.0, n),
+        "counts": rng.poisson(3.0, n).astype(float),
+        "cat": CATS[rng.choice(3, n, p=cat_p)],
+        "sex": sex,
+        "prediction": pred,
+        "label": np.where(wrong, 1 - pred, pred),
+    }
+
+
+@pytest.fixture(scope="module")
+def profile() -> ReferenceProfile:
+    cols = draw(np.random.default_rng(0), 20_000)
+    return ReferenceProfile.from_frame(pd.DataFrame(cols), model_id="m", target="label", prediction="prediction",
+                                       attributes=["sex"], features={"x": "numeric", "skewed": "numeric",
+                                                                     "counts": "numeric", "cat": "categorical"})
+
+
+def monitor(profile: ReferenceProfile, **options) -> ReferenceCUSUM:
+    return ReferenceCUSUM.from_profile(profile, positive_label="1", attributes=["sex"], **options)
+
+
+def frame(cols: dict[str, np.ndarray]) -> FeatureFrame:
+    return FeatureFrame.build(numeric={f: cols[f] for f in ("x", "skewed", "counts")}, categorical={"cat": cols["cat"]})
+
+
+def run(cusum: ReferenceCUSUM, cols: dict[str, np.ndarray], batch: int = 1000) -> list[tuple[int, str]]:
+    """(row, stream) of every stream's first detection per batch (start_window after each batch)."""
+    found = []
+    n = len(cols["x"])
+    for lo in range(0, n, batch):
+        part = {k: v[lo:lo + batch] for k, v in cols.items()}
+        cusum.update(frame(part), part["prediction"].astype(str).astype(object), {"sex": part["sex"]})
+        found.extend((lo + d.row, d.stream.name) for d in cusum.new)
+        errors = (part["label"] != part["prediction"]).astype(float)
+        cusum.update_errors(errors)
+        found.extend((lo + d.row, d.stream.name) for d in cusum.new)
+        cusum.start_window()
+    return found
+
+
+def test_streams_and_thresholds_follow_the_reference(profile: ReferenceProfile) -> None:
+    cusum = monitor(profile)
+    names = [(s.kind, s.name) for s in cusum.streams]
+    assert names == [("feature", "x"), ("feature", "skewed"), ("feature", "counts"), ("feature", "cat"),
+                     ("prediction", "prediction"), ("fairness", "sex=F"), ("fairness", "sex=M"), ("concept", "error")]
+    # every column's threshold gives it an in-control ARL of columns / rate (Bonferroni)
+    # (Siegmund's overshoot correction b = h + 1.166 δ on the Gaussian mean columns, none elsewhere)
+    arl = cusum.columns / 1e-6
+    kls = cusum._pspec.kl + cusum._espec.kl
+    overshoot = cusum._pspec.overshoot + cusum._espec.overshoot
+    assert sorted(set(overshoot)) == [0.0, 1.166 * 0.25, 1.166 * 0.5, 1.166]
+    for h, kl, o in zip(cusum.thresholds, kls, overshoot):
+        b = h + o
+        assert (math.exp(b) - b - 1) / kl == pytest.approx(arl, rel=1e-9)
+    # a tenfold stricter target raises every threshold by about ln 10
+    strict = monitor(profile, false_alarms_per_million=0.1)
+    assert np.all(np.abs(strict.thresholds - cusum.thresholds - math.log(10)) < 0.01)
+
+
+def test_increments_are_the_log_likelihood_ratios_by_hand(profile: ReferenceProfile) -> None:
+    cusum = monitor(profile, margin=0.0)
+    cols = draw(np.random.default_rng(5), 50)
+    cols["x"][3] = np.nan  # a missing value observes nothing
+    cols["cat"][4] = None
+    cols["cat"][5] = "never-seen"
+    x = cusum.increments(frame(cols), cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
+    sample = sorted(profile.numeric["x"].sample)
+    n = len(sample)
+
+    def raw_score(v: float) -> float:
+        below = sum(1 for s in sample if s < v)
+        equal = sum(1 for s in sample if s == v)
+        u = min(max((2 * below + equal) / (2 * n), 0.5 / n), 1 - 0.5 / n)
+        return NormalDist().inv_cdf(u)
+
+    ref = [raw_score(v) for v in sample]
+    mean, sd = float(np.mean(ref)), float(np.std(ref))
+    counts = profile.categorical["cat"].counts
+    p_a = counts["a"] / sum(counts.values())
+    p_pos = profile.predictions["1"] / sum(profile.predictions.values())
+    for row in range(50):
+        expected = []
+        y = (raw_score(cols["x"][row]) - mean) / sd if not np.isnan(cols["x"][row]) else None
+        for direction in (1, -1):
+            for d in DELTAS:
+                expected.append(0.0 if y is None else direction * d * y - d * d / 2)
+            for d in (DELTAS if direction > 0 else DELTAS[-1:]):
+                var = (1 + d) ** 2 if direction > 0 else 1 / (1 + d) ** 2
+                expected.append(0.0 if y is None else 0.5 * y * y * (1 - 1 / var) - 0.5 * math.log(var))
+        got = x[row, : len(expected)]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        # the first category's "up" columns: Bernoulli LLR of its indicator
+        first_cat = 2 * len(expected)  # after x's and skewed's columns
+        first_cat += len(expected)  # and counts'
+        # (alternatives that would leave (0, 1) are left out: a share of 0.5 cannot rise by 1 sd)
+        value = cols["cat"][row]
+        alternatives = [p1 for d in DELTAS if 0 < (p1 := p_a + d * math.sqrt(p_a * (1 - p_a))) < 1]
+        assert len(alternatives) == 2
+        for k, p1 in enumerate(alternatives):
+            want = 0.0 if value is None else (math.log(p1 / p_a) if value == "a" else math.log((1 - p1) / (1 - p_a)))
+            assert x[row, first_cat + k] == pytest.approx(want, abs=1e-12)
+        # the predicted-class stream (positive class "1"), up then down
+        pred_cols = [j for j, g in enumerate(cusum._pspec.group) if cusum.streams[g].kind == "prediction"]
+        is_pos = cols["prediction"][row] == 1
+        alternatives = [p1 for direction in (1, -1) for d in DELTAS
+                        if 0 < (p1 := p_pos + direction * d * math.sqrt(p_pos * (1 - p_pos))) < 1]
+        assert len(pred_cols) == len(alternatives) == 5
+        for k, p1 in enumerate(alternatives):
+            want = math.log(p1 / p_pos) if is_pos else math.log((1 - p1) / (1 - p_pos))
+            assert x[row, pred_cols[k]] == pytest.approx(want, abs=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(1, 2999), max_size=5), at=st.integers(0, 3000))
+def test_detections_do_not_depend_on_batching_or_restarts(profile: ReferenceProfile, cuts, at) -> None:
+    rng = np.random.default_rng(11)
+    cols = {k: np.concatenate([a, b]) for (k, a), b in
+            zip(draw(rng, 1500).items(), draw(rng, 1500, shift=0.6, positive=0.75).values())}
+    whole = monitor(profile)
+    x = whole.increments(frame(cols), cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
+    want_s, want = loop_cusum(x, whole._pbank.thresholds, whole._pbank.groups)
+    assert want  # the change is detected
+
+    cusum = monitor(profile)
+    edges = [0, *sorted(set(cuts)), 3000]
+    got = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if lo <= at < hi:  # restart from a JSON snapshot somewhere in the stream, with or without its reference
+            if at % 2:
+                cusum = ReferenceCUSUM.restore(json.loads(json.dumps(cusum.snapshot())))
+            else:
+                state = json.loads(json.dumps(cusum.snapshot(reference=False)))
+                cusum = ReferenceCUSUM.restore(state, template=monitor(profile))
+        part = {k: v[lo:hi] for k, v in cols.items()}
+        cusum.update(frame(part), part["prediction"].astype(str).astype(object), {"sex": part["sex"]})
+        got.extend((lo + d.row, d.group) for d in cusum._pbank.detections)
+    assert got == want
+    np.testing.assert_allclose(cusum._pbank.statistic, want_s, rtol=0, atol=1e-9)
+
+
+def test_normal_scores_make_skewed_and_discrete_features_standard(profile: ReferenceProfile) -> None:
+    cusum = monitor(profile)
+    cols = draw(np.random.default_rng(9), 200_000)
+    for feature in ("x", "skewed", "counts"):
+        y, seen = cusum._ptables[feature].scores(cols[feature])
+        assert seen.all()
+        # (to within the reference sample's own error: 5,000 values)
+        assert abs(y.mean()) < 0.03 and abs(y.var() - 1.0) < 0.08, feature
+        # the tails are those of N(0, 1) or lighter (discrete, clipped at the sample's range)
+        assert (np.abs(y) > 3.0).mean() < 2 * 0.0027, feature
+
+
+def test_false_alarm_rate_on_stationary_traffic_is_within_the_target(profile: ReferenceProfile) -> None:
+    # a loose target so that alarms are frequent enough to count: 2,000 per million events
+    cusum = monitor(profile, false_alarms_per_million=2000.0)
+    n = 300_000
+    found = run(cusum, draw(np.random.default_rng(21), n), batch=5000)
+    rate = len(found) / n * 1e6
+    # Bonferroni and Wald's ARL without overshoot are conservative, not vacuous
+    assert 2000.0 / 30 < rate <= 2000.0, (rate, found[:10])
+
+
+def test_no_false_alarm_at_the_default_target(profile: ReferenceProfile) -> None:
+    assert run(monitor(profile), draw(np.random.default_rng(22), 200_000), batch=2000) == []
+
+
+@pytest.mark.parametrize(("change", "stream", "within"), [
+    ({"shift": 0.5}, "x", 400),                 # 0.5 sd mean shift
+    ({"scale": 2.0}, "x", 100),                 # variance x4
+    ({"cat_p": np.array([0.6, 0.24, 0.16])}, "cat", 800),  # a share +10 points
+    ({"positive": 0.8}, "prediction", 600),     # predicted classes 40/60 -> 20/80
+    ({"positive_f": 0.3}, "sex=F", 700),        # selection rate of one group halves
+    ({"error": 0.5}, "error", 400),             # the error rate goes from 0.15 to 0.5
+])
+def test_a_change_is_detected_soon_after_it_starts(profile: ReferenceProfile, change, stream, within) -> None:
+    delays = []
+    for seed in range(5):
+        rng = np.random.default_rng(100 + seed)
+        before, after = draw(rng, 5000), draw(rng, 3000, **change)
+        cols = {k: np.concatenate([before[k], after[k]]) for k in before}
+        found = run(monitor(profile), cols, batch=1000)
+        assert [f for f in found if f[0] < 5000] == []
+        hits = [row - 5000 + 1 for row, name in found if name == stream]
+        assert hits, (change, found)
+        delays.append(hits[0])
+    assert float(np.median(delays)) <= within, (change, delays)
+
+
+def test_window_points_and_reset(profile: ReferenceProfile) -> None:
+    cusum = monitor(profile)
+    rng = np.random.default_rng(4)
+    run(cusum, draw(rng, 2000), batch=2000)
+    quiet = cusum_points(cusum.result(), tags={"model_id": "m"}, time_ns=1)
+    assert {p.measurement for p in quiet} == {"feature_drift", "prediction_drift", "fairness", "concept_drift"}
+    assert not any(p.fields.get("drift") for p in quiet) and all(p.fields.get("value", 0.0) < 1 for p in quiet)
+    cols = draw(rng, 3000, shift=1.0)
+    part = frame(cols)
+    cusum.update(part, cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
+    # a persistent change is detected again after each restart, but reported once per window
+    assert [d.stream.name for d in cusum.new] == ["x"]
+    assert len([d for d in cusum._pbank.detections if cusum.streams[d.group].name == "x"]) > 3
+    points = {p.tags.get("feature"): p for p in cusum_points(cusum.result(), tags={}, time_ns=2)
+              if p.measurement == "feature_drift"}
+    assert points["x"].fields["drift"] is True and points["x"].fields["value"] >= 1.0
+    assert points["cat"].fields["drift"] is False
+    cusum.start_window()
+    assert not any(s.drift for s in cusum.result().streams)
+    with pytest.raises(DetectorError):
+        cusum.merge(monitor(profile))
+
+
+def test_a_snapshot_without_its_reference_is_small_and_checks_its_template(profile: ReferenceProfile) -> None:
+    cusum = monitor(profile)
+    small, full = cusum.snapshot(reference=False), cusum.snapshot()
+    assert len(json.dumps(small)) * 10 < len(json.dumps(full))
+    with pytest.raises(DetectorError):
+        ReferenceCUSUM.restore(small)
+    with pytest.raises(DetectorError):
+        ReferenceCUSUM.restore(small, template=monitor(profile, false_alarms_per_million=5.0))
