@@ -111,13 +111,16 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     last_n, last_rss = float(n[-1]), float(rss[-1])
     bound = float(result.get("max_entries") or math.inf)
     past = n >= bound
-    after_bound = float(np.polyfit(n[past], rss[past], 1)[0]) if past.sum() >= 2 else None
+    after_bound = float(np.polyfit(n[past], rss[past], 1)[0]) if past.sum() >= 2 and result.get("evicted") else None
 
     def projected(at: float) -> float:
         if at <= last_n:
             return float(np.interp(at, n, rss))
-        growing_until = max(min(at, bound), last_n) if last_n < bound else at
-        return last_rss + slope * (growing_until - last_n)
+        if result.get("join_entries", 0) < bound and last_n < bound:
+            return last_rss + slope * (min(at, bound) - last_n)  # the table fills up to its bound
+        if result.get("join_entries", 0) >= bound and not result.get("evicted"):
+            return last_rss  # full just now: past it, entries are evicted (the bounded run measures that)
+        return last_rss + slope * (at - last_n)
 
     result.update({
         "slope_bytes_per_prediction": slope,

@@ -154,9 +154,12 @@ def _settings(settings: dict[str, Any]) -> str:
 
 
 def _memory_verdict(res: dict[str, Any]) -> str:
+    bound = res.get("max_entries")
+    if bound and res["join_entries"] >= bound and not res.get("evicted"):
+        return (f"bounded, not flat: grows until the join bound ({bound:,} entries, reached at the run's end; "
+                "projected as flat after it); the bounded run measures what follows")
     if _flat(res):
         return "met"
-    bound = res.get("max_entries")
     if bound and res["join_entries"] < bound:
         return (f"grows until the join bound ({bound:,} entries, projected {_mb(res['projected_10m'])}); "
                 "the bounded run measures what follows")
@@ -245,7 +248,7 @@ def _say_throughput(r: dict[str, Any]) -> str:
     if one:
         text += (f" Startup (group join on Tansu, loading profiles) takes {one['startup_s']:.0f} s before the first "
                  f"commit. Peak RSS is {_mb(one['peak_rss'])} after {one['predictions']:,} predictions — the join "
-                 "table keeps every prediction for the TTL (see section 4).")
+                 "table keeps every prediction for the TTL, up to `join.max_entries` per partition (see section 4).")
     lat = r["throughput"].get("latency") or {}
     if lat and "skipped" not in lat:
         verdict = "within" if lat["p99"] <= lat["target_s"] else "over"
@@ -476,7 +479,7 @@ def _say_memory(mem: dict[str, Any]) -> str:
     parts = []
     for label, x in mem.items():
         parts.append(f"With {label} RSS grows {x['slope_bytes_per_prediction']:,.0f} bytes per prediction over the "
-                     f"second half ({'flat' if _flat(x) else 'not flat'}; {x['join_entries']:,} join entries at "
+                     f"second half ({'flat' if _memory_verdict(x) == 'met' else 'not flat'}; {x['join_entries']:,} join entries at "
                      f"the end, {x.get('evicted', 0):,} evicted)")
     text = ". ".join(parts) + "."
     text += (" Until the bound, every prediction keeps a join entry (waiting for its label, or a tombstone against "
