@@ -102,14 +102,19 @@ def create_app(
     pipelines: dict[int, tuple[Pipeline, PartitionState]] = {}
     given_up = {"events": 0, "pairs": 0, "dead_letters": 0}
     """What this worker did on partitions it no longer holds (for its progress lines and summary)."""
+    pairs_before: dict[int, int] = {}
+    """Pairs a partition's restored join had counted before this worker took it over."""
+
+    def done(partition: int, pipeline: Pipeline) -> dict[str, int]:
+        return {"events": pipeline.events_seen, "dead_letters": pipeline.dead_letter_count,
+                "pairs": pipeline.join.counts.pairs - pairs_before.get(partition, 0)}
 
     def totals() -> dict[str, int]:
         """Events, labelled pairs and dead letters this worker processed, over all partitions it held."""
         out = dict(given_up)
-        for pipeline, _ in pipelines.values():
-            out["events"] += pipeline.events_seen
-            out["pairs"] += pipeline.join.counts.pairs
-            out["dead_letters"] += pipeline.dead_letter_count
+        for partition, (pipeline, _) in pipelines.items():
+            for name, count in done(partition, pipeline).items():
+                out[name] += count
         return out
 
     def send_change(partition: int, key: bytes, value: bytes | None) -> None:
@@ -127,6 +132,7 @@ def create_app(
                 pipeline.restore(state.snapshot)
                 log.info("partition %d: resumed %d join entries and the open windows from the changelog",
                          partition, len(state.joins))
+            pairs_before[partition] = pipeline.join.counts.pairs
             entry = pipelines[partition] = (pipeline, state)
         return entry
 
@@ -155,9 +161,8 @@ def create_app(
         for partition in partitions:
             entry = pipelines.pop(partition, None)
             if entry is not None:
-                given_up["events"] += entry[0].events_seen
-                given_up["pairs"] += entry[0].join.counts.pairs
-                given_up["dead_letters"] += entry[0].dead_letter_count
+                for name, count in done(partition, entry[0]).items():
+                    given_up[name] += count
             recovered.pop(partition, None)
         stale.update(partitions)
         (echo or log.info)(f"PARTITIONS revoked {partitions} (committed; state in {changelog_name})")

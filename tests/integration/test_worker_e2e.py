@@ -269,3 +269,5 @@ def test_a_second_worker_takes_over_a_partition_with_its_state(broker, victoria,
     summaries = [line for w in (a, b) for line in w.log().splitlines() if "driftwarden worker stopped:" in line]
     # every message was processed by exactly one of them (a partition is committed before it moves)
     assert sum(int(line.split(" events")[0].rsplit(" ", 1)[1]) for line in summaries) == len(predictions) + len(feedback)
+    # and each worker's summary counts the pairs it made, not those restored with a partition
+    assert sum(int(line.split(" labelled pairs")[0].rsplit(" ", 1)[1]) for line in summaries) == len(feedback)
