@@ -119,7 +119,7 @@ def create_app(
 
     def send_change(partition: int, key: bytes, value: bytes | None) -> None:
         outbox.put(changelog_name, key, value, partition)
-    stats = {"events": 0, "batches": 0, "failed_batches": 0, "started": time.monotonic()}
+    stats = {"events": 0, "batches": 0, "failed_batches": 0}
     last = {"messages": 0, "at": time.monotonic()}
 
     def pipeline_for(partition: int) -> tuple[Pipeline, PartitionState]:
@@ -170,8 +170,6 @@ def create_app(
     async def handle(batch: Batch) -> None:
         started = time.monotonic()
         outcomes = []
-        # Everything up to the state snapshot is synchronous: a cancellation (shutdown) can only
-        # land between batches or in the awaits below, after the batch's state is recorded.
         for partition, messages in batch.items():
             pipeline, state = pipeline_for(partition)
             try:
@@ -212,15 +210,14 @@ def create_app(
             return
         rate = (stats["events"] - last["messages"]) / max(now - last["at"], 1e-9)
         last.update(messages=stats["events"], at=now)
-        done = totals()
-        events, dead, pairs = done["events"], done["dead_letters"], done["pairs"]
-        line = (f"PROGRESS {stats['events']} messages ({rate:.0f}/s over the last 30 s), {events} events, "
-                f"{pairs} labelled pairs, {dead} dead letters, {stats['failed_batches']} failed batches")
+        so_far = totals()
+        line = (f"PROGRESS {stats['events']} messages ({rate:.0f}/s over the last 30 s), {so_far['events']} events, "
+                f"{so_far['pairs']} labelled pairs, {so_far['dead_letters']} dead letters, "
+                f"{stats['failed_batches']} failed batches, {consumer.failed_commits} failed commits")
         (echo or log.info)(line)
 
     app.driftwarden_totals = totals  # type: ignore[attr-defined]
     app.driftwarden_outbox = outbox  # type: ignore[attr-defined]
-    app.driftwarden_consumer = consumer  # type: ignore[attr-defined]
     return app
 
 

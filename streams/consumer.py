@@ -23,6 +23,7 @@ partition resumes its join entries and open windows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -66,7 +67,6 @@ class SourceConsumer(Service):
         self.before_commit = before_commit
         self.assigned = assigned
         self.revoked = revoked
-        self.committed_batches = 0
         self.failed_commits = 0
         self._consumer: Any = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -112,7 +112,8 @@ class SourceConsumer(Service):
         if task is not None:
             async with self._batch_lock:  # never between a batch's work and its commit
                 task.cancel()
-                await self._drain()
+                with contextlib.suppress(Exception):  # a failed delivery is logged; stop regardless
+                    await self._drain()
             try:
                 await task
             except asyncio.CancelledError:
@@ -136,11 +137,20 @@ class SourceConsumer(Service):
                 continue
             if not fetched:
                 continue
-            async with self._batch_lock:
-                batch, ends = self._batch_of(fetched)
-                if batch:
-                    await self.handle(batch)
-                    await self._commit_after_flush(ends)
+            try:
+                async with self._batch_lock:
+                    batch, ends = self._batch_of(fetched)
+                    if batch:
+                        await self.handle(batch)
+                        await self._commit_after_flush(ends)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The batch's state has moved on but its output may not have left: stop (exit 1)
+                # rather than commit past it; a restart resumes from the changelog and the offsets.
+                log.exception("a batch could not be handed on; stopping the worker")
+                await self.crash(exc)
+                return
 
     def _batch_of(self, fetched: dict[Any, list[Any]]) -> tuple[Batch, dict[Any, int]]:
         """Raw messages by partition, and the offsets to commit once they are done."""
@@ -173,8 +183,11 @@ class SourceConsumer(Service):
     async def _commit(self, ends: dict[Any, int]) -> None:
         try:
             await self.before_commit()
+        except Exception as exc:  # raised again by the next batch's drain: the loop stops the worker
+            log.error("the broker did not take a batch's output (%s: %s)", type(exc).__name__, exc)
+            raise
+        try:
             await self._consumer.commit(ends)
-            self.committed_batches += 1
         except Exception as exc:  # the group moved on: the new owner reads these messages again
             self.failed_commits += 1
             log.warning("committing offsets failed (%s: %s); the partitions' new owner will read the batch again",
