@@ -35,7 +35,9 @@ from streams.state import PartitionState, changelog_topic, recover
 log = logging.getLogger(__name__)
 
 LABELLED_PER_MESSAGE = 500
-"""Pairs per ``labelled`` message (a JSON array), keeping messages well under 1 MB."""
+"""Most pairs per ``labelled`` message (a JSON array)."""
+LABELLED_BYTES = 512 * 1024
+"""Most bytes per ``labelled`` message: an array over it is cut in halves (long categorical values)."""
 
 
 class Outbox:
@@ -239,7 +241,8 @@ def create_app(
                 by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
             for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
                 for i in range(0, len(docs), LABELLED_PER_MESSAGE):
-                    outbox.put(topics.labelled, model_id.encode(), orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
+                    for value in _arrays(docs[i:i + LABELLED_PER_MESSAGE]):
+                        outbox.put(topics.labelled, model_id.encode(), value)
             state.save_snapshot(pipeline.snapshot())
             outcomes.append(outcome)
         if on_outcome is not None:
@@ -277,6 +280,16 @@ def create_app(
 async def _maybe_await(value: Any) -> None:
     if hasattr(value, "__await__"):
         await value
+
+
+def _arrays(docs: list[Any], most: int = LABELLED_BYTES) -> list[bytes]:
+    """``docs`` as JSON arrays of at most ``most`` bytes each (halving until they fit; one document
+    larger than that alone is its own array, which the outbox dead-letters if the broker refuses it)."""
+    value = orjson.dumps(docs)
+    if len(value) <= most or len(docs) <= 1:
+        return [value]
+    half = len(docs) // 2
+    return _arrays(docs[:half], most) + _arrays(docs[half:], most)
 
 
 def _pair_doc(pair: Any) -> dict[str, Any]:

@@ -72,3 +72,13 @@ def test_a_broker_that_is_away_still_fails_the_batch() -> None:
 
     with pytest.raises(errors.KafkaConnectionError):
         asyncio.run(run())
+
+
+def test_labelled_arrays_are_cut_by_size() -> None:
+    from streams.app import _arrays
+
+    docs = [{"i": i, "c": "x" * (1000 if i % 7 else 30_000)} for i in range(100)]
+    values = _arrays(docs, most=40_000)
+    assert all(len(v) <= 40_000 for v in values)
+    assert [d for v in values for d in orjson.loads(v)] == docs
+    assert _arrays(docs[:3]) == [orjson.dumps(docs[:3])]
