@@ -317,6 +317,9 @@ def _validation(raw: Mapping[str, Any]) -> ValidationConfig:
         value = getattr(cfg, key)
         if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) or value < least:
             raise ConfigError(f"validation.{key}: expected a whole number >= {least}, got {given!r}")
+    if cfg.max_depth > 512:
+        raise ConfigError(f"validation.max_depth: at most 512 (the JSON decoder's own limit is 1024), "
+                          f"got {cfg.max_depth!r}")
     if cfg.dead_letter_payload_bytes > 700_000:
         raise ConfigError("validation.dead_letter_payload_bytes: at most 700000, so that a dead letter (its payload "
                           f"in base64 and its reason) stays under the broker's 1 MB limit; got {cfg.dead_letter_payload_bytes!r}")
