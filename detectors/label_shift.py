@@ -22,6 +22,7 @@ drift reuses.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Self, Sequence
@@ -36,6 +37,23 @@ from detectors.stattests import STATTESTS, TestResult, get_stattest
 
 OVERFLOW = "__overflow__"
 """Key under which unseen categories beyond the tracking capacity are counted."""
+MAX_KEY_LENGTH = 128
+"""Longest unseen category kept by name; a longer one is kept as :func:`short_key` of it."""
+
+
+def short_key(key: str, most: int = MAX_KEY_LENGTH) -> str:
+    """``key``, or for a longer one its start, an ellipsis and 16 hex digits of its SHA-256: a
+    name bounded in length that still tells distinct long values apart, and is the same in every
+    worker (so merges stay exact). Unseen categories are names an input chose, and live in every
+    window's state and point.
+
+    >>> short_key("web"), short_key("x" * 500, 24)
+    ('web', 'xxxxxxx…c38c2bf3055c516a')
+    """
+    if len(key) <= most:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{key[:max(most - 17, 0)]}…{digest}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -53,7 +71,8 @@ class CategoryCounts:
 
     Reference categories are counted through a precomputed ``pandas.Index``
     (one hash lookup per value in C, no Python loop). Categories not in the
-    reference are *unseen*: each is counted under its own key, up to
+    reference are *unseen*: each is counted under its own key (at most
+    :data:`MAX_KEY_LENGTH` characters, see :func:`short_key`), up to
     ``max_unseen`` keys; the rule keeps the ``max_unseen`` lexicographically
     smallest unseen keys and counts the rest under :data:`OVERFLOW`, which makes
     the state independent of arrival order, so ``merge`` is exact. ``None``
@@ -110,7 +129,11 @@ class CategoryCounts:
         if n_other:
             other = values[~known & ~missing]
             keys, counts = np.unique(other.astype(str), return_counts=True)
-            self._add_unseen(dict(zip(keys.tolist(), counts.tolist())), 0)
+            named: dict[str, int] = {}
+            for key, count in zip(keys.tolist(), counts.tolist()):
+                key = short_key(key)
+                named[key] = named.get(key, 0) + count
+            self._add_unseen(named, 0)
         return self
 
     def _add_unseen(self, unseen: Mapping[str, int], overflow: int) -> None:

@@ -35,30 +35,85 @@ from streams.state import PartitionState, changelog_topic, recover
 log = logging.getLogger(__name__)
 
 LABELLED_PER_MESSAGE = 500
-"""Pairs per ``labelled`` message (a JSON array), keeping messages well under 1 MB."""
+"""Most pairs per ``labelled`` message (a JSON array)."""
+LABELLED_BYTES = 512 * 1024
+"""Most bytes per ``labelled`` message: an array over it is cut in halves (long categorical values)."""
 
 
 class Outbox:
     """Messages a batch produced, sent through the app's producer; :meth:`delivered` returns once
     the broker has acknowledged every one of them (Faust's ``send_soon`` buffer gives no such
-    point: its flush returns while messages still wait in it)."""
+    point: its flush returns while messages still wait in it).
 
-    def __init__(self) -> None:
+    A record the producer or the broker refuses as such (too large, corrupt) is replaced by a
+    dead letter that references it (``dead_letters`` topic: its topic, partition, size and
+    SHA-256, no payload) and the batch goes on: one record never stops the worker, which would
+    read the same batch again on restart and stop again. Anything else (the broker is away)
+    still raises, and the batch is not committed."""
+
+    def __init__(self, dead_letters: str = "dead-letters") -> None:
+        self.dead_letters = dead_letters
         self.queued: list[tuple[str, bytes | None, bytes | None, int | None]] = []
-        self.in_flight: list[Any] = []
+        self.in_flight: list[tuple[Any, tuple[str, bytes | None, bytes | None, int | None]]] = []
+        self.refused = 0
+        """Records refused and replaced by a dead letter, since start."""
+        self._producer: Any = None
 
     def put(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         self.queued.append((topic, key, value, partition))
 
     async def send(self, producer: Any) -> None:
+        self._producer = producer
         queued, self.queued = self.queued, []
-        for topic, key, value, partition in queued:
-            self.in_flight.append(await producer.send(topic, key, value, partition, None, None))
+        for record in queued:
+            try:
+                self.in_flight.append((await producer.send(*record, None, None), record))
+            except Exception as exc:  # the producer's own size check refuses at once
+                if not _is_refusal(exc):
+                    raise
+                self.in_flight.append((await self._refer(record, exc), None))
 
     async def delivered(self) -> None:
         in_flight, self.in_flight = self.in_flight, []
-        if in_flight:
-            await asyncio.gather(*in_flight)
+        if not in_flight:
+            return
+        results = await asyncio.gather(*(future for future, _ in in_flight), return_exceptions=True)
+        refused = []
+        for (_, record), result in zip(in_flight, results):
+            if not isinstance(result, BaseException):
+                continue
+            if record is None or not _is_refusal(result):
+                raise result
+            refused.append(await self._refer(record, result))
+        if refused:
+            await asyncio.gather(*refused)
+
+    async def _refer(self, record: tuple[str, bytes | None, bytes | None, int | None], exc: Exception) -> Any:
+        """Send the dead letter that stands for a refused record; return its delivery future."""
+        from streams.pipeline import DeadLetter, RawMessage
+
+        topic, key, value, partition = record
+        size = len(value or b"")
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        self.refused += 1
+        log.error("the broker refused a record of %d bytes for %s (%s); a dead letter references it instead",
+                  size, topic, type(cause).__name__)
+        letter = DeadLetter(RawMessage("output", value or b"", key, topic, -1 if partition is None else partition),
+                            reason=f"output record of {size} bytes for topic {topic!r} refused "
+                                   f"({type(cause).__name__}: {cause}); not delivered",
+                            payload_bytes=0)
+        return await self._producer.send(self.dead_letters, (key or b"")[:256] or None, letter.to_json(),
+                                         None, None, None)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """True for an error that refuses one record (not the connection); Faust wraps the producer's
+    own errors in ``ProducerSendError``."""
+    from aiokafka import errors
+
+    refusals = (errors.MessageSizeTooLargeError, errors.RecordListTooLargeError, errors.RecordTooLargeError,
+                errors.CorruptRecordException)
+    return isinstance(exc, refusals) or isinstance(exc.__cause__, refusals)
 
 
 class _WithoutFaustConsumer(BootStrategy):
@@ -97,7 +152,7 @@ def create_app(
         producer_linger_ms=5,
     )
     changelog_name = changelog_topic(cfg.kafka.group_id)
-    outbox = Outbox()
+    outbox = Outbox(topics.dead_letters)
     recovered = recovered or {}
     pipelines: dict[int, tuple[Pipeline, PartitionState]] = {}
     given_up = {"events": 0, "pairs": 0, "dead_letters": 0}
@@ -186,7 +241,8 @@ def create_app(
                 by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
             for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
                 for i in range(0, len(docs), LABELLED_PER_MESSAGE):
-                    outbox.put(topics.labelled, model_id.encode(), orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
+                    for value in _arrays(docs[i:i + LABELLED_PER_MESSAGE]):
+                        outbox.put(topics.labelled, model_id.encode(), value)
             state.save_snapshot(pipeline.snapshot())
             outcomes.append(outcome)
         if on_outcome is not None:
@@ -224,6 +280,16 @@ def create_app(
 async def _maybe_await(value: Any) -> None:
     if hasattr(value, "__await__"):
         await value
+
+
+def _arrays(docs: list[Any], most: int = LABELLED_BYTES) -> list[bytes]:
+    """``docs`` as JSON arrays of at most ``most`` bytes each (halving until they fit; one document
+    larger than that alone is its own array, which the outbox dead-letters if the broker refuses it)."""
+    value = orjson.dumps(docs)
+    if len(value) <= most or len(docs) <= 1:
+        return [value]
+    half = len(docs) // 2
+    return _arrays(docs[:half], most) + _arrays(docs[half:], most)
 
 
 def _pair_doc(pair: Any) -> dict[str, Any]:

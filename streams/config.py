@@ -157,9 +157,31 @@ class JoinConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
+    """What input the worker accepts. Every bound has a default; input beyond one is dead-lettered
+    with a reason naming the key and counted as monitor ``stat=rejected_<key>`` (README, "Limits")."""
+
     type_errors: str = "reject"
     """``reject``: a feature with the wrong JSON type dead-letters the event;
     ``count``: the value is treated as missing and counted as a ``type_error`` data-quality violation."""
+    max_message_bytes: int = 1_000_000
+    """Longest message, in bytes (Kafka's default ``message.max.bytes`` is about 1 MB)."""
+    max_array_length: int = 10_000
+    """Most events in one array message."""
+    max_fields: int = 1_000
+    """Most features, attributes or class scores in one event."""
+    max_string_length: int = 1_024
+    """Longest id, version, categorical value, attribute or class label, in characters."""
+    max_depth: int = 32
+    """Deepest nesting of arrays and objects in a message."""
+    max_future_seconds: float = 300.0
+    """How far an event's timestamp may be ahead of its partition's watermark (the largest event
+    time accepted so far) or of the wall clock, whichever is later."""
+    max_past_seconds: float | None = None
+    """How far an event's timestamp may be behind its partition's watermark; ``null``: the join's
+    TTL (``join.ttl_seconds``), beyond which an event could not be joined anyway."""
+    dead_letter_payload_bytes: int = 65_536
+    """Most bytes of the original message a dead letter carries; a longer message is truncated, with
+    its size and SHA-256 (and its topic/partition/offset, as every dead letter has)."""
 
 
 @dataclass(frozen=True)
@@ -281,11 +303,40 @@ def _join(raw: Mapping[str, Any]) -> JoinConfig:
     return cfg
 
 
+_WHOLE_LIMITS = {"max_message_bytes": 1, "max_array_length": 1, "max_fields": 1, "max_string_length": 1,
+                 "max_depth": 2, "dead_letter_payload_bytes": 0}
+"""Whole-number ``validation`` keys and their smallest sensible value."""
+
+
 def _validation(raw: Mapping[str, Any]) -> ValidationConfig:
     cfg = _build(ValidationConfig, "validation", raw)
     if cfg.type_errors not in ("reject", "count"):
         raise ConfigError(f"validation.type_errors: expected 'reject' or 'count', got {cfg.type_errors!r}")
-    return cfg
+    for key, least in _WHOLE_LIMITS.items():
+        given = raw.get(key, getattr(cfg, key))
+        value = getattr(cfg, key)
+        if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) or value < least:
+            raise ConfigError(f"validation.{key}: expected a whole number >= {least}, got {given!r}")
+    if cfg.max_depth > 512:
+        raise ConfigError(f"validation.max_depth: at most 512 (the JSON decoder's own limit is 1024), "
+                          f"got {cfg.max_depth!r}")
+    if cfg.dead_letter_payload_bytes > 700_000:
+        raise ConfigError("validation.dead_letter_payload_bytes: at most 700000, so that a dead letter (its payload "
+                          f"in base64 and its reason) stays under the broker's 1 MB limit; got {cfg.dead_letter_payload_bytes!r}")
+    future = cfg.max_future_seconds
+    if isinstance(future, bool) or not isinstance(future, (int, float)) or not 0 <= future < 1e11:
+        raise ConfigError(f"validation.max_future_seconds: expected a number of seconds >= 0, got {future!r}")
+    past = cfg.max_past_seconds
+    if past is not None:
+        try:
+            past = float(past)
+        except (TypeError, ValueError):
+            raise ConfigError(f"validation.max_past_seconds: expected a number of seconds >= 0 or null, "
+                              f"got {cfg.max_past_seconds!r}") from None
+        if isinstance(cfg.max_past_seconds, bool) or not 0 <= past < 1e11:
+            raise ConfigError(f"validation.max_past_seconds: expected a number of seconds >= 0 or null, "
+                              f"got {cfg.max_past_seconds!r}")
+    return replace(cfg, max_future_seconds=float(future), max_past_seconds=past)
 
 
 def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:

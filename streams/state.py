@@ -16,15 +16,26 @@ plain consumer does not depend on that figure.
 
 Records (see :class:`PartitionState`): per batch a delta of the join table and
 the monitors' snapshot; now and then a full snapshot of the join table.
+
+Every record is cut by its encoded size, never by a count of entries: a record
+is encoded once as a byte stream, which is sent in *pieces* of at most
+:data:`RECORD_BYTES` each (``{"seq"|"epoch", "part"[, "parts"]}\n`` then the
+bytes; the last piece says how many there are). Recovery joins a record's
+pieces and decodes it only when all of them are back, so no changelog record
+exceeds the broker's limit whatever the entries hold (a 50 KB category value, a
+join entry of a whole megabyte), and a record cut short by a crash is ignored
+like a missing one. Records written before this format (one JSON document each)
+are still read.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -38,8 +49,10 @@ DELTA_SLOTS = 1000
 """Delta records cycle through this many keys; compaction keeps the latest of each."""
 FULL_EVERY = 200
 """Batches between two full snapshots of the join table (must stay below DELTA_SLOTS / 2)."""
+RECORD_BYTES = 512 * 1024
+"""Most bytes in one changelog record's value (the broker's and producer's limit is about 1 MB)."""
 PART_ENTRIES = 2000
-"""Join entries per changelog record (keeps records well under a broker's 1 MB message limit)."""
+"""Join entries encoded at a time while a record is built (bounds the memory of a full snapshot)."""
 
 Send = Callable[[int, bytes, bytes | None], None]
 """Sends one changelog record: (partition, key, value or None for a tombstone)."""
@@ -47,6 +60,65 @@ Send = Callable[[int, bytes, bytes | None], None]
 
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _fresh_recovery() -> dict[str, Any]:
+    """What recovery collects before :meth:`PartitionState.finish_recovery`: records of the older
+    format (``deltas``, ``chunks``), pieces of the current one by record, the last marker."""
+    return {"deltas": {}, "chunks": {}, "delta_pieces": {}, "full_pieces": {}, "snapshots": {}, "marker": None}
+
+
+def _object(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The bytes of one JSON object whose members are given as encoded ``"key":value`` chunks."""
+    yield b"{"
+    first = True
+    for chunk in chunks:
+        if chunk:
+            if not first:
+                yield b","
+            yield chunk
+            first = False
+    yield b"}"
+
+
+def _members(items: list[tuple[str, Any]]) -> Iterator[bytes]:
+    """``items`` as the comma-separated members of a JSON object, :data:`PART_ENTRIES` at a time."""
+    for i in range(0, len(items), PART_ENTRIES):
+        yield _dumps(dict(items[i:i + PART_ENTRIES]))[1:-1]
+
+
+def _pieces(stream: Iterable[bytes], header: dict[str, Any]) -> Iterator[bytes]:
+    """The values of the records that carry ``stream`` (the encoded bytes of one logical record):
+    each ``header`` with its ``part`` (and, on the last, ``parts``), a newline, then at most
+    :data:`RECORD_BYTES` of the stream. orjson never writes a raw newline, so the first one ends
+    the header. Pieces are produced one ahead, so only the last knows it is last."""
+    limit = RECORD_BYTES
+    buffer = bytearray()
+    part = 0
+    pending: bytes | None = None
+    for chunk in stream:
+        buffer += chunk
+        while len(buffer) > limit:
+            if pending is not None:
+                yield _dumps({**header, "part": part - 1}) + b"\n" + pending
+            pending, buffer = bytes(buffer[:limit]), buffer[limit:]
+            part += 1
+    if pending is not None:
+        yield _dumps({**header, "part": part - 1}) + b"\n" + pending
+    yield _dumps({**header, "part": part, "parts": part + 1}) + b"\n" + bytes(buffer)
+
+
+def _split(value: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """A piece's header and bytes; ``None`` for a record in the older one-document format."""
+    head, newline, body = value.partition(b"\n")
+    return (orjson.loads(head), body) if newline else None
+
+
+def _joined(pieces: dict[int, bytes], parts: int | None) -> Any:
+    """The logical record of ``pieces`` once all ``parts`` are there, else ``None``."""
+    if parts is None or any(i not in pieces for i in range(parts)):
+        return None
+    return orjson.loads(b"".join(pieces[i] for i in range(parts)))
 
 
 @dataclass
@@ -76,7 +148,7 @@ class PartitionState(JoinStore):
     marker_seq: int = 0
     _sets: dict[str, list[Any]] = field(default_factory=dict)
     _deletes: set[str] = field(default_factory=set)
-    _recovery: dict[str, Any] = field(default_factory=lambda: {"deltas": {}, "chunks": {}, "marker": None})
+    _recovery: dict[str, Any] = field(default_factory=lambda: _fresh_recovery())
 
     # -- JoinStore ---------------------------------------------------------------------------
 
@@ -109,33 +181,42 @@ class PartitionState(JoinStore):
     # -- logging -----------------------------------------------------------------------------
 
     def save_snapshot(self, snapshot: dict[str, Any]) -> None:
-        """End of a batch: log its join changes and the monitors' snapshot."""
+        """End of a batch: log its join changes and the monitors' snapshot.
+
+        The delta is ``{"del": [...], "set": {...}}`` in pieces under ``d:<seq mod DELTA_SLOTS>:<part>``.
+        The monitors' snapshot is one ``s:monitors`` record ``{"seq", "snapshot"}`` when it fits in
+        :data:`RECORD_BYTES`; a larger one goes in pieces under ``s:<seq mod 2>:<part>`` (two
+        slots, so a crash while writing one leaves the other whole), then ``s:monitors`` names
+        them: ``{"seq", "parts"}``."""
         self.snapshot = snapshot
         self.seq += 1
         if self.send is not None:
-            sets = list(self._sets.items())
-            parts = max(1, -(-len(sets) // PART_ENTRIES))
-            for i in range(parts):
-                chunk = dict(sets[i * PART_ENTRIES:(i + 1) * PART_ENTRIES])
-                record = {"seq": self.seq, "part": i, "parts": parts, "set": chunk,
-                          "del": sorted(self._deletes) if i == 0 else []}
-                self.send(self.partition, b"d:%d:%d" % (self.seq % DELTA_SLOTS, i), _dumps(record))
-            self.send(self.partition, MONITORS_KEY, _dumps({"seq": self.seq, "snapshot": snapshot}))
+            delta = itertools.chain((b'{"del":', _dumps(sorted(self._deletes)), b',"set":'),
+                                    _object(_members(list(self._sets.items()))), (b"}",))
+            for i, piece in enumerate(_pieces(delta, {"seq": self.seq})):
+                self.send(self.partition, b"d:%d:%d" % (self.seq % DELTA_SLOTS, i), piece)
+            record = _dumps({"seq": self.seq, "snapshot": snapshot})
+            if len(record) <= RECORD_BYTES:
+                self.send(self.partition, MONITORS_KEY, record)
+            else:
+                parts = 0
+                for parts, piece in enumerate(_pieces([record], {"seq": self.seq}), start=1):
+                    self.send(self.partition, b"s:%d:%d" % (self.seq % 2, parts - 1), piece)
+                self.send(self.partition, MONITORS_KEY, _dumps({"seq": self.seq, "parts": parts}))
         self._sets.clear()
         self._deletes.clear()
         if self.seq - self.marker_seq >= FULL_EVERY:
             self.save_full()
 
     def save_full(self) -> None:
-        """Log the whole join table, then the marker that makes it the recovery base."""
+        """Log the whole join table (``{"entries": {...}}`` in pieces under ``f:<epoch mod 2>:<part>``),
+        then the marker that makes it the recovery base."""
         self.epoch += 1
         if self.send is not None:
-            entries = list(self.joins.items())
-            parts = max(1, -(-len(entries) // PART_ENTRIES))
-            for i in range(parts):
-                record = {"epoch": self.epoch, "part": i,
-                          "entries": dict(entries[i * PART_ENTRIES:(i + 1) * PART_ENTRIES])}
-                self.send(self.partition, b"f:%d:%d" % (self.epoch % 2, i), _dumps(record))
+            table = itertools.chain((b'{"entries":',), _object(_members(list(self.joins.items()))), (b"}",))
+            parts = 0
+            for parts, piece in enumerate(_pieces(table, {"epoch": self.epoch}), start=1):
+                self.send(self.partition, b"f:%d:%d" % (self.epoch % 2, parts - 1), piece)
             self.send(self.partition, MARKER_KEY, _dumps({"epoch": self.epoch, "parts": parts, "seq": self.seq}))
         self.marker_seq = self.seq
 
@@ -145,36 +226,77 @@ class PartitionState(JoinStore):
         """Take one changelog record (recovery); :meth:`finish_recovery` builds the state."""
         if value is None:
             return
-        doc = orjson.loads(value)
         if key == MONITORS_KEY:
+            doc = orjson.loads(value)
+            if "parts" in doc:  # a large snapshot: its pieces came just before (same partition)
+                pieces = self._recovery["snapshots"].get(int(doc["seq"]), {})
+                whole = _joined({i: body for i, (_, body) in pieces.items()}, int(doc["parts"]))
+                if whole is None:
+                    log.warning("partition %d: monitors' snapshot %s is incomplete in the changelog; "
+                                "keeping the previous one", self.partition, doc["seq"])
+                    return
+                doc = whole
             self.snapshot = doc["snapshot"]
             self.seq = max(self.seq, int(doc["seq"]))
-        elif key == MARKER_KEY:
-            self._recovery["marker"] = doc
-        elif key.startswith(b"d:"):
-            self._recovery["deltas"][(int(doc["seq"]), int(doc["part"]))] = doc
-        elif key.startswith(b"f:"):
-            self._recovery["chunks"][(int(doc["epoch"]), int(doc["part"]))] = doc
+            self._recovery["snapshots"] = {}
+            return
+        if key == MARKER_KEY:
+            self._recovery["marker"] = orjson.loads(value)
+            return
+        kind = key[:2]
+        if kind not in (b"d:", b"f:", b"s:"):
+            return
+        split = _split(value)
+        if split is None:  # the older format: each part a whole JSON document
+            doc = orjson.loads(value)
+            if kind == b"d:":
+                self._recovery["deltas"][(int(doc["seq"]), int(doc["part"]))] = doc
+            elif kind == b"f:":
+                self._recovery["chunks"][(int(doc["epoch"]), int(doc["part"]))] = doc
+            return
+        header, body = split
+        if kind == b"d:":
+            pieces = self._recovery["delta_pieces"].setdefault(int(header["seq"]), {})
+        elif kind == b"f:":
+            pieces = self._recovery["full_pieces"].setdefault(int(header["epoch"]), {})
+        else:
+            pieces = self._recovery["snapshots"].setdefault(int(header["seq"]), {})
+        pieces[int(header["part"])] = (header, body)
 
     def finish_recovery(self) -> None:
         marker = self._recovery["marker"]
         chunks, deltas = self._recovery["chunks"], self._recovery["deltas"]
         self.joins = OrderedDict()
         base = 0
-        if marker is not None and all((marker["epoch"], i) in chunks for i in range(marker["parts"])):
-            for i in range(marker["parts"]):
-                self.joins.update(chunks[(marker["epoch"], i)]["entries"])
-            base = int(marker["seq"])
-            self.epoch = int(marker["epoch"])
+        if marker is not None:
+            epoch, parts = int(marker["epoch"]), int(marker["parts"])
+            pieces = self._recovery["full_pieces"].get(epoch)
+            table = _joined({i: body for i, (_, body) in pieces.items()}, parts) if pieces else None
+            if table is not None:
+                self.joins.update(table["entries"])
+            elif all((epoch, i) in chunks for i in range(parts)):  # the older format
+                for i in range(parts):
+                    self.joins.update(chunks[(epoch, i)]["entries"])
+            else:
+                marker = None
+            if marker is not None:
+                base = int(marker["seq"])
+                self.epoch = epoch
         self.marker_seq = base
-        for (seq, _part), delta in sorted(deltas.items()):
+        logged: dict[tuple[int, int], Any] = dict(deltas)
+        for seq, pieces in self._recovery["delta_pieces"].items():
+            last = [header["parts"] for header, _ in pieces.values() if "parts" in header]
+            whole = _joined({i: body for i, (_, body) in pieces.items()}, last[0] if last else None)
+            if whole is not None:
+                logged[(seq, 0)] = whole
+        for (seq, _part), delta in sorted(logged.items()):
             if seq <= base:
                 continue
             for name in delta["del"]:
                 self.joins.pop(name, None)
             self.joins.update(delta["set"])
             self.seq = max(self.seq, seq)
-        self._recovery = {"deltas": {}, "chunks": {}, "marker": None}
+        self._recovery = _fresh_recovery()
 
 
 def changelog_topic(group_id: str) -> str:

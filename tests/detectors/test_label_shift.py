@@ -77,3 +77,21 @@ def test_merge_and_snapshot():
         LabelShift(REF).merge(LabelShift({"0": 1}))
     with pytest.raises(DetectorError):
         LabelShift(REF, method="ks")
+
+
+def test_long_unseen_categories_are_kept_bounded_and_apart() -> None:
+    # Two 50 KB values that share their first 10 KB, and a short one: counted apart, each
+    # name at most MAX_KEY_LENGTH characters, the long ones named by the start and a hash.
+    import hashlib
+
+    from detectors.label_shift import MAX_KEY_LENGTH, CategoryCounts
+
+    a, b = "q" * 10_000 + "a" * 40_000, "q" * 10_000 + "b" * 40_000
+    counts = CategoryCounts(["web"]).update([a, b, a, "fax", "web"])
+    assert all(len(key) <= MAX_KEY_LENGTH for key in counts.unseen)
+    expected = {"q" * (MAX_KEY_LENGTH - 17) + "…" + hashlib.sha256(v.encode()).hexdigest()[:16]: n
+                for v, n in ((a, 2), (b, 1))}
+    assert counts.unseen == {**expected, "fax": 1}
+    assert counts.n == 5 and counts.n_unseen == 4
+    halves = CategoryCounts(["web"]).update([a, b]).merge(CategoryCounts(["web"]).update([a, "fax", "web"]))
+    assert halves.snapshot() == counts.snapshot()

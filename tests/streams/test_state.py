@@ -39,11 +39,12 @@ operations = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(batches=operations, full_every=st.integers(1, 6), part=st.integers(1, 5))
-def test_replaying_the_log_gives_back_every_batch_boundary(batches, full_every, part):
+@given(batches=operations, full_every=st.integers(1, 6), part=st.integers(1, 5), record=st.integers(1, 200))
+def test_replaying_the_log_gives_back_every_batch_boundary(batches, full_every, part, record):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(state_module, "FULL_EVERY", full_every)
         patch.setattr(state_module, "PART_ENTRIES", part)
+        patch.setattr(state_module, "RECORD_BYTES", record)
         _check_batches(batches)
 
 
@@ -74,7 +75,7 @@ def _check_batches(batches: list[list[tuple[str, int, int]]]) -> None:
 
 def test_a_snapshot_cut_short_by_a_crash_falls_back_to_the_previous_one(monkeypatch):
     monkeypatch.setattr(state_module, "FULL_EVERY", 2)
-    monkeypatch.setattr(state_module, "PART_ENTRIES", 1)
+    monkeypatch.setattr(state_module, "RECORD_BYTES", 16)
     log: Log = []
     live = PartitionState(0, send=_record(log))
     for i in range(6):
@@ -85,9 +86,10 @@ def test_a_snapshot_cut_short_by_a_crash_falls_back_to_the_previous_one(monkeypa
     live.save_snapshot({"batch": 6})
     before_full = len(log)
     live.set("p10", {"t": 10.0})
-    live.save_snapshot({"batch": 7})  # logs a delta, then a full snapshot of 8 parts, then its marker
-    delta_end = before_full + 2  # the delta and the monitors' record
-    cut = log[: delta_end + 3]  # three parts of the new snapshot written, no marker
+    live.save_snapshot({"batch": 7})  # logs a delta, then a full snapshot in pieces, then its marker
+    delta_end = next(i for i in range(before_full, len(log)) if log[i][0] == state_module.MONITORS_KEY) + 1
+    assert [key[:2] for key, _ in log[delta_end:]].count(b"f:") > 3
+    cut = log[: delta_end + 3]  # three pieces of the new snapshot written, no marker
     recovered = _replay(cut)
     assert recovered.joins == {**expected, "p9": {"t": 9.0}, "p10": {"t": 10.0}}
     # And nothing earlier than the last complete marker is needed once compacted.
@@ -115,3 +117,36 @@ def test_an_empty_join_table_is_still_state():
 def test_full_every_leaves_room_for_the_deltas_recovery_needs():
     # Recovery may need every delta since the previous complete snapshot: up to two intervals.
     assert state_module.FULL_EVERY * 2 < state_module.DELTA_SLOTS
+
+
+def test_no_record_exceeds_the_size_limit_whatever_the_entries_hold(monkeypatch):
+    # A join entry of 300 KB, a monitors' snapshot of 2 MB (unseen categories of 50 KB, say): every
+    # record stays within RECORD_BYTES plus its small header, and recovery gives back both.
+    log: Log = []
+    live = PartitionState(0, send=_record(log))
+    big = {"t": 1.0, "payload": "é" * 150_000}
+    for i in range(8):
+        live.set(f"p{i}", big)
+    snapshot = {"unseen": {f"{i}-" + "x" * 50_000: i for i in range(40)}}
+    live.save_snapshot(snapshot)
+    live.save_full()
+    assert max(len(value) for _, value in log if value is not None) <= state_module.RECORD_BYTES + 100
+    assert sum(key.startswith(b"s:") and key != state_module.MONITORS_KEY for key, _ in log) >= 4
+    for records in (log, _compacted(log)):
+        recovered = _replay(records)
+        assert recovered.joins == live.joins and recovered.snapshot == snapshot
+
+
+def test_records_of_the_older_format_are_still_read():
+    import orjson
+
+    old: Log = [
+        (b"f:1:0", orjson.dumps({"epoch": 1, "part": 0, "entries": {"a": [1.0]}})),
+        (b"f:1:1", orjson.dumps({"epoch": 1, "part": 1, "entries": {"b": [2.0]}})),
+        (b"m:join", orjson.dumps({"epoch": 1, "parts": 2, "seq": 3})),
+        (b"d:4:0", orjson.dumps({"seq": 4, "part": 0, "parts": 1, "set": {"c": [3.0]}, "del": ["a"]})),
+        (b"s:monitors", orjson.dumps({"seq": 4, "snapshot": {"x": 1}})),
+    ]
+    recovered = _replay(old)
+    assert list(recovered.joins.items()) == [("b", [2.0]), ("c", [3.0])]
+    assert recovered.snapshot == {"x": 1} and recovered.seq == 4

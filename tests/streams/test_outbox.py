@@ -1,0 +1,84 @@
+"""The worker's outbox: a record the producer or the broker refuses becomes a dead letter that
+references it, and the batch goes on; a broker that is away still stops the batch."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import errors
+from faust.exceptions import ProducerSendError
+
+from streams.app import Outbox
+
+
+class FakeProducer:
+    """Refuses values over ``limit`` at once (as aiokafka's own check does, wrapped by Faust) and
+    fails the delivery of values starting with ``b"broker-refuses"`` or ``b"down"``."""
+
+    def __init__(self, limit: int = 400) -> None:
+        self.limit = limit
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+                   timestamp: Any, headers: Any) -> asyncio.Future[Any]:
+        if len(value or b"") > self.limit:
+            try:
+                raise errors.MessageSizeTooLargeError("too big")
+            except errors.MessageSizeTooLargeError as exc:
+                raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if (value or b"").startswith(b"broker-refuses"):
+            future.set_exception(errors.RecordListTooLargeError())
+        elif (value or b"").startswith(b"down"):
+            future.set_exception(errors.KafkaConnectionError())
+        else:
+            future.set_result(None)
+            self.sent.append((topic, key, value))
+        return future
+
+
+def test_refused_records_are_dead_lettered_by_reference_and_the_rest_delivered() -> None:
+    async def run() -> tuple[FakeProducer, Outbox]:
+        producer, outbox = FakeProducer(), Outbox("dl")
+        big = b"x" * 500
+        outbox.put("labelled", b"k", b"ok-1")
+        outbox.put("changelog", b"s:monitors", big, 3)
+        outbox.put("alerts", None, b"broker-refuses this")
+        outbox.put("labelled", b"k", b"ok-2")
+        await outbox.send(producer)
+        await outbox.delivered()
+        return producer, outbox
+
+    producer, outbox = asyncio.run(run())
+    assert [v for t, _, v in producer.sent if t != "dl"] == [b"ok-1", b"ok-2"]
+    letters = [orjson.loads(v) for t, _, v in producer.sent if t == "dl"]
+    assert [(d["topic"], d["partition"], d["size"], d["payload_b64"], d["truncated"]) for d in letters] == [
+        ("changelog", 3, 500, "", True), ("alerts", -1, 19, "", True)]
+    assert letters[0]["sha256"] == hashlib.sha256(b"x" * 500).hexdigest()
+    assert "MessageSizeTooLargeError" in letters[0]["reason"] and "RecordListTooLargeError" in letters[1]["reason"]
+    assert outbox.refused == 2
+
+
+def test_a_broker_that_is_away_still_fails_the_batch() -> None:
+    async def run() -> None:
+        outbox = Outbox("dl")
+        outbox.put("labelled", None, b"down")
+        await outbox.send(FakeProducer())
+        await outbox.delivered()
+
+    with pytest.raises(errors.KafkaConnectionError):
+        asyncio.run(run())
+
+
+def test_labelled_arrays_are_cut_by_size() -> None:
+    from streams.app import _arrays
+
+    docs = [{"i": i, "c": "x" * (1000 if i % 7 else 30_000)} for i in range(100)]
+    values = _arrays(docs, most=40_000)
+    assert all(len(v) <= 40_000 for v in values)
+    assert [d for v in values for d in orjson.loads(v)] == docs
+    assert _arrays(docs[:3]) == [orjson.dumps(docs[:3])]
