@@ -27,6 +27,7 @@ boundary where a new model version's first point appears.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import math
@@ -183,9 +184,7 @@ def _model_document(model_id: str, model: _Model) -> dict[str, Any]:
 
 def _figure(chart: str, title: str, model: _Model, boundaries: list[tuple[str, int]],
             alerts: list[dict[str, Any]], jobs: list[dict[str, Any]], span: tuple[str, str] | None) -> dict[str, Any]:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
+    traces: list[dict[str, Any]] = []
     series = model.series[chart]
     names = sorted(series)
     hidden = 0
@@ -196,10 +195,11 @@ def _figure(chart: str, title: str, model: _Model, boundaries: list[tuple[str, i
     for name in names:
         s = series[name]
         order = sorted(range(len(s.x)), key=s.x.__getitem__)
-        fig.add_trace(go.Scatter(
-            x=[_x(s.x[i]) for i in order], y=[s.y[i] for i in order], name=name, mode="lines",
-            line={"color": colours[name], "dash": "dot" if name.endswith("(estimated)") else "solid", "width": 1.5},
-            hovertemplate="%{y:.4g}<extra>" + html.escape(name) + "</extra>"))
+        traces.append({
+            "type": "scatter", "x": [_x(s.x[i]) for i in order], "y": [s.y[i] for i in order], "name": name,
+            "mode": "lines",
+            "line": {"color": colours[name], "dash": "dot" if name.endswith("(estimated)") else "solid", "width": 1.5},
+            "hovertemplate": "%{y:.4g}<extra>" + html.escape(name) + "</extra>"})
     shapes: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for threshold in sorted(model.thresholds.get(chart, ())):
@@ -217,8 +217,8 @@ def _figure(chart: str, title: str, model: _Model, boundaries: list[tuple[str, i
         t = _event_ns(job)
         if t is not None:
             shapes.append(_vline(t, JOB_COLOUR, "dash", 1.5))
-    _marker_trace(fig, go, "alerts (firing)", alerts, 0.97, "triangle-down", ALERT_COLOURS["critical"])
-    _marker_trace(fig, go, "retrain jobs", jobs, 0.90, "star", JOB_COLOUR)
+    traces += _marker_traces("alerts (firing)", alerts, 0.97, "triangle-down", ALERT_COLOURS["critical"])
+    traces += _marker_traces("retrain jobs", jobs, 0.90, "star", JOB_COLOUR)
     if hidden:
         annotations.append({"xref": "paper", "yref": "paper", "x": 1.0, "y": 1.0, "xanchor": "right",
                             "yanchor": "bottom", "showarrow": False, "font": {"size": 10, "color": "#555"},
@@ -226,25 +226,34 @@ def _figure(chart: str, title: str, model: _Model, boundaries: list[tuple[str, i
     if not names:
         annotations.append({"xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "showarrow": False,
                             "text": "no violations" if chart == "data_quality" and hidden else "no points yet"})
-    fig.update_layout(
-        title={"text": title, "font": {"size": 14}}, height=320, margin={"l": 50, "r": 10, "t": 50, "b": 40},
-        shapes=shapes, annotations=annotations, uirevision=chart, hovermode="x unified",
-        template="plotly_white", legend={"font": {"size": 10}},
-        xaxis={"type": "date", "title": {"text": "event time (UTC)"}, **({"range": list(span)} if span else {})},
-        yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True})
-    return fig.to_plotly_json()
+    layout = {
+        "title": {"text": title, "font": {"size": 14}}, "height": 320,
+        "margin": {"l": 50, "r": 10, "t": 50, "b": 40}, "shapes": shapes, "annotations": annotations,
+        "uirevision": chart, "hovermode": "x unified", "template": _template(), "legend": {"font": {"size": 10}},
+        "xaxis": {"type": "date", "title": {"text": "event time (UTC)"}, **({"range": list(span)} if span else {})},
+        "yaxis2": {"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
+    }
+    return {"data": traces, "layout": layout}
 
 
-def _marker_trace(fig: Any, go: Any, name: str, events: list[dict[str, Any]], y: float, symbol: str,
-                  colour: str) -> None:
+@functools.cache
+def _template() -> dict[str, Any]:
+    """plotly's ``plotly_white`` template, as plotly.js takes it (figures are plain dicts: building
+    ``go.Figure`` objects, which validate every value, costs ~1 s per page after a few hundred windows)."""
+    import plotly.io as pio
+
+    return pio.templates["plotly_white"].to_plotly_json()
+
+
+def _marker_traces(name: str, events: list[dict[str, Any]], y: float, symbol: str, colour: str) -> list[dict[str, Any]]:
     """Hoverable markers at the top of a chart for events (the shapes beneath cannot be hovered)."""
     timed = [(t, e) for e in events if (t := _event_ns(e)) is not None]
     if not timed:
-        return
-    fig.add_trace(go.Scatter(
-        x=[_x(t) for t, _ in timed], y=[y] * len(timed), yaxis="y2", name=name, mode="markers",
-        marker={"symbol": symbol, "size": 10, "color": [_event_colour(e, colour) for _, e in timed]},
-        hovertext=[_describe(e) for _, e in timed], hoverinfo="text"))
+        return []
+    return [{"type": "scatter", "x": [_x(t) for t, _ in timed], "y": [y] * len(timed), "yaxis": "y2", "name": name,
+             "mode": "markers",
+             "marker": {"symbol": symbol, "size": 10, "color": [_event_colour(e, colour) for _, e in timed]},
+             "hovertext": [_describe(e) for _, e in timed], "hoverinfo": "text"}]
 
 
 def _colours(chart: str, names: list[str]) -> dict[str, str]:

@@ -199,3 +199,13 @@ def _ns(text: str) -> int:
 def test_document_is_plain_json() -> None:
     doc = two_versions().document(title="t")
     assert orjson.loads(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))["title"] == "t"
+
+
+def test_figures_are_valid_plotly() -> None:
+    """The figures are plain dicts (fast to build); plotly's own validation accepts every property."""
+    import plotly.graph_objects as go
+
+    for chart, figure in charts_of(two_versions().document(title="t")).items():
+        go.Figure(figure)  # raises ValueError on a property plotly does not have
+    with pytest.raises(ValueError):
+        go.Figure({"data": [{"type": "scatter", "colour": "red"}]})
