@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="inject drift, label shift and a fairness regression after this many events (default 20000)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--workdir", default=None, help="where to keep profiles, config and reports (default: a temp dir)")
+    demo.add_argument("--page-port", type=int, default=8050,
+                      help="serve the figures page on http://127.0.0.1:PORT/ (default 8050; 0 or a taken port: a free one)")
     demo.add_argument("--influx-url", default=None,
                       help="also write points to this InfluxDB (token from DRIFTWARDEN_INFLUX_TOKEN); default: print only")
 

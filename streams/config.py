@@ -202,6 +202,8 @@ class WorkerConfig:
     state_dir: Path = Path(".driftwarden")
     echo_windows: bool = False
     """Print a one-line summary of every closed window to stdout (the demo turns it on)."""
+    metrics_file: Path | None = None
+    """Also append every point, as line protocol, to this file (the demo's page reads it)."""
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,8 @@ class Config:
         retrain = replace(retrain, reports_dir=_resolve(base_dir, retrain.reports_dir))
         worker = _build(WorkerConfig, "worker", _section(merged, "worker"))
         worker = replace(worker, state_dir=_resolve(base_dir, worker.state_dir))
+        if worker.metrics_file is not None:
+            worker = replace(worker, metrics_file=_resolve(base_dir, Path(worker.metrics_file)))
         models_raw = merged.get("models") or []
         if not isinstance(models_raw, list):
             raise ConfigError("models: expected a list of models")

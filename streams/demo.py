@@ -26,6 +26,7 @@ import orjson
 from streams.broker import EmbeddedBroker, all_topics, create_topics
 from streams.commands import prepare_workspace
 from streams.config import Config
+from streams.live_page import LivePage, start_page
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,14 @@ def run_demo(args: Any) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     print(f"driftwarden demo: working in {workdir}", flush=True)
+    page = _start_page(args, workdir)
     with EmbeddedBroker(port=0, log_path=workdir / "broker.log") as broker:
         config_path = prepare_workspace(workdir, bootstrap=broker.bootstrap, influx_url=args.influx_url,
-                                        overrides={"worker.echo_windows": True})
+                                        overrides={"worker.echo_windows": True, "worker.metrics_file": METRICS_FILE})
         cfg = Config.load(config_path)
         create_topics(broker.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions)
+        page.follow_topics(bootstrap=broker.bootstrap, alerts_topic=cfg.kafka.topics.alerts,
+                           jobs_topic=cfg.kafka.topics.retrain_jobs)
         print(f"embedded broker on {broker.bootstrap}; config {config_path}; reference profile built from "
               f"20,000 simulated training rows", flush=True)
         children = [_Child("worker", ["worker", "-c", str(config_path)], workdir)]
@@ -110,8 +114,21 @@ def run_demo(args: Any) -> int:
             simulator.join(timeout=10)
             for child in children:
                 child.stop()
+            page.close()
     print(f"demo stopped after {time.monotonic() - started:.0f}s; files in {workdir}", flush=True)
     return 0
+
+
+METRICS_FILE = "metrics.lp"
+"""The worker's points, as line protocol, in the demo's workdir: what the page draws."""
+
+
+def _start_page(args: Any, workdir: Path) -> LivePage:
+    """The figures page (``--page-port``), drawing this run's points: the file is started afresh."""
+    (workdir / METRICS_FILE).unlink(missing_ok=True)
+    page = start_page(args.page_port, workdir / METRICS_FILE)
+    print(f"figures: {page.url} (redrawn while the demo runs; plotly's JavaScript served locally)", flush=True)
+    return page
 
 
 _SERVING: dict[str, dict[str, Any]] = {}

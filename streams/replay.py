@@ -5,7 +5,9 @@ are merged in event-time order — a feedback line counts at its own
 ``timestamp`` — and fed to the same :class:`~streams.pipeline.Pipeline` the
 worker runs, in micro-batches. Writes ``metrics.lp`` (InfluxDB line
 protocol), ``alerts.jsonl`` and ``retrain_jobs.jsonl`` into the output
-directory, and ``dead_letters.jsonl`` when some input was rejected. The final
+directory, ``dead_letters.jsonl`` when some input was rejected, and
+``report.html``: the figures of the run drawn per model
+(:mod:`streams.report_page`), a page that needs no network. The final
 partial window is flushed at end of input.
 """
 
@@ -23,6 +25,7 @@ from streams.config import Config, ConfigError
 from streams.events import decode
 from streams.join import DictStore
 from streams.pipeline import FEEDBACK, PREDICTION, Outcome, RawMessage
+from streams.report_page import ReportData, page_html
 from streams.runtime import load_evaluations, pipeline_factory
 from streams.sinks import LineProtocolFile
 
@@ -74,9 +77,11 @@ class ReplayWriter:
         self.jobs = (out_dir / "retrain_jobs.jsonl").open("wb")
         self.dead = (out_dir / "dead_letters.jsonl").open("wb")
         self.counts = {"alerts": 0, "jobs": 0, "dead_letters": 0}
+        self.report = ReportData()
 
     def write(self, outcome: Outcome, actions: Any) -> None:
         self.metrics.write(outcome.points)
+        self.report.add_points(outcome.points)
         for dead in outcome.dead_letters:
             self.dead.write(dead.to_json() + b"\n")
             self.counts["dead_letters"] += 1
@@ -84,10 +89,19 @@ class ReplayWriter:
             for alert, job in actions.decide(outcome):
                 if alert is not None:
                     self.alerts.write(orjson.dumps(alert) + b"\n")
+                    self.report.add_alert(alert)
                     self.counts["alerts"] += 1
                 if job is not None:
                     self.jobs.write(orjson.dumps(job) + b"\n")
+                    self.report.add_job(job)
                     self.counts["jobs"] += 1
+
+    def write_report(self, subtitle: str) -> Path:
+        """``report.html``: what was written, drawn (plotly's JavaScript inside the file)."""
+        path = self.out_dir / "report.html"
+        document = self.report.document(title="driftwarden replay", subtitle=subtitle)
+        path.write_text(page_html(document), encoding="utf-8")
+        return path
 
     def close(self) -> None:
         self.metrics.close()
@@ -129,6 +143,8 @@ def run_replay(config_path: str, predictions: str, feedback: str | None, output:
             writer.write(pipeline.process(batch), actions)
             messages += len(batch)
         writer.write(pipeline.flush(), actions)
+        writer.write_report(f"{predictions} and {feedback or 'no feedback'}: {pipeline.events_seen} events, "
+                            f"{writer.counts['alerts']} alerts, {writer.counts['jobs']} retrain jobs")
     finally:
         writer.close()
     elapsed = time.monotonic() - started

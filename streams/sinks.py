@@ -81,11 +81,13 @@ class InfluxSink:
 
 
 class LineProtocolFile:
-    """Appends points as InfluxDB line protocol to a file (``replay``'s ``metrics.lp``)."""
+    """Writes points as InfluxDB line protocol to a file (``replay``'s ``metrics.lp``; the worker's
+    ``worker.metrics_file`` with ``append``). Each :meth:`write` ends flushed, so a reader following
+    the file sees whole batches."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, append: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("w", encoding="utf-8")
+        self._file = path.open("a" if append else "w", encoding="utf-8")
         self.written = 0
 
     def write(self, points: Iterable[Point]) -> None:
@@ -94,9 +96,26 @@ class LineProtocolFile:
             if line:
                 self._file.write(line + "\n")
                 self.written += 1
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
+
+
+class FanOutSink:
+    """Writes every batch of points to each of several sinks (InfluxDB and a file)."""
+
+    def __init__(self, sinks: Iterable[PointSink]) -> None:
+        self.sinks = tuple(sinks)
+
+    def write(self, points: Iterable[Point]) -> None:
+        batch = list(points)
+        for sink in self.sinks:
+            sink.write(batch)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
 
 class DiscardSink:

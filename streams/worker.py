@@ -10,7 +10,7 @@ from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
 from streams.consumer import kafka_security
 from streams.runtime import load_evaluations, pipeline_factory
-from streams.sinks import DiscardSink, InfluxSink, PointSink
+from streams.sinks import DiscardSink, FanOutSink, InfluxSink, LineProtocolFile, PointSink
 from streams.state import changelog_topic, recover
 from streams.updates import UpdateFollower, VersionRegistry
 
@@ -18,12 +18,18 @@ log = logging.getLogger(__name__)
 
 
 def build_sink(cfg: Config) -> PointSink:
-    if not cfg.influx.enabled:
+    """InfluxDB unless ``influx.enabled`` is false, plus ``worker.metrics_file`` when set."""
+    sinks: list[PointSink] = []
+    if cfg.influx.enabled:
+        if not cfg.influx.token:
+            log.warning("DRIFTWARDEN_INFLUX_TOKEN is not set: writing to %s without a token", cfg.influx.url)
+        sinks.append(InfluxSink(cfg.influx))
+    if cfg.worker.metrics_file is not None:
+        sinks.append(LineProtocolFile(cfg.worker.metrics_file, append=True))
+    if not sinks:
         log.warning("influx.enabled is false: points are not written anywhere")
         return DiscardSink()
-    if not cfg.influx.token:
-        log.warning("DRIFTWARDEN_INFLUX_TOKEN is not set: writing to %s without a token", cfg.influx.url)
-    return InfluxSink(cfg.influx)
+    return sinks[0] if len(sinks) == 1 else FanOutSink(sinks)
 
 
 def with_source_partitions(cfg: Config) -> Config:
