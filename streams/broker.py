@@ -160,6 +160,9 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *,
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    from streams.kafka import check_broker
+
+    check_broker(bootstrap, **client_options)  # a refusal (TLS, SASL) says why, at once
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="driftwarden-admin", **client_options)
     try:
         existing = set(admin.list_topics())

@@ -25,9 +25,12 @@ and the key's password. Faust takes a credentials object instead:
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
 from typing import TYPE_CHECKING, Any
 
+from streams.broker import BrokerError
 from streams.config import Config, ConfigError, KafkaConfig
 
 if TYPE_CHECKING:
@@ -66,7 +69,7 @@ def ssl_context(kafka: KafkaConfig) -> ssl.SSLContext | None:
 
 
 def _reason(exc: BaseException) -> str:
-    return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+    return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def _sasl(kafka: KafkaConfig) -> tuple[str, str]:
@@ -117,4 +120,130 @@ def faust_credentials(kafka: KafkaConfig | Config) -> CredentialsT | None:
     return faust.SSLCredentials(options["ssl_context"])
 
 
-__all__ = ("client_options", "faust_credentials", "ssl_context")
+# -- a first connection that says why it was refused ------------------------------------------------
+
+
+class _Refused(Exception):
+    """The broker answered, and refused these settings (not merely unreachable)."""
+
+
+def check_broker(bootstrap: str, *, timeout: float = 10.0, **options: Any) -> None:
+    """Connect once to the first bootstrap server that accepts a connection, as the clients will
+    with ``options`` (:func:`client_options`): TLS handshake, SASL authentication, a metadata request.
+
+    Raises :class:`~streams.broker.BrokerError` with the reason when the broker refuses them
+    (an untrusted certificate, a client certificate it wants, a mechanism it does not enable,
+    wrong credentials, a SASL listener reached without SASL), where the clients would only retry
+    until they time out with "unable to bootstrap". A broker that cannot be reached at all is
+    left to the clients, which wait for it as before. No secret appears in the message.
+    """
+    for server in [s.strip() for s in bootstrap.split(",") if s.strip()]:
+        host, _, port = server.rpartition(":")
+        try:
+            _probe(host or server, int(port or 9092), timeout, options)
+            return
+        except _Refused as exc:
+            raise BrokerError(f"Kafka at {server} refused the connection: {exc}") from None
+        except (OSError, ValueError):  # not reachable (or not parseable): the clients report it
+            continue
+
+
+def _probe(host: str, port: int, timeout: float, options: dict[str, Any]) -> None:
+    protocol = options.get("security_protocol", "PLAINTEXT")
+    sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+    try:
+        context = options.get("ssl_context")
+        if context is not None:
+            try:
+                sock = context.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLCertVerificationError as exc:
+                raise _Refused(f"its TLS certificate is not trusted ({exc.verify_message}); set kafka.ssl_cafile "
+                               "to the CA that signed it") from None
+            except (ssl.SSLError, ConnectionError) as exc:
+                raise _Refused(f"the TLS handshake failed ({_reason(exc)}): is it a TLS listener, and does it want "
+                               "a client certificate (kafka.ssl_certfile, kafka.ssl_keyfile)?") from None
+        conversation = _Conversation(sock, protocol)
+        conversation.request(18, 0, b"", "an ApiVersions request")
+        if protocol.startswith("SASL_"):
+            _authenticate(conversation, options)
+        conversation.request(3, 1, struct.pack(">i", 0), "a metadata request")
+    finally:
+        sock.close()
+
+
+class _Conversation:
+    """Requests and responses in the Kafka wire format (request header v1: non-flexible versions only)."""
+
+    def __init__(self, sock: socket.socket, protocol: str) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.correlation = 0
+
+    def request(self, api_key: int, version: int, body: bytes, what: str) -> bytes:
+        self.correlation += 1
+        client = b"driftwarden-check"
+        payload = struct.pack(">hhih", api_key, version, self.correlation, len(client)) + client + body
+        try:
+            self.sock.sendall(struct.pack(">i", len(payload)) + payload)
+            size = struct.unpack(">i", self._read(4))[0]
+            return self._read(size)[4:]  # without the correlation id
+        except (ConnectionError, ssl.SSLError, struct.error) as exc:
+            hint = {"PLAINTEXT": "does it want TLS or SASL (kafka.security_protocol)?",
+                    "SSL": "does it want a client certificate (kafka.ssl_certfile, kafka.ssl_keyfile) signed by a "
+                           "CA it trusts, or SASL (kafka.security_protocol SASL_SSL)?",
+                    }.get(self.protocol, "does it want another kafka.security_protocol or client certificate?")
+            raise _Refused(f"it closed the connection on {what} ({_reason(exc)}): {hint}") from None
+
+    def _read(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("connection closed")
+            data += chunk
+        return data
+
+
+def _authenticate(conversation: _Conversation, options: dict[str, Any]) -> None:
+    """SaslHandshake v1, then SaslAuthenticate v0 rounds driven by kafka-python's mechanism."""
+    mechanism_name = options["sasl_mechanism"]
+    name = mechanism_name.encode()
+    answer = conversation.request(17, 1, struct.pack(">h", len(name)) + name, "the SASL handshake")
+    error, count = struct.unpack_from(">hi", answer, 0)
+    if error:
+        offered, at = [], 6
+        for _ in range(max(count, 0)):
+            (size,) = struct.unpack_from(">h", answer, at)
+            offered.append(answer[at + 2:at + 2 + size].decode(errors="replace"))
+            at += 2 + size
+        raise _Refused(f"it does not enable SASL mechanism {mechanism_name} (it enables {', '.join(offered) or 'none'}): "
+                       "set kafka.sasl_mechanism")
+    mechanism = _sasl_mechanism(mechanism_name)(**options)
+    while not mechanism.is_done():
+        token = mechanism.auth_bytes()
+        answer = conversation.request(36, 0, struct.pack(">i", len(token)) + token, "SASL authentication")
+        error, size = struct.unpack_from(">hh", answer, 0)
+        message = answer[4:4 + size].decode(errors="replace") if size > 0 else ""
+        if error:
+            raise _Refused(f"SASL {mechanism_name} authentication as {options['sasl_plain_username']!r} failed "
+                           f"({message or f'error {error}'}): check DRIFTWARDEN_KAFKA_SASL_USERNAME and "
+                           "DRIFTWARDEN_KAFKA_SASL_PASSWORD")
+        at = 4 + max(size, 0)
+        (length,) = struct.unpack_from(">i", answer, at)
+        try:
+            mechanism.receive(answer[at + 4:at + 4 + max(length, 0)])
+        except Exception as exc:  # SCRAM: the broker's proof does not match
+            raise _Refused(f"SASL {mechanism_name}: the broker's answer did not verify ({type(exc).__name__})") from None
+    if not mechanism.is_authenticated():
+        raise _Refused(f"SASL {mechanism_name} authentication did not complete")
+
+
+def _sasl_mechanism(name: str) -> Any:
+    try:
+        from kafka.net.sasl import get_sasl_mechanism  # kafka-python 3
+    except ImportError:  # kafka-python 2
+        from kafka.sasl import get_sasl_mechanism  # type: ignore[no-redef]
+    return get_sasl_mechanism(name)
+
+
+__all__ = ("check_broker", "client_options", "faust_credentials", "ssl_context")
