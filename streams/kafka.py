@@ -40,26 +40,29 @@ if TYPE_CHECKING:
 def ssl_context(kafka: KafkaConfig) -> ssl.SSLContext | None:
     """The TLS context of ``SSL``/``SASL_SSL`` (``None`` for the plaintext protocols).
 
-    The broker's certificate is verified against ``ssl_cafile`` (the system's CAs
-    when it is not set), host name included; ``ssl_certfile``/``ssl_keyfile`` add a
+    The broker's certificate is verified against ``ssl_cafile`` only (as kafka-python and a Java
+    truststore do; the system's CAs when it is not set), host name included, TLS 1.2 or later; ``ssl_certfile``/``ssl_keyfile`` add a
     client certificate (mTLS). A key that cannot be loaded is a configuration error
     naming the key; the password never appears in it.
     """
     if not kafka.security_protocol.endswith("SSL"):
         return None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if kafka.ssl_cafile is not None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if kafka.ssl_cafile is None:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
         try:
             context.load_verify_locations(cafile=str(kafka.ssl_cafile))
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"kafka.ssl_cafile: cannot read CA certificates from {kafka.ssl_cafile}: "
                               f"{_reason(exc)}") from None
     if kafka.ssl_certfile is not None:
-        password = kafka.ssl_key_password.value if kafka.ssl_key_password else None
-        try:
+        password = kafka.ssl_key_password.value if kafka.ssl_key_password else ""
+        try:  # a callable, so that an encrypted key without a password never prompts on the terminal
             context.load_cert_chain(certfile=str(kafka.ssl_certfile),
                                     keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-                                    password=password)
+                                    password=lambda: password)
         except (ssl.SSLError, OSError) as exc:
             hint = ("; is DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD right?" if password else
                     "; an encrypted key needs DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD")

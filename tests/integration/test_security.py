@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -245,3 +246,74 @@ def test_no_secret_when_the_broker_is_unreachable(certs, worker_factory, tmp_pat
     log = worker.log()
     assert "driftwarden: cannot reach Kafka" in log and "Traceback" not in log, log[-3000:]
     _assert_no_secret(log)
+
+
+# -- InfluxDB over https -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def victoria_tls(certs: Certificates, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """VictoriaMetrics serving its InfluxDB write API over https with the test CA's server certificate."""
+    import subprocess
+
+    from streams.broker import wait_for_port
+
+    binary = shutil.which("victoria-metrics")
+    if binary is None:
+        pytest.fail("victoria-metrics is not installed: apt-get install victoria-metrics (.ci/run does this)")
+    port, data = free_port(), tmp_path_factory.mktemp("victoria-tls")
+    with open(data / "victoria.log", "wb") as log:
+        process = subprocess.Popen([binary, f"-storageDataPath={data / 'data'}", f"-httpListenAddr=127.0.0.1:{port}",
+                                    "-tls", f"-tlsCertFile={certs.server_cert}", f"-tlsKeyFile={certs.server_key}",
+                                    "-retentionPeriod=100y", "-search.latencyOffset=0s"],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port("127.0.0.1", port, 20)
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _write_one(url: str, certs: Certificates, unique: str, **influx: Any) -> tuple[int, int]:
+    """Write one point through :class:`InfluxSink` with these ``influx`` settings; (written, lost)."""
+    from detectors.points import Point
+    from streams.sinks import InfluxSink
+
+    cfg = Config.from_mapping({"influx": {"url": url, "max_retries": 0, **influx}},
+                              environ={"DRIFTWARDEN_INFLUX_TOKEN": TOKEN}, base_dir=certs.ca.parent)
+    sink = InfluxSink(cfg.influx)
+    sink.write([Point("monitor", {"model_id": unique, "model_version": "1", "stat": "events"}, {"value": 7.0},
+                      time.time_ns())])
+    sink.close()
+    return sink.written, sink.failed
+
+
+def _export(url: str, certs: Certificates, unique: str) -> list[dict[str, Any]]:
+    """The model's series, read back over https with the CA."""
+    import urllib.parse
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    query = urllib.parse.urlencode({"match[]": f'{{__name__="monitor_value",model_id="{unique}"}}'}).encode()
+    with urllib.request.urlopen(f"{url}/api/v1/export", data=query, timeout=30, context=context) as response:
+        return [json.loads(line) for line in response.read().decode().splitlines() if line.strip()]
+
+
+def test_influx_sink_writes_over_https_with_the_ca(victoria_tls, certs, unique, caplog):
+    assert _write_one(victoria_tls, certs, unique, ssl_ca_cert="ca.pem") == (1, 0)
+    deadline = time.monotonic() + 60  # VictoriaMetrics makes new points searchable within seconds
+    while not (series := _export(victoria_tls, certs, unique)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert series and series[0]["values"] == [7.0]
+    assert TOKEN not in caplog.text
+
+
+def test_influx_sink_refuses_a_server_it_cannot_verify(victoria_tls, certs, unique, caplog):
+    assert _write_one(victoria_tls, certs, unique) == (0, 1)  # the system's CAs do not know the test CA
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text or "certificate verify failed" in caplog.text
+    assert TOKEN not in caplog.text
+    assert _write_one(victoria_tls, certs, f"{unique}-unverified", verify_ssl=False) == (1, 0)
