@@ -155,7 +155,7 @@ def _assert_no_secret(*texts: str | bytes) -> None:
 
 
 def _run_to_completion(tmp_path: Path, broker: SecuredBroker, worker_factory: Any, unique: str,
-                       kafka: dict[str, Any], env: dict[str, str], certs: Certificates | None = None) -> None:
+                       kafka: dict[str, Any], env: dict[str, str], certs: Certificates | None = None) -> Path:
     """A worker with these settings reads everything, joins every label, dead-letters the bad message,
     stops cleanly, and writes no secret anywhere."""
     config, model_id, topics = _workspace(tmp_path, broker.bootstrap, unique, kafka, certs)
@@ -174,6 +174,7 @@ def _run_to_completion(tmp_path: Path, broker: SecuredBroker, worker_factory: An
     log = worker.log()
     assert "Traceback" not in log
     _assert_no_secret(log, config.read_text(), *dead)
+    return config
 
 
 # -- TLS -----------------------------------------------------------------------------------------------
@@ -219,8 +220,17 @@ def _exits(worker: Any, timeout: float) -> int | None:
 
 
 def test_worker_authenticates_with_sasl_plain_and_processes_events(sasl_broker, worker_factory, tmp_path, unique):
-    _run_to_completion(tmp_path, sasl_broker, worker_factory, unique, SASL, _sasl_env(PASSWORD))
+    config = _run_to_completion(tmp_path, sasl_broker, worker_factory, unique, SASL, _sasl_env(PASSWORD))
     assert (USER, True) in sasl_broker.proxy.authentications
+    # The retrain worker's clients (topic creation, the jobs consumer group) authenticate too.
+    retrain = worker_factory(config, env=_sasl_env(PASSWORD), command="retrain-worker").start()
+    deadline = time.monotonic() + 120
+    while "retrain worker: assigned" not in retrain.log() and time.monotonic() < deadline:
+        assert retrain.process.poll() is None, retrain.log()[-3000:]
+        time.sleep(0.3)
+    assert retrain.stop() == 0, retrain.log()[-3000:]
+    assert "retrain worker: assigned" in retrain.log() and "Traceback" not in retrain.log(), retrain.log()[-3000:]
+    _assert_no_secret(retrain.log())
 
 
 def test_worker_with_a_wrong_password_fails_clearly_and_never_shows_it(sasl_broker, worker_factory, tmp_path,
