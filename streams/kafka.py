@@ -166,12 +166,31 @@ def _probe(host: str, port: int, timeout: float, options: dict[str, Any]) -> Non
                 raise _Refused(f"the TLS handshake failed ({_reason(exc)}): is it a TLS listener, and does it want "
                                "a client certificate (kafka.ssl_certfile, kafka.ssl_keyfile)?") from None
         conversation = _Conversation(sock, protocol)
-        conversation.request(18, 0, b"", "an ApiVersions request")
+        versions = _api_versions(conversation.request(18, 0, b"", "an ApiVersions request"))
         if protocol.startswith("SASL_"):
-            _authenticate(conversation, options)
-        conversation.request(3, 1, struct.pack(">i", 0), "a metadata request")
+            if _version(versions, 17, (1,)) is None or _version(versions, 36, (0, 1)) is None:
+                return  # versions this check does not speak: the clients will tell
+            _authenticate(conversation, options, _version(versions, 36, (0, 1)) or 0)
+        metadata = _version(versions, 3, range(1, 9))  # the non-flexible versions (Kafka 4 has no v0-v3)
+        if metadata is not None:  # no topics; v4+ adds allow_auto_topic_creation, v8 two more flags
+            body = struct.pack(">i", 0) + (b"\x00" if metadata >= 4 else b"") + (b"\x00\x00" if metadata >= 8 else b"")
+            conversation.request(3, metadata, body, "a metadata request")
     finally:
         sock.close()
+
+
+def _api_versions(answer: bytes) -> dict[int, tuple[int, int]]:
+    """(min, max) version by API key, from an ApiVersions v0 response body."""
+    _, count = struct.unpack_from(">hi", answer, 0)
+    ranges = (struct.unpack_from(">hhh", answer, 6 + 6 * i) for i in range(max(count, 0)))
+    return {key: (low, high) for key, low, high in ranges}
+
+
+def _version(versions: dict[int, tuple[int, int]], api_key: int, spoken: Any) -> int | None:
+    """The highest version of ``api_key`` both the broker and this check speak."""
+    low, high = versions.get(api_key, (0, -1))
+    both = [v for v in spoken if low <= v <= high]
+    return max(both) if both else None
 
 
 class _Conversation:
@@ -207,8 +226,8 @@ class _Conversation:
         return data
 
 
-def _authenticate(conversation: _Conversation, options: dict[str, Any]) -> None:
-    """SaslHandshake v1, then SaslAuthenticate v0 rounds driven by kafka-python's mechanism."""
+def _authenticate(conversation: _Conversation, options: dict[str, Any], version: int) -> None:
+    """SaslHandshake v1, then SaslAuthenticate rounds (v0 or v1) driven by kafka-python's mechanism."""
     mechanism_name = options["sasl_mechanism"]
     name = mechanism_name.encode()
     answer = conversation.request(17, 1, struct.pack(">h", len(name)) + name, "the SASL handshake")
@@ -224,7 +243,7 @@ def _authenticate(conversation: _Conversation, options: dict[str, Any]) -> None:
     mechanism = _sasl_mechanism(mechanism_name)(**options)
     while not mechanism.is_done():
         token = mechanism.auth_bytes()
-        answer = conversation.request(36, 0, struct.pack(">i", len(token)) + token, "SASL authentication")
+        answer = conversation.request(36, version, struct.pack(">i", len(token)) + token, "SASL authentication")
         error, size = struct.unpack_from(">hh", answer, 0)
         message = answer[4:4 + size].decode(errors="replace") if size > 0 else ""
         if error:
