@@ -40,9 +40,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("certs"), KEY_PASSWORD)
 
 
-def _mtls(certs: Certificates) -> dict[str, Any]:
-    return {"security_protocol": "SSL", "ssl_cafile": "certs/ca.pem", "ssl_certfile": "certs/client.pem",
-            "ssl_keyfile": "certs/client.key"}
+MTLS = {"security_protocol": "SSL", "ssl_cafile": "certs/ca.pem", "ssl_certfile": "certs/client.pem",
+        "ssl_keyfile": "certs/client.key"}
+"""TLS with a client certificate; the paths are relative to the config (``certs/`` beside it)."""
 
 
 SASL = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"}
@@ -58,7 +58,7 @@ def tls_broker(certs: Certificates, tmp_path_factory: pytest.TempPathFactory) ->
     base = tmp_path_factory.mktemp("tls-client")
     _copy_certs(certs, base)
     running = secured_broker(base / "tansu.log", tls=server_context(certs, require_client_cert=True),
-                             **_options(_mtls(certs), base, {"DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}))
+                             **_options(MTLS, base, {"DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}))
     yield running
     running.stop()
 
@@ -182,7 +182,7 @@ def _run_to_completion(tmp_path: Path, broker: SecuredBroker, worker_factory: An
 
 def test_worker_connects_over_mtls_with_the_ca_and_processes_events(tls_broker, certs, worker_factory, tmp_path,
                                                                     unique):
-    _run_to_completion(tmp_path, tls_broker, worker_factory, unique, _mtls(certs),
+    _run_to_completion(tmp_path, tls_broker, worker_factory, unique, MTLS,
                        {"DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}, certs)
 
 
@@ -196,7 +196,7 @@ REFUSED_TLS = {
 @pytest.mark.parametrize("case", sorted(REFUSED_TLS))
 def test_worker_refuses_a_broker_it_cannot_verify(tls_broker, certs, worker_factory, tmp_path, unique, case):
     change, reason = REFUSED_TLS[case]
-    kafka = {k: v for k, v in {**_mtls(certs), **change}.items() if v is not None}
+    kafka = {k: v for k, v in {**MTLS, **change}.items() if v is not None}
     config, _, _ = _workspace(tmp_path, tls_broker.bootstrap, unique, kafka, certs)
     worker = worker_factory(config, env={"DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}).start()
     assert _exits(worker, 150) == 3, worker.log()[-3000:]
@@ -248,7 +248,7 @@ def test_worker_with_a_wrong_password_fails_clearly_and_never_shows_it(sasl_brok
 
 def test_no_secret_when_the_broker_is_unreachable(certs, worker_factory, tmp_path, unique):
     """Every secret set (SASL password, client key password, InfluxDB token), nothing listening."""
-    kafka = {**_mtls(certs), "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512"}
+    kafka = {**MTLS, "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512"}
     config, _, _ = _workspace(tmp_path, f"127.0.0.1:{free_port()}", unique, kafka, certs)
     env = {**_sasl_env(PASSWORD), "DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD, "DRIFTWARDEN_INFLUX_TOKEN": TOKEN}
     worker = worker_factory(config, env=env).start()
@@ -327,3 +327,53 @@ def test_influx_sink_refuses_a_server_it_cannot_verify(victoria_tls, certs, uniq
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text or "certificate verify failed" in caplog.text
     assert TOKEN not in caplog.text
     assert _write_one(victoria_tls, certs, f"{unique}-unverified", verify_ssl=False) == (1, 0)
+
+
+# -- SASL over TLS, for the client libraries -----------------------------------------------------------
+
+
+def test_sasl_ssl_with_a_client_certificate_for_kafka_python_and_aiokafka(certs, tmp_path, unique):
+    """SASL/PLAIN inside mTLS: kafka-python writes, aiokafka reads, with the same options."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    _copy_certs(certs, tmp_path)
+    kafka = {**MTLS, "security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}
+    env = {**_sasl_env(PASSWORD), "DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}
+    options = _options(kafka, tmp_path, env)
+    broker = secured_broker(tmp_path / "tansu.log", tls=server_context(certs, require_client_cert=True),
+                            users={USER: PASSWORD}, **options)
+    try:
+        topic = f"sasl-ssl-{unique}"
+        create_topics(broker.bootstrap, [topic], 1, **options)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, **options)
+        producer.send(topic, b"over SASL_SSL").get(timeout=30)
+        producer.close()
+
+        async def read() -> list[bytes]:
+            consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=None,
+                                        auto_offset_reset="earliest", **_options(kafka, tmp_path, env))
+            await consumer.start()
+            try:
+                fetched = await consumer.getmany(timeout_ms=10_000)
+                return [r.value for records in fetched.values() for r in records]
+            finally:
+                await consumer.stop()
+
+        assert asyncio.run(read()) == [b"over SASL_SSL"]
+        assert broker.proxy.authentications and all(ok for _, ok in broker.proxy.authentications)
+    finally:
+        broker.stop()
+
+
+def test_a_mechanism_the_broker_does_not_enable_is_named(sasl_broker, tmp_path):
+    from streams.broker import BrokerError
+    from streams.kafka import check_broker
+
+    options = _options({**SASL, "sasl_mechanism": "SCRAM-SHA-256"}, tmp_path, _sasl_env(PASSWORD))
+    with pytest.raises(BrokerError) as info:
+        check_broker(sasl_broker.bootstrap, **options)
+    assert str(info.value) == (f"Kafka at {sasl_broker.bootstrap} refused the connection: it does not enable SASL "
+                               "mechanism SCRAM-SHA-256 (it enables PLAIN): set kafka.sasl_mechanism")
+    check_broker(sasl_broker.bootstrap, **_options(SASL, tmp_path, _sasl_env(PASSWORD)))  # the right one passes

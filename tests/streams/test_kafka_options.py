@@ -37,10 +37,9 @@ def error(tmp: Path, kafka: dict[str, Any], environ: dict[str, str] | None = Non
     return str(info.value)
 
 
-def mtls(certs: Certificates) -> dict[str, Any]:
-    """Paths relative to the config file, which sits next to the ``certs`` directory."""
-    return {"security_protocol": "SSL", "ssl_cafile": "certs/ca.pem", "ssl_certfile": "certs/client.pem",
-            "ssl_keyfile": "certs/client.key"}
+MTLS = {"security_protocol": "SSL", "ssl_cafile": "certs/ca.pem", "ssl_certfile": "certs/client.pem",
+        "ssl_keyfile": "certs/client.key"}
+"""Paths relative to the config file, which sits next to the ``certs`` directory."""
 
 
 def test_plaintext_needs_no_options() -> None:
@@ -50,7 +49,7 @@ def test_plaintext_needs_no_options() -> None:
 
 
 def test_mtls_paths_resolve_against_the_config_file(certs: Certificates) -> None:
-    cfg = load(certs.ca.parent.parent, mtls(certs), {"DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD})
+    cfg = load(certs.ca.parent.parent, MTLS, {"DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD})
     assert cfg.kafka.ssl_cafile == certs.ca and cfg.kafka.ssl_keyfile == certs.client_key
     options = client_options(cfg)
     assert set(options) == {"security_protocol", "ssl_context"} and options["security_protocol"] == "SSL"
@@ -99,7 +98,7 @@ def test_every_client_library_takes_the_same_option_names(certs: Certificates) -
 
 def test_a_wrong_key_password_names_the_key_not_the_password(certs: Certificates) -> None:
     for environ in ({"DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": "not-" + KEY_PASSWORD}, {}):
-        cfg = load(certs.ca.parent.parent, mtls(certs), environ)
+        cfg = load(certs.ca.parent.parent, MTLS, environ)
         with pytest.raises(ConfigError) as info:
             client_options(cfg)  # never an interactive prompt, even without a password
         message = str(info.value)
@@ -148,7 +147,7 @@ def test_key_password_in_the_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_secrets_are_masked_in_the_loggable_config(certs: Certificates) -> None:
-    kafka = {**mtls(certs), "security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}
+    kafka = {**MTLS, "security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}
     cfg = load(certs.ca.parent.parent, kafka, {**SASL_ENV, "DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD})
     shown = json.dumps(redacted(cfg)) + repr(cfg)
     assert PASSWORD not in shown and KEY_PASSWORD not in shown
