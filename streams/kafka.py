@@ -40,10 +40,10 @@ if TYPE_CHECKING:
 def ssl_context(kafka: KafkaConfig) -> ssl.SSLContext | None:
     """The TLS context of ``SSL``/``SASL_SSL`` (``None`` for the plaintext protocols).
 
-    The broker's certificate is verified against ``ssl_cafile`` only (as kafka-python and a Java
-    truststore do; the system's CAs when it is not set), host name included, TLS 1.2 or later; ``ssl_certfile``/``ssl_keyfile`` add a
-    client certificate (mTLS). A key that cannot be loaded is a configuration error
-    naming the key; the password never appears in it.
+    The broker's certificate is verified against ``ssl_cafile`` only (as kafka-python and a
+    Java truststore do; the system's CAs when it is not set), host name included, TLS 1.2 or
+    later; ``ssl_certfile``/``ssl_keyfile`` add a client certificate (mTLS). A key that cannot
+    be loaded is a configuration error naming the key; the password never appears in it.
     """
     if not kafka.security_protocol.endswith("SSL"):
         return None
@@ -160,6 +160,9 @@ def _probe(host: str, port: int, timeout: float, options: dict[str, Any]) -> Non
             try:
                 sock = context.wrap_socket(sock, server_hostname=host)
             except ssl.SSLCertVerificationError as exc:
+                if exc.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+                    raise _Refused(f"its TLS certificate is not for {host!r} ({exc.verify_message}): use a name the "
+                                   "certificate holds in kafka.bootstrap") from None
                 raise _Refused(f"its TLS certificate is not trusted ({exc.verify_message}); set kafka.ssl_cafile "
                                "to the CA that signed it") from None
             except (ssl.SSLError, ConnectionError) as exc:

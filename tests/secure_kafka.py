@@ -207,6 +207,7 @@ class KafkaProxy:
 
     upstream_port: int
     port: int = 0
+    host: str = "127.0.0.1"
     tls: ssl.SSLContext | None = None
     users: dict[str, str] | None = None
     authentications: list[tuple[str, bool]] = field(default_factory=list)
@@ -227,7 +228,7 @@ class KafkaProxy:
             assert self._loop is not None
             asyncio.set_event_loop(self._loop)
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._client, "127.0.0.1", self.port, ssl=self.tls))
+                asyncio.start_server(self._client, self.host, self.port, ssl=self.tls))
             ready.set()
             self._loop.run_forever()
 

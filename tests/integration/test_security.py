@@ -377,3 +377,21 @@ def test_a_mechanism_the_broker_does_not_enable_is_named(sasl_broker, tmp_path):
     assert str(info.value) == (f"Kafka at {sasl_broker.bootstrap} refused the connection: it does not enable SASL "
                                "mechanism SCRAM-SHA-256 (it enables PLAIN): set kafka.sasl_mechanism")
     check_broker(sasl_broker.bootstrap, **_options(SASL, tmp_path, _sasl_env(PASSWORD)))  # the right one passes
+
+
+
+def test_a_host_name_the_certificate_does_not_hold_is_named(certs, tmp_path):
+    """The test certificate holds 127.0.0.1 and localhost, not 127.0.0.2 (loopback too): refused in the handshake."""
+    from streams.broker import BrokerError
+    from streams.kafka import check_broker
+    from tests.secure_kafka import KafkaProxy
+
+    _copy_certs(certs, tmp_path)
+    options = _options(MTLS, tmp_path, {"DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD})
+    proxy = KafkaProxy(upstream_port=free_port(), host="127.0.0.2",
+                       tls=server_context(certs, require_client_cert=True)).start()
+    try:
+        with pytest.raises(BrokerError, match=r"its TLS certificate is not for '127\.0\.0\.2' \(IP address mismatch"):
+            check_broker(f"127.0.0.2:{proxy.port}", **options)
+    finally:
+        proxy.stop()
