@@ -244,7 +244,7 @@ def publish(
 
 def run_simulate(args: Any) -> int:
     from streams.config import Config
-    from streams.kafka import client_options
+    from streams.kafka import check_broker, client_options
 
     bootstrap = args.bootstrap
     topics = None
@@ -255,6 +255,7 @@ def run_simulate(args: Any) -> int:
         topics = cfg.kafka.topics
         security = client_options(cfg)
     bootstrap = bootstrap or "127.0.0.1:9092"
+    check_broker(bootstrap, **security)  # a refusal (TLS, SASL) says why, at once
     changes = [c for c in args.changes.split(",") if c]
     total = args.events or None
     results = []

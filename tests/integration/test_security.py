@@ -395,3 +395,28 @@ def test_a_host_name_the_certificate_does_not_hold_is_named(certs, tmp_path):
             check_broker(f"127.0.0.2:{proxy.port}", **options)
     finally:
         proxy.stop()
+
+
+def test_the_simulator_publishes_over_sasl_and_is_refused_a_wrong_password(sasl_broker, tmp_path, unique):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config, model_id, topics = _workspace(tmp_path, sasl_broker.bootstrap, unique, SASL)
+    options = _options(SASL, config.parent, _sasl_env(PASSWORD))
+    create_topics(sasl_broker.bootstrap, topics.values(), 1, **options)
+
+    def simulate(password: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), **_sasl_env(password)}
+        return subprocess.run([sys.executable, "-m", "streams.cli", "simulate", "-c", str(config), "--events", "200",
+                               "--models", model_id], env=env, cwd=str(config.parent), capture_output=True, text=True,
+                              timeout=120)
+
+    done = simulate(PASSWORD)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(_read_all(sasl_broker.bootstrap, options, topics["predictions"])) == 200
+    refused = simulate(WRONG_PASSWORD)
+    assert refused.returncode == 3 and "SASL PLAIN authentication as" in refused.stderr, refused.stderr
+    _assert_no_secret(done.stdout, done.stderr, refused.stdout, refused.stderr)
