@@ -904,13 +904,10 @@ def _show_metrics(metrics: Mapping[str, float]) -> str:
 
 
 def client_options(cfg: Any) -> dict[str, Any]:
-    """kafka-python options for the config's SASL credentials (none without a username)."""
-    if not cfg.kafka.sasl_username:
-        return {}
-    password = cfg.kafka.sasl_password
-    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": cfg.kafka.sasl_username,
-            "sasl_plain_password": getattr(password, "value", password)}
+    """kafka-python options for the config's Kafka security: :func:`streams.kafka.client_options`."""
+    from streams.kafka import client_options as options
+
+    return options(cfg)
 
 
 def run_retrain_worker(config_path: str) -> int:
@@ -928,7 +925,7 @@ def run_retrain_worker(config_path: str) -> int:
         raise ConfigError(f"retrain: {exc}") from None
     topics = cfg.kafka.topics
     create_topics(cfg.kafka.bootstrap, [topics.retrain_jobs, topics.labelled, topics.model_updates,
-                                        topics.dead_letters], cfg.kafka.partitions)
+                                        topics.dead_letters], cfg.kafka.partitions, **client_options(cfg))
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)

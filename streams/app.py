@@ -26,7 +26,8 @@ import orjson
 from faust.app.base import BootStrategy
 
 from streams.config import Config
-from streams.consumer import Batch, SourceConsumer, kafka_security
+from streams.consumer import Batch, SourceConsumer
+from streams.kafka import client_options, faust_credentials
 from streams.join import JoinStore
 from streams.pipeline import Outcome, Pipeline
 from streams.sinks import PointSink
@@ -141,7 +142,7 @@ def create_app(
     app = WorkerApp(
         cfg.kafka.group_id,
         broker=[f"kafka://{host}" for host in cfg.kafka.bootstrap.split(",")],
-        broker_credentials=_credentials(cfg),
+        broker_credentials=faust_credentials(cfg),
         store="memory://",
         datadir=str(cfg.worker.state_dir),
         key_serializer="raw",
@@ -206,7 +207,7 @@ def create_app(
         if missing:
             states = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: recover(cfg.kafka.bootstrap, changelog_name, partitions=missing,
-                                      **kafka_security(cfg)))
+                                      **client_options(cfg)))
             recovered.update(states)
             stale.difference_update(missing)
 
@@ -300,8 +301,3 @@ def _pair_doc(pair: Any) -> dict[str, Any]:
             "attributes": dict(p.attributes), "features": dict(p.features),
             "feedback_timestamp": pair.feedback_timestamp}
 
-
-def _credentials(cfg: Config) -> Any:
-    if not cfg.kafka.sasl_username:
-        return None
-    return faust.SASLCredentials(username=cfg.kafka.sasl_username, password=cfg.kafka.sasl_password.value)

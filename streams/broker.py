@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,10 @@ class EmbeddedBroker:
         self.stop()
 
 
-def wait_for_metadata(bootstrap: str, timeout: float = 20.0) -> None:
-    """Wait until a Kafka client can fetch cluster metadata from ``bootstrap``."""
+def wait_for_metadata(bootstrap: str, timeout: float = 20.0, **client_options: Any) -> None:
+    """Wait until a Kafka client can fetch cluster metadata from ``bootstrap``.
+
+    ``client_options`` (security: :func:`streams.kafka.client_options`) go to the client."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -137,7 +139,7 @@ def wait_for_metadata(bootstrap: str, timeout: float = 20.0) -> None:
     while True:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
-                                     client_id="driftwarden-probe")
+                                     client_id="driftwarden-probe", **client_options)
             admin.list_topics()
             admin.close()
             return
@@ -147,16 +149,21 @@ def wait_for_metadata(bootstrap: str, timeout: float = 20.0) -> None:
             time.sleep(0.2)
 
 
-def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *, compact: bool = False) -> list[str]:
+def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *, compact: bool = False,
+                  **client_options: Any) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created.
 
-    ``compact`` asks for ``cleanup.policy=compact`` (state changelogs), where the broker supports it.
+    ``compact`` asks for ``cleanup.policy=compact`` (state changelogs), where the broker supports it;
+    ``client_options`` (security: :func:`streams.kafka.client_options`) go to the admin client.
     """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="driftwarden-admin")
+    from streams.kafka import check_broker
+
+    check_broker(bootstrap, **client_options)  # a refusal (TLS, SASL) says why, at once
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="driftwarden-admin", **client_options)
     try:
         existing = set(admin.list_topics())
         wanted = [t for t in dict.fromkeys(topics) if t not in existing]
@@ -174,11 +181,11 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *,
         admin.close()
 
 
-def partition_counts(bootstrap: str, topics: Iterable[str]) -> dict[str, int]:
+def partition_counts(bootstrap: str, topics: Iterable[str], **client_options: Any) -> dict[str, int]:
     """Number of partitions of each topic (0 for a topic that does not exist)."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="driftwarden-probe")
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="driftwarden-probe", **client_options)
     try:
         return {t: len(consumer.partitions_for_topic(t) or ()) for t in topics}
     finally:

@@ -17,6 +17,7 @@ environment:
   DRIFTWARDEN_KAFKA_BOOTSTRAP   Kafka bootstrap servers (overrides kafka.bootstrap)
   DRIFTWARDEN_INFLUX_URL, _ORG, _BUCKET   InfluxDB 2 location (override influx.*)
   DRIFTWARDEN_INFLUX_TOKEN      InfluxDB token (environment only; never logged)
+  DRIFTWARDEN_KAFKA_SASL_USERNAME, _SASL_PASSWORD, _SSL_KEY_PASSWORD   Kafka credentials (README: Secured Kafka)
 
 examples:
   driftwarden demo

@@ -22,8 +22,11 @@ import yaml
 
 ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "DRIFTWARDEN_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "DRIFTWARDEN_KAFKA_SECURITY_PROTOCOL": ("kafka", "security_protocol"),
+    "DRIFTWARDEN_KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
     "DRIFTWARDEN_KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
     "DRIFTWARDEN_KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
+    "DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": ("kafka", "ssl_key_password"),
     "DRIFTWARDEN_INFLUX_URL": ("influx", "url"),
     "DRIFTWARDEN_INFLUX_TOKEN": ("influx", "token"),
     "DRIFTWARDEN_INFLUX_ORG": ("influx", "org"),
@@ -35,8 +38,14 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
 """Environment variable → config key path. Docker-compose and the docs use these names."""
 
 SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
-    {("influx", "token"), ("kafka", "sasl_password")}
+    {("influx", "token"), ("kafka", "sasl_password"), ("kafka", "ssl_key_password")}
 )
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+"""``kafka.security_protocol`` values, as every Kafka client names them."""
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+"""``kafka.sasl_mechanism`` values. OAUTHBEARER and GSSAPI need code (a token provider, Kerberos) rather
+than configuration, so they are refused with a reason (see :func:`_kafka`)."""
 
 TASKS = ("binary", "multiclass", "regression")
 FEATURE_TYPES = ("numeric", "categorical")
@@ -75,8 +84,22 @@ class KafkaConfig:
     partitions: int = 1
     """Partitions of the topics driftwarden creates (``broker``, ``simulate``)."""
     group_id: str = "driftwarden"
+    security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL: the same for every Kafka client driftwarden opens."""
+    sasl_mechanism: str = ""
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with the SASL protocols."""
     sasl_username: str = ""
+    """From ``DRIFTWARDEN_KAFKA_SASL_USERNAME``."""
     sasl_password: Secret = Secret("")
+    """From ``DRIFTWARDEN_KAFKA_SASL_PASSWORD`` only."""
+    ssl_cafile: Path | None = None
+    """PEM file of the CA(s) that signed the brokers' certificates; the system's CAs when not set."""
+    ssl_certfile: Path | None = None
+    """PEM client certificate (mTLS); it may hold the key too."""
+    ssl_keyfile: Path | None = None
+    """PEM client key (mTLS), encrypted or not."""
+    ssl_key_password: Secret = Secret("")
+    """The client key's password, from ``DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD`` only."""
     batch_size: int = 2000
     """Most messages in one micro-batch: a batch is whatever has arrived, up to this many."""
     batch_timeout: float = 0.2
@@ -93,6 +116,10 @@ class InfluxConfig:
     batch_size: int = 5000
     flush_interval_ms: int = 250
     max_retries: int = 5
+    verify_ssl: bool = True
+    """Check the server's certificate on an https ``url`` (turn off only for a test server)."""
+    ssl_ca_cert: Path | None = None
+    """PEM file of the CA that signed the server's certificate, when it is not one the system trusts."""
 
 
 @dataclass(frozen=True)
@@ -263,10 +290,10 @@ class Config:
         kafka_raw = dict(_section(merged, "kafka"))
         topics = _build(Topics, "kafka.topics", _section(kafka_raw, "topics"))
         kafka_raw["topics"] = topics
-        kafka = _build(KafkaConfig, "kafka", kafka_raw)
-        kafka = replace(kafka, sasl_password=Secret(kafka.sasl_password))
+        kafka = _kafka(_build(KafkaConfig, "kafka", kafka_raw), base_dir)
         influx = _build(InfluxConfig, "influx", _section(merged, "influx"))
-        influx = replace(influx, token=Secret(influx.token))
+        influx = replace(influx, token=Secret(influx.token),
+                         ssl_ca_cert=_existing_file("influx.ssl_ca_cert", influx.ssl_ca_cert, base_dir))
         retrain = _build(RetrainConfig, "retrain", _section(merged, "retrain"))
         retrain = replace(retrain, reports_dir=_resolve(base_dir, retrain.reports_dir))
         worker = _build(WorkerConfig, "worker", _section(merged, "worker"))
@@ -297,6 +324,54 @@ class Config:
             policies=tuple(policies) if policies is not None else None,
             source=source,
         )
+
+
+def _kafka(cfg: KafkaConfig, base_dir: Path) -> KafkaConfig:
+    """Check the security keys together; resolve the certificate paths against the config's directory."""
+    protocol = str(cfg.security_protocol).upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"kafka.security_protocol: expected one of {', '.join(SECURITY_PROTOCOLS)}, "
+                          f"got {cfg.security_protocol!r}")
+    mechanism = str(cfg.sasl_mechanism).upper()
+    sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+    if sasl and not mechanism:
+        raise ConfigError(f"kafka.sasl_mechanism: required with security_protocol {protocol}: "
+                          f"one of {', '.join(SASL_MECHANISMS)}")
+    if mechanism in ("OAUTHBEARER", "GSSAPI"):
+        raise ConfigError(f"kafka.sasl_mechanism: {mechanism} is not supported (it needs a token provider or "
+                          f"Kerberos set up in code, not configuration); use one of {', '.join(SASL_MECHANISMS)}")
+    if mechanism and mechanism not in SASL_MECHANISMS:
+        raise ConfigError(f"kafka.sasl_mechanism: expected one of {', '.join(SASL_MECHANISMS)}, "
+                          f"got {cfg.sasl_mechanism!r}")
+    if mechanism and not sasl:
+        raise ConfigError(f"kafka.sasl_mechanism: only used with security_protocol SASL_PLAINTEXT or SASL_SSL "
+                          f"(it is {protocol})")
+    if cfg.sasl_username and not sasl:
+        raise ConfigError(f"kafka.security_protocol: DRIFTWARDEN_KAFKA_SASL_USERNAME is set but {protocol} sends "
+                          "no credentials; set security_protocol to SASL_PLAINTEXT or SASL_SSL and sasl_mechanism, "
+                          "or unset the variable")
+    files = {}
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(cfg, key)
+        if value is not None and not tls:
+            raise ConfigError(f"kafka.{key}: only used with security_protocol SSL or SASL_SSL (it is {protocol})")
+        files[key] = _existing_file(f"kafka.{key}", value, base_dir)
+    if files["ssl_keyfile"] is not None and files["ssl_certfile"] is None:
+        raise ConfigError("kafka.ssl_keyfile: needs kafka.ssl_certfile, the client certificate it belongs to")
+    return replace(cfg, security_protocol=protocol, sasl_mechanism=mechanism, **files,
+                   sasl_password=Secret(cfg.sasl_password), ssl_key_password=Secret(cfg.ssl_key_password))
+
+
+def _existing_file(where: str, value: Any, base_dir: Path) -> Path | None:
+    """``value`` as a path relative to the config's directory, which must name an existing file."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{where}: expected a file path, got {value!r}")
+    path = _resolve(base_dir, Path(value))
+    if not path.is_file():
+        raise ConfigError(f"{where}: file not found: {path}")
+    return path
 
 
 def _join(raw: Mapping[str, Any]) -> JoinConfig:
@@ -492,9 +567,15 @@ def redacted(cfg: Config) -> dict[str, Any]:
     """The configuration as a loggable mapping, with every secret masked."""
     return {
         "kafka": {"bootstrap": cfg.kafka.bootstrap, "topics": vars(cfg.kafka.topics).copy(),
-                  "sasl_password": "***" if cfg.kafka.sasl_password else ""},
+                  "security_protocol": cfg.kafka.security_protocol, "sasl_mechanism": cfg.kafka.sasl_mechanism,
+                  "sasl_username": cfg.kafka.sasl_username,
+                  "sasl_password": "***" if cfg.kafka.sasl_password else "",
+                  "ssl_cafile": str(cfg.kafka.ssl_cafile or ""), "ssl_certfile": str(cfg.kafka.ssl_certfile or ""),
+                  "ssl_keyfile": str(cfg.kafka.ssl_keyfile or ""),
+                  "ssl_key_password": "***" if cfg.kafka.ssl_key_password else ""},
         "influx": {"url": cfg.influx.url, "org": cfg.influx.org, "bucket": cfg.influx.bucket,
-                   "token": "***" if cfg.influx.token else "", "enabled": cfg.influx.enabled},
+                   "token": "***" if cfg.influx.token else "", "enabled": cfg.influx.enabled,
+                   "verify_ssl": cfg.influx.verify_ssl, "ssl_ca_cert": str(cfg.influx.ssl_ca_cert or "")},
         "models": sorted(cfg.models),
     }
 
@@ -506,5 +587,6 @@ def example_config_path() -> Path:
 
 __all__: Sequence[str] = (
     "Config", "ConfigError", "ENV_OVERRIDES", "ModelConfig", "WindowConfig", "Secret", "redacted",
+    "SASL_MECHANISMS", "SECURITY_PROTOCOLS",
     "example_config_path",
 )

@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from mode import Service
 
 from streams.config import Config
+from streams.kafka import client_options
 from streams.pipeline import FEEDBACK, PREDICTION, RawMessage
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,8 @@ Batch = dict[int, list[RawMessage]]
 """Raw messages of one fetch, by source partition (predictions and feedback share partitions)."""
 
 
-def kafka_security(cfg: Config) -> dict[str, Any]:
-    """Client options for SASL/PLAIN when ``kafka.sasl_username`` is set (same names in aiokafka
-    and kafka-python); empty otherwise. The password comes from the environment (see config)."""
-    if not cfg.kafka.sasl_username:
-        return {}
-    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": cfg.kafka.sasl_username,
-            "sasl_plain_password": cfg.kafka.sasl_password.value}
+kafka_security = client_options
+"""Kept for callers of the old name: :func:`streams.kafka.client_options`."""
 
 
 class SourceConsumer(Service):
@@ -99,7 +94,7 @@ class SourceConsumer(Service):
             heartbeat_interval_ms=1000,
             rebalance_timeout_ms=5000,
             max_poll_interval_ms=30000,
-            **kafka_security(self.cfg),
+            **client_options(self.cfg),
         )
         self._consumer.subscribe([kafka.topics.predictions, kafka.topics.feedback], listener=Rebalance())
         await self._consumer.start()

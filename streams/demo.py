@@ -26,6 +26,7 @@ import orjson
 from streams.broker import EmbeddedBroker, all_topics, create_topics
 from streams.commands import prepare_workspace
 from streams.config import Config
+from streams.kafka import client_options
 from streams.live_page import LivePage, start_page
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def _updates(cfg: Config, stop: threading.Event) -> Iterator[dict[str, Any]]:
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(cfg.kafka.topics.model_updates, bootstrap_servers=cfg.kafka.bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=500, group_id=None)
+                             auto_offset_reset="earliest", consumer_timeout_ms=500, group_id=None,
+                             **client_options(cfg))
     try:
         while not stop.is_set():
             for message in consumer:
@@ -85,9 +87,9 @@ def run_demo(args: Any) -> int:
         config_path = prepare_workspace(workdir, bootstrap=broker.bootstrap, influx_url=args.influx_url,
                                         overrides={"worker.echo_windows": True, "worker.metrics_file": METRICS_FILE})
         cfg = Config.load(config_path)
-        create_topics(broker.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions)
+        create_topics(broker.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions, **client_options(cfg))
         page.follow_topics(bootstrap=broker.bootstrap, alerts_topic=cfg.kafka.topics.alerts,
-                           jobs_topic=cfg.kafka.topics.retrain_jobs)
+                           jobs_topic=cfg.kafka.topics.retrain_jobs, client_options=client_options(cfg))
         print(f"embedded broker on {broker.bootstrap}; config {config_path}; reference profile built from "
               f"20,000 simulated training rows", flush=True)
         children = [_Child("worker", ["worker", "-c", str(config_path)], workdir)]
@@ -154,7 +156,7 @@ def _simulate(cfg: Config, args: Any, stop: threading.Event) -> None:
     stream = SimulatedStream(model_id="credit-risk", start=time.time(), rate=args.rate,
                              change_after=args.change_after, stagger=args.change_after,
                              changes=("drift", "label-shift", "fairness"), feedback_delay=5.0, feedback_loss=0.1)
-    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=20)
+    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=20, **client_options(cfg))
     topics = {"prediction": cfg.kafka.topics.predictions, "feedback": cfg.kafka.topics.feedback}
     begun = time.monotonic()
     sent = 0

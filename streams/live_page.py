@@ -20,7 +20,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import orjson
 from plotly.io.json import to_json_plotly
@@ -85,18 +85,20 @@ class LivePage:
             except Exception:  # a bad render must not end the page; say so and keep following
                 log.exception("page: could not render the figures")
 
-    def follow_topics(self, *, bootstrap: str, alerts_topic: str, jobs_topic: str) -> None:
-        """Add every alert and retrain job published on the two topics (from their beginning)."""
+    def follow_topics(self, *, bootstrap: str, alerts_topic: str, jobs_topic: str,
+                      client_options: Mapping[str, Any] | None = None) -> None:
+        """Add every alert and retrain job published on the two topics (from their beginning).
+        ``client_options``: the Kafka security options (:func:`streams.kafka.client_options`)."""
         thread = threading.Thread(target=self._consume, args=(bootstrap, alerts_topic, jobs_topic),
-                                  name="page-topics", daemon=True)
+                                  kwargs=dict(client_options or {}), name="page-topics", daemon=True)
         self._threads.append(thread)
         thread.start()
 
-    def _consume(self, bootstrap: str, alerts_topic: str, jobs_topic: str) -> None:
+    def _consume(self, bootstrap: str, alerts_topic: str, jobs_topic: str, **client_options: Any) -> None:
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(alerts_topic, jobs_topic, bootstrap_servers=bootstrap, group_id=None,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=500)
+                                 auto_offset_reset="earliest", consumer_timeout_ms=500, **client_options)
         try:
             while not self._stop.is_set():
                 for message in consumer:

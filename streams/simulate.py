@@ -198,12 +198,14 @@ def publish(
     predictions_topic: str = "predictions",
     feedback_topic: str = "feedback",
     progress_every: float = 10.0,
+    **client_options: Any,
 ) -> dict[str, int]:
-    """Publish a simulated stream to Kafka; returns counts of what was sent."""
+    """Publish a simulated stream to Kafka; returns counts of what was sent. ``client_options``
+    (security: :func:`streams.kafka.client_options`) go to the producer."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024,
-                             compression_type=None, acks=1)
+                             compression_type=None, acks=1, **client_options)
     sent = {"predictions": 0, "feedback": 0, "messages": 0}
     buffers: dict[str, list[dict[str, Any]]] = {"prediction": [], "feedback": []}
     topics = {"prediction": predictions_topic, "feedback": feedback_topic}
@@ -242,14 +244,18 @@ def publish(
 
 def run_simulate(args: Any) -> int:
     from streams.config import Config
+    from streams.kafka import check_broker, client_options
 
     bootstrap = args.bootstrap
     topics = None
+    security: dict[str, Any] = {}
     if args.config:
         cfg = Config.load(args.config)
         bootstrap = bootstrap or cfg.kafka.bootstrap
         topics = cfg.kafka.topics
+        security = client_options(cfg)
     bootstrap = bootstrap or "127.0.0.1:9092"
+    check_broker(bootstrap, **security)  # a refusal (TLS, SASL) says why, at once
     changes = [c for c in args.changes.split(",") if c]
     total = args.events or None
     results = []
@@ -260,7 +266,7 @@ def run_simulate(args: Any) -> int:
         log.info("simulating %s: %s events to %s", model_id, total or "unlimited", bootstrap)
         results.append(publish(stream, bootstrap, total=total, wall_rate=args.rate, array_size=args.array_size,
                                predictions_topic=topics.predictions if topics else "predictions",
-                               feedback_topic=topics.feedback if topics else "feedback"))
+                               feedback_topic=topics.feedback if topics else "feedback", **security))
     for model_id, sent in zip(args.models.split(","), results):
         print(f"{model_id}: {sent['predictions']} predictions, {sent['feedback']} feedback in {sent['messages']} messages")
     return 0

@@ -37,7 +37,8 @@ class InfluxSink:
         self.failed = 0
         self._lock = threading.Lock()
         self._client = InfluxDBClient(url=cfg.url, token=cfg.token.value if cfg.token else "", org=cfg.org,
-                                      timeout=10_000)
+                                      timeout=10_000, verify_ssl=cfg.verify_ssl,
+                                      ssl_ca_cert=str(cfg.ssl_ca_cert) if cfg.ssl_ca_cert else None)
         options = WriteOptions(
             write_type=WriteType.batching,
             batch_size=cfg.batch_size,

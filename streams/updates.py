@@ -86,12 +86,12 @@ class UpdateFollower:
 
     def catch_up(self) -> int:
         """Apply every update published so far; returns how many were applied."""
-        from streams.consumer import kafka_security
+        from streams.kafka import client_options
         from streams.state import read_to_end
 
         applied = 0
         for record in read_to_end(self.cfg.kafka.bootstrap, self.cfg.kafka.topics.model_updates, idle_seconds=0.5,
-                                  **kafka_security(self.cfg)):
+                                  **client_options(self.cfg)):
             applied += self._apply(record.value)
             self.offsets[record.partition] = record.offset + 1
         return applied
@@ -103,12 +103,12 @@ class UpdateFollower:
         async def follow_model_updates() -> None:
             from aiokafka import AIOKafkaConsumer, TopicPartition
 
-            from streams.consumer import kafka_security
+            from streams.kafka import client_options
 
             topic = self.cfg.kafka.topics.model_updates
             consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap, group_id=None,
                                         enable_auto_commit=False, client_id="driftwarden-model-updates",
-                                        **kafka_security(self.cfg))
+                                        **client_options(self.cfg))
             await consumer.start()
             try:
                 partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

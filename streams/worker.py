@@ -8,7 +8,7 @@ from dataclasses import replace
 from streams.app import create_app
 from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
-from streams.consumer import kafka_security
+from streams.kafka import client_options
 from streams.runtime import load_evaluations, pipeline_factory
 from streams.sinks import DiscardSink, FanOutSink, InfluxSink, LineProtocolFile, PointSink
 from streams.state import changelog_topic, recover
@@ -39,7 +39,7 @@ def with_source_partitions(cfg: Config) -> Config:
     (and the tables' changelogs) must have the same number of partitions.
     """
     topics = cfg.kafka.topics
-    counts = partition_counts(cfg.kafka.bootstrap, [topics.predictions, topics.feedback])
+    counts = partition_counts(cfg.kafka.bootstrap, [topics.predictions, topics.feedback], **client_options(cfg))
     if counts[topics.predictions] != counts[topics.feedback]:
         raise ConfigError(
             f"topics {topics.predictions!r} ({counts[topics.predictions]} partitions) and {topics.feedback!r} "
@@ -58,7 +58,7 @@ def run_worker(config_path: str) -> int:
     cfg = Config.load(config_path)
     log.info("driftwarden worker starting: %s", redacted(cfg))
     evaluations = load_evaluations(cfg)
-    create_topics(cfg.kafka.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions)
+    create_topics(cfg.kafka.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions, **client_options(cfg))
     cfg = with_source_partitions(cfg)
     sink = build_sink(cfg)
     from streams.actions import Actions
@@ -69,8 +69,8 @@ def run_worker(config_path: str) -> int:
     follower.catch_up()
     actions = Actions(cfg, evaluations, echo=echo, registry=registry)
     changelog = changelog_topic(cfg.kafka.group_id)
-    create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True)
-    recovered = recover(cfg.kafka.bootstrap, changelog, **kafka_security(cfg))
+    create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True, **client_options(cfg))
+    recovered = recover(cfg.kafka.bootstrap, changelog, **client_options(cfg))
     app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations, registry=registry), sink=sink,
                      recovered=recovered, on_outcome=actions.handle, echo=echo)
     actions.bind(app)

@@ -98,8 +98,11 @@ def test_models_keep_file_order() -> None:
 
 ENV_VALUES = {
     "DRIFTWARDEN_KAFKA_BOOTSTRAP": "kafka-0.internal:9093",
+    "DRIFTWARDEN_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "DRIFTWARDEN_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
     "DRIFTWARDEN_KAFKA_SASL_USERNAME": "svc-driftwarden",
     "DRIFTWARDEN_KAFKA_SASL_PASSWORD": PASSWORD,
+    "DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": "key-" + PASSWORD,
     "DRIFTWARDEN_INFLUX_URL": "https://influx.example:8086",
     "DRIFTWARDEN_INFLUX_TOKEN": TOKEN,
     "DRIFTWARDEN_INFLUX_ORG": "ml-platform",
@@ -124,7 +127,8 @@ def value_at(cfg: Config, path: tuple[str, ...]) -> Any:
 @pytest.mark.parametrize("name", sorted(ENV_OVERRIDES))
 def test_env_override(name: str) -> None:
     path = ENV_OVERRIDES[name]
-    raw = {"kafka": {"bootstrap": "file:1"}, "influx": {"url": "http://file", "org": "file", "bucket": "file"},
+    raw = {"kafka": {"bootstrap": "file:1", "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"},
+           "influx": {"url": "http://file", "org": "file", "bucket": "file"},
            "alerts": {"webhook_url": "http://file"}, "retrain": {"reports_dir": "file-reports"},
            "worker": {"state_dir": "file-state"}}
     before = value_at(Config.from_mapping(raw, environ={}, base_dir=Path("/base")), path)
