@@ -125,12 +125,15 @@ class Actions:
             self._echo_job(job)
 
     def job(self, request: JobRequest) -> RetrainJob:
-        """The retrain job of a trigger, with its Evidently report written to disk."""
+        """The retrain job of a trigger, with its Evidently report written to disk; the job's data is
+        the training span of ``retrain.train_pairs``/``retrain.train_seconds`` before the trigger."""
         report = self.write_report(request)
         window = request.window
         offsets = {0: window.offsets} if window.offsets is not None else None
+        span = request.trigger.training_span(train_pairs=self.cfg.retrain.train_pairs,
+                                             train_seconds=self.cfg.retrain.train_seconds)
         return request.trigger.to_job(report_path=str(report) if report else None, offsets=offsets,
-                                      replaces_version=window.model_version)
+                                      replaces_version=window.model_version, **span)
 
     def write_report(self, request: JobRequest) -> Path | None:
         """Render the Evidently report of the triggering window against the reference profile."""

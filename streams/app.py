@@ -22,20 +22,16 @@ import time
 from typing import Any, Callable
 
 import faust
-import orjson
 from faust.app.base import BootStrategy
 
 from streams.config import Config
 from streams.consumer import Batch, SourceConsumer, kafka_security
-from streams.join import JoinStore
+from streams.join import JoinStore, labelled_messages
 from streams.pipeline import Outcome, Pipeline
 from streams.sinks import PointSink
 from streams.state import PartitionState, changelog_topic, recover
 
 log = logging.getLogger(__name__)
-
-LABELLED_PER_MESSAGE = 500
-"""Pairs per ``labelled`` message (a JSON array), keeping messages well under 1 MB."""
 
 
 class Outbox:
@@ -44,16 +40,18 @@ class Outbox:
     point: its flush returns while messages still wait in it)."""
 
     def __init__(self) -> None:
-        self.queued: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self.queued: list[tuple[str, bytes | None, bytes | None, int | None, float | None]] = []
         self.in_flight: list[Any] = []
 
-    def put(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        self.queued.append((topic, key, value, partition))
+    def put(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+            timestamp: float | None = None) -> None:
+        """Queue a message; ``timestamp`` (epoch seconds) is its Kafka timestamp (default: now)."""
+        self.queued.append((topic, key, value, partition, timestamp))
 
     async def send(self, producer: Any) -> None:
         queued, self.queued = self.queued, []
-        for topic, key, value, partition in queued:
-            self.in_flight.append(await producer.send(topic, key, value, partition, None, None))
+        for topic, key, value, partition, timestamp in queued:
+            self.in_flight.append(await producer.send(topic, key, value, partition, timestamp, None))
 
     async def delivered(self) -> None:
         in_flight, self.in_flight = self.in_flight, []
@@ -181,12 +179,8 @@ def create_app(
             sink.write(outcome.points)
             for dead in outcome.dead_letters:
                 outbox.put(topics.dead_letters, dead.message.key, dead.to_json())
-            by_model: dict[str, list[Any]] = {}
-            for pair in outcome.pairs:
-                by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
-            for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
-                for i in range(0, len(docs), LABELLED_PER_MESSAGE):
-                    outbox.put(topics.labelled, model_id.encode(), orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
+            for key, value, stamp in labelled_messages(outcome.pairs):  # arrays of pairs: a few messages per batch
+                outbox.put(topics.labelled, key, value, timestamp=stamp)
             state.save_snapshot(pipeline.snapshot())
             outcomes.append(outcome)
         if on_outcome is not None:
@@ -224,15 +218,6 @@ def create_app(
 async def _maybe_await(value: Any) -> None:
     if hasattr(value, "__await__"):
         await value
-
-
-def _pair_doc(pair: Any) -> dict[str, Any]:
-    """A joined pair as published to ``labelled`` (the retrain worker's training data)."""
-    p = pair.prediction
-    return {"prediction_id": p.prediction_id, "model_id": p.model_id, "model_version": p.model_version,
-            "timestamp": p.timestamp, "prediction": p.prediction, "score": p.score, "label": pair.label,
-            "attributes": dict(p.attributes), "features": dict(p.features),
-            "feedback_timestamp": pair.feedback_timestamp}
 
 
 def _credentials(cfg: Config) -> Any:

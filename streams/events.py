@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 
+from detectors.profile import category_text as _category_text  # the one rule for class/category text
+
 NUMERIC = "numeric"
 _YEAR_3000 = 32503680000.0
 CATEGORICAL = "categorical"
@@ -294,14 +296,6 @@ def _categorical_feature(name: str, value: Any) -> str | None:
     if isinstance(value, (dict, list)):
         raise EventError(f"feature {name!r}: expected string or number, got {_show(value)}")
     return _category_text(value)
-
-
-def _category_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _label(value: Any, name: str, task: str) -> str | float:
