@@ -72,11 +72,18 @@ FAIRNESS_DISPARITY_METRICS: frozenset[str] = frozenset(
 """Fairness metrics written with ``group="all"``."""
 DATA_QUALITY_CHECKS: frozenset[str] = frozenset({"missing", "out_of_range", "unseen_category", "type_error"})
 """Values of the ``check`` tag of ``data_quality`` (``detectors.quality.CHECKS``)."""
-MONITOR_STATS: frozenset[str] = frozenset(
-    {"throughput", "lag", "dead_letters", "join_rate", "events", "pairs",
-     # counters the worker adds when they occur (streams/monitor.py, streams/pipeline.py)
-     "late", "expired", "dead_letters_unattributed"}
+MONITOR_WINDOW_STATS: frozenset[str] = frozenset({"throughput", "lag", "dead_letters", "join_rate", "events", "pairs"})
+"""``monitor`` stats every closed window carries."""
+MONITOR_COUNTERS: frozenset[str] = frozenset(
+    {"late",  # predictions for a window already closed (streams/monitor.py)
+     "expired",  # predictions whose label never came within join.ttl_seconds (streams/pipeline.py)
+     "evicted",  # unjoined entries dropped because the join table was full (join.max_entries)
+     "dead_letters_unattributed",  # rejected input of no known model, counted on every model
+     "internal_errors"}  # batches a model's detectors failed on (logged; the worker goes on)
 )
+"""``monitor`` counters a window carries when they occurred in it; ``ModelMonitor.count`` refuses
+any other name, so a counter cannot be written without being in this table."""
+MONITOR_STATS: frozenset[str] = MONITOR_WINDOW_STATS | MONITOR_COUNTERS
 
 TAG_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     {

@@ -187,7 +187,8 @@ class Actions:
 
 
 def window_summary(window: Any) -> str:
-    """One line of a closed window's headline figures (the demo prints these)."""
+    """One line of a closed window's headline figures (the demo prints these). Fairness shows the
+    lowest demographic parity ratio over the model's attributes (and intersections), named."""
     by_key: dict[tuple[str, ...], Any] = {}
     drifted: list[str] = []
     for p in window.points:
@@ -204,6 +205,11 @@ def window_summary(window: Any) -> str:
 
     groups = [p for p in window.points if p.measurement == "fairness" and p.tags.get("metric") == "accuracy"
               and p.tags.get("group") != "all" and isinstance(p.fields.get("n"), int) and p.fields["n"] >= 30]
+    ratios = [p for p in window.points if p.measurement == "fairness" and p.tags.get("group") == "all"
+              and p.tags.get("metric") == "demographic_parity_ratio" and isinstance(p.fields.get("value"), float)]
+    parity = min(ratios, key=lambda p: p.fields["value"], default=None)  # the model's worst attribute
+    parity_text = (f"parity ratio ({parity.tags['attribute']}) {parity.fields['value']:.3f}" if parity is not None
+                   else "parity ratio -")
     worst = min(groups, key=lambda p: p.fields["value"], default=None)
     worst_text = (f"{worst.tags['attribute']}={worst.tags['group']} {worst.fields['value']:.3f}"
                   if worst is not None else "-")
@@ -211,7 +217,7 @@ def window_summary(window: Any) -> str:
     return (f"WINDOW  {window.model_id} v{window.model_version} ..{end}Z {window.n} events | "
             f"accuracy {value('performance', 'accuracy')} (estimated {value('performance_estimate', 'accuracy')}) | "
             f"label shift {value('label_shift', '', '', '', 'prediction', 'all')} | "
-            f"parity ratio (sex) {value('fairness', 'demographic_parity_ratio', 'sex', 'all')} | "
+            f"{parity_text} | "
             f"worst group accuracy {worst_text} | "
             f"join rate {value('monitor', '', '', '', '', '', 'join_rate')} | "
             f"drift: {', '.join(sorted(set(drifted))) or 'none'}")
