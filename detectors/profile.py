@@ -69,6 +69,14 @@ def _float_or_none(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
+def _is_na(value: Any) -> bool:
+    """``pd.isna`` for one value of any type (``False`` where it does not apply, e.g. a list)."""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def category_text(value: Any) -> str | None:
     """The one rule that turns a value into class or category text (``None``: missing).
 
@@ -95,12 +103,7 @@ def category_text(value: Any) -> str | None:
         if math.isnan(value):
             return None
         return str(int(value)) if math.isfinite(value) and float(value).is_integer() else str(float(value))
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(value)
+    return None if _is_na(value) else str(value)
 
 
 def as_class_labels(values: Any) -> np.ndarray:
@@ -563,9 +566,4 @@ def _json_scalar(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(value)
+    return None if _is_na(value) else str(value)
