@@ -75,7 +75,8 @@ DATA_QUALITY_CHECKS: frozenset[str] = frozenset({"missing", "out_of_range", "uns
 MONITOR_WINDOW_STATS: frozenset[str] = frozenset({"throughput", "lag", "dead_letters", "join_rate", "events", "pairs"})
 """``monitor`` stats every closed window carries."""
 MONITOR_COUNTERS: frozenset[str] = frozenset(
-    {"late",  # predictions for a window already closed (streams/monitor.py)
+    {"dead_letters",  # rejected input of the model (every window carries it, 0 when none)
+     "late",  # predictions for a window already closed (streams/monitor.py)
      "expired",  # predictions whose label never came within join.ttl_seconds (streams/pipeline.py)
      "evicted",  # unjoined entries dropped because the join table was full (join.max_entries)
      "dead_letters_unattributed",  # rejected input of no known model, counted on every model
