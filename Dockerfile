@@ -12,9 +12,9 @@ WORKDIR /app
 COPY . /app
 # The example config's reference profile, built from the simulated model's training data, so that
 # `docker compose up` (worker + simulator) works out of the box. Replace it with your own:
-#   driftwarden baseline --data train.parquet --model ID ... -o /app/examples/profiles/ID.json
+#   driftwarden baseline --data train.parquet --model ID ... -o /app/streams/examples/profiles/ID.json
 RUN pip install . \
-    && python -m streams.commands /app/examples/profiles/credit-risk.json \
+    && python -m streams.commands /app/streams/examples/profiles/credit-risk.json \
     && useradd --create-home --uid 10001 driftwarden \
     && mkdir -p /data/reports /data/state \
     && chown -R driftwarden /data

@@ -69,50 +69,70 @@ def _float_or_none(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def as_class_labels(values: Any) -> np.ndarray:
-    """Class labels as an object array of ``str`` (``None`` where missing).
+def _is_na(value: Any) -> bool:
+    """``pd.isna`` for one value of any type (``False`` where it does not apply, e.g. a list)."""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
-    Integral floats become integers first (``1.0 -> "1"``), so a label column
-    that pandas read as float because of a missing value keeps the names the
-    events use (``1``). Booleans become ``"True"``/``"False"``.
+
+def category_text(value: Any) -> str | None:
+    """The one rule that turns a value into class or category text (``None``: missing).
+
+    Every path uses it: the event parser (live JSON), the reference profile (training
+    frames), the trainer and the retrain worker, so a class or category is the same
+    text wherever it came from. Booleans are spelled as JSON spells them (``true``,
+    ``false``): a training column of Python/numpy booleans and a live JSON ``true``
+    are the same category. Integral numbers are integers (``1.0 -> "1"``, as a label
+    column that pandas read as float because of a missing value); NaN, ``None`` and
+    ``pd.NA`` are missing; a string is kept as it is.
+
+    >>> [category_text(v) for v in (True, np.bool_(False), 1, 1.0, np.float32(2.0), 2.5, "a", None, float("nan"))]
+    ['true', 'false', '1', '1', '2', '2.5', 'a', None, None]
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if math.isfinite(value) and float(value).is_integer() else str(float(value))
+    return None if _is_na(value) else str(value)
+
+
+def as_class_labels(values: Any) -> np.ndarray:
+    """Class labels as an object array of ``str`` (``None`` where missing), by :func:`category_text`.
 
     >>> list(as_class_labels([1.0, 0.0, float("nan")]))
     ['1', '0', None]
     >>> list(as_class_labels(np.array(["a", None], dtype=object)))
     ['a', None]
+    >>> list(as_class_labels(np.array([True, False])))
+    ['true', 'false']
     """
     arr = np.asarray(values)
-    if arr.dtype.kind == "f":
+    out = np.empty(arr.shape[0], dtype=object)
+    if arr.dtype.kind == "b":
+        out[:] = np.where(arr, "true", "false")
+        return out
+    if arr.dtype.kind in "iu":
+        out[:] = arr.astype(str)
+        return out
+    if arr.dtype.kind == "f":  # vectorised: integral values as integers, NaN missing
         finite = np.isfinite(arr)
-        out = np.empty(arr.shape[0], dtype=object)
         if finite.all() and np.all(arr == np.round(arr)):
             out[:] = arr.astype(np.int64).astype(str)
             return out
-        vals = arr[finite]
-        if vals.size and np.all(vals == np.round(vals)):
-            out[finite] = vals.astype(np.int64).astype(str)
-        else:
-            out[finite] = vals.astype(str)
-        out[~finite] = None
+        out[:] = [category_text(v) for v in arr.tolist()]
         return out
-    if arr.dtype.kind in "iub":
-        out = np.empty(arr.shape[0], dtype=object)
-        out[:] = arr.astype(str)
-        return out
-    series = pd.Series(arr, dtype=object)
-    missing = series.isna().to_numpy()
-    out = np.empty(arr.shape[0], dtype=object)
-    if not missing.any():
-        out[:] = [v if isinstance(v, str) else _label_str(v) for v in series.tolist()]
-        return out
-    out[:] = [None if m else (v if isinstance(v, str) else _label_str(v)) for v, m in zip(series.tolist(), missing)]
+    out[:] = [v if isinstance(v, str) else category_text(v) for v in arr.tolist()]
     return out
-
-
-def _label_str(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _counts_dict(labels: np.ndarray) -> dict[str, int]:
@@ -546,9 +566,4 @@ def _json_scalar(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(value)
+    return None if _is_na(value) else str(value)

@@ -294,7 +294,10 @@ class Alert:
 class RetrainJob:
     """A request to retrain ``model_id`` (currently ``model_version``).
 
-    ``data_from_ns``/``data_to_ns`` bound the event time of the data to retrain on;
+    ``data_from_ns``/``data_to_ns`` bound the prediction time of the labelled pairs to
+    retrain on (the *training span*, both ends included) and ``data_pairs``, when set,
+    keeps only the latest that many of them: the span ends at the trigger and reaches
+    back ``retrain.train_seconds`` / ``retrain.train_pairs`` (see ``streams.retrain_service``);
     ``offsets`` optionally maps a partition of the predictions topic to the
     ``(first, last)`` offsets of that data; ``report_path`` is the Evidently HTML
     report of the triggering window; ``replaces_version`` is the version the new
@@ -311,11 +314,15 @@ class RetrainJob:
     window_end_ns: int
     data_from_ns: int
     data_to_ns: int
+    data_pairs: int | None = None
     report_path: str | None = None
     offsets: Mapping[int, tuple[int, int]] | None = None
     replaces_version: str | None = None
 
     def __post_init__(self) -> None:
+        if self.data_pairs is not None and (isinstance(self.data_pairs, bool) or int(self.data_pairs) < 1):
+            raise EventError(ERR_TYPE.format(kind="retrain job", key="data.pairs", expected="a positive integer",
+                                             value=self.data_pairs))
         object.__setattr__(self, "rules", tuple(self.rules))
         metrics = {str(k): _finite(v) for k, v in self.metrics.items()}
         object.__setattr__(self, "metrics", {k: v for k, v in metrics.items() if v is not None})
@@ -336,13 +343,20 @@ class RetrainJob:
             "metrics": dict(self.metrics),
             "window_start": format_time(self.window_start_ns),
             "window_end": format_time(self.window_end_ns),
-            "data": {"from": format_time(self.data_from_ns), "to": format_time(self.data_to_ns)},
+            "data": self.span(),
             "offsets": None
             if self.offsets is None
             else {str(p): [a, b] for p, (a, b) in self.offsets.items()},
             "report_path": self.report_path,
             "replaces_version": self.replaces_version,
         }
+
+    def span(self) -> dict[str, Any]:
+        """The training span as it is written in events: ``{"from", "to"}`` and ``"pairs"`` when set."""
+        span: dict[str, Any] = {"from": format_time(self.data_from_ns), "to": format_time(self.data_to_ns)}
+        if self.data_pairs is not None:
+            span["pairs"] = self.data_pairs
+        return span
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
@@ -366,6 +380,9 @@ class RetrainJob:
                 ) from None
         metrics = _req(data, "metrics", Mapping, kind)
         rules = _req(data, "rules", list, kind)
+        pairs = span.get("pairs")
+        if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int)):
+            raise EventError(ERR_TYPE.format(kind=kind, key="data.pairs", expected="an integer", value=pairs))
         return cls(
             job_id=_req(data, "job_id", str, kind),
             model_id=_req(data, "model_id", str, kind),
@@ -377,6 +394,7 @@ class RetrainJob:
             window_end_ns=_req_time(data, "window_end", kind),
             data_from_ns=_req_time(span, "from", kind + " data"),
             data_to_ns=_req_time(span, "to", kind + " data"),
+            data_pairs=pairs,
             report_path=data.get("report_path"),
             offsets=offsets,
             replaces_version=None if data.get("replaces_version") is None else str(data["replaces_version"]),
@@ -431,16 +449,32 @@ class RetrainTrigger:
             window_end_ns=window_end_ns,
         )
 
+    def training_span(self, *, train_pairs: int | None, train_seconds: float | None) -> dict[str, int | None]:
+        """The labelled data a job for this trigger trains on: pairs whose prediction time is at most
+        the triggering window's end and at most ``train_seconds`` before it (``None``: no time bound),
+        the latest ``train_pairs`` of them (``None``: all). Keyword arguments of :meth:`to_job`.
+
+        >>> t = RetrainTrigger.create(model_id="m", model_version="1", rules=["r"], reason="", metrics={},
+        ...                           window_start_ns=50 * 10**9, window_end_ns=100 * 10**9)
+        >>> t.training_span(train_pairs=1000, train_seconds=60.0)
+        {'data_from_ns': 40000000000, 'data_to_ns': 100000000000, 'data_pairs': 1000}
+        """
+        if train_pairs is None and train_seconds is None:
+            raise ValueError("a training span needs train_pairs or train_seconds (or both)")
+        start = 0 if train_seconds is None else max(0, self.window_end_ns - int(round(train_seconds * 1e9)))
+        return {"data_from_ns": start, "data_to_ns": self.window_end_ns, "data_pairs": train_pairs}
+
     def to_job(
         self,
         *,
         report_path: str | None = None,
         data_from_ns: int | None = None,
         data_to_ns: int | None = None,
+        data_pairs: int | None = None,
         offsets: Mapping[int, tuple[int, int]] | None = None,
         replaces_version: str | None = None,
     ) -> RetrainJob:
-        """The job event; the data range defaults to the triggering window."""
+        """The job event; the training span defaults to the triggering window (see :meth:`training_span`)."""
         return RetrainJob(
             job_id=self.job_id,
             model_id=self.model_id,
@@ -452,6 +486,7 @@ class RetrainTrigger:
             window_end_ns=self.window_end_ns,
             data_from_ns=self.window_start_ns if data_from_ns is None else data_from_ns,
             data_to_ns=self.window_end_ns if data_to_ns is None else data_to_ns,
+            data_pairs=data_pairs,
             report_path=report_path,
             offsets=offsets,
             replaces_version=replaces_version,

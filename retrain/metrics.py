@@ -72,11 +72,23 @@ FAIRNESS_DISPARITY_METRICS: frozenset[str] = frozenset(
 """Fairness metrics written with ``group="all"``."""
 DATA_QUALITY_CHECKS: frozenset[str] = frozenset({"missing", "out_of_range", "unseen_category", "type_error"})
 """Values of the ``check`` tag of ``data_quality`` (``detectors.quality.CHECKS``)."""
-MONITOR_STATS: frozenset[str] = frozenset(
-    {"throughput", "lag", "dead_letters", "join_rate", "events", "pairs",
-     # counters the worker adds when they occur (streams/monitor.py, streams/pipeline.py)
-     "late", "expired", "dead_letters_unattributed"}
+MONITOR_WINDOW_STATS: frozenset[str] = frozenset({"throughput", "lag", "dead_letters", "join_rate", "events", "pairs"})
+"""``monitor`` stats every closed window carries."""
+MONITOR_COUNTERS: frozenset[str] = frozenset(
+    {"dead_letters",  # rejected input of the model (every window carries it, 0 when none)
+     "late",  # predictions for a window already closed (streams/monitor.py)
+     "expired",  # predictions whose label never came within join.ttl_seconds (streams/pipeline.py)
+     "evicted",  # unjoined entries dropped because the join table was full (join.max_entries)
+     "dead_letters_unattributed",  # rejected input of no known model, counted on every model
+     "internal_errors",  # batches a model's detectors failed on (logged; the worker goes on)
+     # input beyond a validation limit (dead-lettered, counted in dead_letters too), per limit key:
+     # streams.events.Limits and the time checks against the stream (streams/pipeline.py)
+     *(f"rejected_{key}" for key in ("max_message_bytes", "max_array_length", "max_fields", "max_string_length",
+                                     "max_depth", "max_future_seconds", "max_past_seconds"))}
 )
+"""``monitor`` counters a window carries when they occurred in it; ``ModelMonitor.count`` refuses
+any other name, so a counter cannot be written without being in this table."""
+MONITOR_STATS: frozenset[str] = MONITOR_WINDOW_STATS | MONITOR_COUNTERS
 
 TAG_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     {

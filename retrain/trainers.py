@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from detectors.profile import as_class_labels, category_text
+
 TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
 MISSING_CATEGORY = "__missing__"
 """What a missing categorical value becomes before one-hot encoding."""
@@ -121,26 +123,11 @@ def prepare_frame(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequ
         out[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float64).to_numpy()
     for name in categorical:
         values = frame[name].astype(object)
-        text = [MISSING_CATEGORY if _is_missing(v) else _category_text(v) for v in values.tolist()]
+        text = [MISSING_CATEGORY if (t := category_text(v)) is None else t for v in values.tolist()]
         out[name] = np.asarray(text, dtype=object)
     return pd.DataFrame(out, index=frame.index, columns=[*numeric, *categorical])
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _category_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 class SklearnModel:
@@ -255,7 +242,9 @@ class SklearnLogisticTrainer:
             estimator: Any = Ridge(alpha=self.alpha, random_state=self.random_state)
             params = {"alpha": self.alpha}
         else:
-            y = np.asarray([str(v) for v in pd.Series(labels).tolist()], dtype=object)
+            y = as_class_labels(pd.Series(labels).to_numpy(dtype=object))
+            if any(v is None for v in y):
+                raise TrainerError("classification labels must not be missing")
             found = sorted(set(y.tolist()))
             if len(found) < 2:
                 raise TrainerError(f"classification needs at least two classes in the labels, found {found}")

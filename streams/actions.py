@@ -125,12 +125,15 @@ class Actions:
             self._echo_job(job)
 
     def job(self, request: JobRequest) -> RetrainJob:
-        """The retrain job of a trigger, with its Evidently report written to disk."""
+        """The retrain job of a trigger, with its Evidently report written to disk; the job's data is
+        the training span of ``retrain.train_pairs``/``retrain.train_seconds`` before the trigger."""
         report = self.write_report(request)
         window = request.window
         offsets = {0: window.offsets} if window.offsets is not None else None
+        span = request.trigger.training_span(train_pairs=self.cfg.retrain.train_pairs,
+                                             train_seconds=self.cfg.retrain.train_seconds)
         return request.trigger.to_job(report_path=str(report) if report else None, offsets=offsets,
-                                      replaces_version=window.model_version)
+                                      replaces_version=window.model_version, **span)
 
     def write_report(self, request: JobRequest) -> Path | None:
         """Render the Evidently report of the triggering window against the reference profile."""
@@ -184,7 +187,8 @@ class Actions:
 
 
 def window_summary(window: Any) -> str:
-    """One line of a closed window's headline figures (the demo prints these)."""
+    """One line of a closed window's headline figures (the demo prints these). Fairness shows the
+    lowest demographic parity ratio over the model's attributes (and intersections), named."""
     by_key: dict[tuple[str, ...], Any] = {}
     drifted: list[str] = []
     for p in window.points:
@@ -201,6 +205,11 @@ def window_summary(window: Any) -> str:
 
     groups = [p for p in window.points if p.measurement == "fairness" and p.tags.get("metric") == "accuracy"
               and p.tags.get("group") != "all" and isinstance(p.fields.get("n"), int) and p.fields["n"] >= 30]
+    ratios = [p for p in window.points if p.measurement == "fairness" and p.tags.get("group") == "all"
+              and p.tags.get("metric") == "demographic_parity_ratio" and isinstance(p.fields.get("value"), float)]
+    parity = min(ratios, key=lambda p: p.fields["value"], default=None)  # the model's worst attribute
+    parity_text = (f"parity ratio ({parity.tags['attribute']}) {parity.fields['value']:.3f}" if parity is not None
+                   else "parity ratio -")
     worst = min(groups, key=lambda p: p.fields["value"], default=None)
     worst_text = (f"{worst.tags['attribute']}={worst.tags['group']} {worst.fields['value']:.3f}"
                   if worst is not None else "-")
@@ -208,7 +217,7 @@ def window_summary(window: Any) -> str:
     return (f"WINDOW  {window.model_id} v{window.model_version} ..{end}Z {window.n} events | "
             f"accuracy {value('performance', 'accuracy')} (estimated {value('performance_estimate', 'accuracy')}) | "
             f"label shift {value('label_shift', '', '', '', 'prediction', 'all')} | "
-            f"parity ratio (sex) {value('fairness', 'demographic_parity_ratio', 'sex', 'all')} | "
+            f"{parity_text} | "
             f"worst group accuracy {worst_text} | "
             f"join rate {value('monitor', '', '', '', '', '', 'join_rate')} | "
             f"drift: {', '.join(sorted(set(drifted))) or 'none'}")

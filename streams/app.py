@@ -22,23 +22,21 @@ import time
 from typing import Any, Callable
 
 import faust
-import orjson
 from faust.app.base import BootStrategy
 
 from streams.config import Config
 from streams.consumer import Batch, SourceConsumer
+from streams.join import JoinStore, labelled_messages
 from streams.kafka import client_options, faust_credentials
-from streams.join import JoinStore
 from streams.pipeline import Outcome, Pipeline
 from streams.sinks import PointSink
 from streams.state import PartitionState, changelog_topic, recover
 
 log = logging.getLogger(__name__)
 
-LABELLED_PER_MESSAGE = 500
-"""Most pairs per ``labelled`` message (a JSON array)."""
-LABELLED_BYTES = 512 * 1024
-"""Most bytes per ``labelled`` message: an array over it is cut in halves (long categorical values)."""
+
+_Record = tuple[str, bytes | None, bytes | None, int | None, float | None]
+"""An output record: topic, key, value, partition (``None``: by key), timestamp (epoch s; ``None``: now)."""
 
 
 class Outbox:
@@ -54,21 +52,23 @@ class Outbox:
 
     def __init__(self, dead_letters: str = "dead-letters") -> None:
         self.dead_letters = dead_letters
-        self.queued: list[tuple[str, bytes | None, bytes | None, int | None]] = []
-        self.in_flight: list[tuple[Any, tuple[str, bytes | None, bytes | None, int | None]]] = []
+        self.queued: list[_Record] = []
+        self.in_flight: list[tuple[Any, _Record | None]] = []
         self.refused = 0
         """Records refused and replaced by a dead letter, since start."""
         self._producer: Any = None
 
-    def put(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        self.queued.append((topic, key, value, partition))
+    def put(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+            timestamp: float | None = None) -> None:
+        """Queue a message; ``timestamp`` (epoch seconds) is its Kafka timestamp (default: now)."""
+        self.queued.append((topic, key, value, partition, timestamp))
 
     async def send(self, producer: Any) -> None:
         self._producer = producer
         queued, self.queued = self.queued, []
         for record in queued:
             try:
-                self.in_flight.append((await producer.send(*record, None, None), record))
+                self.in_flight.append((await producer.send(*record, None), record))
             except Exception as exc:  # the producer's own size check refuses at once
                 if not _is_refusal(exc):
                     raise
@@ -89,11 +89,11 @@ class Outbox:
         if refused:
             await asyncio.gather(*refused)
 
-    async def _refer(self, record: tuple[str, bytes | None, bytes | None, int | None], exc: Exception) -> Any:
+    async def _refer(self, record: _Record, exc: Exception) -> Any:
         """Send the dead letter that stands for a refused record; return its delivery future."""
         from streams.pipeline import DeadLetter, RawMessage
 
-        topic, key, value, partition = record
+        topic, key, value, partition, _ = record
         size = len(value or b"")
         cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
         self.refused += 1
@@ -237,13 +237,8 @@ def create_app(
             sink.write(outcome.points)
             for dead in outcome.dead_letters:
                 outbox.put(topics.dead_letters, dead.message.key, dead.to_json())
-            by_model: dict[str, list[Any]] = {}
-            for pair in outcome.pairs:
-                by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
-            for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
-                for i in range(0, len(docs), LABELLED_PER_MESSAGE):
-                    for value in _arrays(docs[i:i + LABELLED_PER_MESSAGE]):
-                        outbox.put(topics.labelled, model_id.encode(), value)
+            for key, value, stamp in labelled_messages(outcome.pairs):  # arrays of pairs: a few messages per batch
+                outbox.put(topics.labelled, key, value, timestamp=stamp)
             state.save_snapshot(pipeline.snapshot())
             outcomes.append(outcome)
         if on_outcome is not None:
@@ -282,22 +277,4 @@ async def _maybe_await(value: Any) -> None:
     if hasattr(value, "__await__"):
         await value
 
-
-def _arrays(docs: list[Any], most: int = LABELLED_BYTES) -> list[bytes]:
-    """``docs`` as JSON arrays of at most ``most`` bytes each (halving until they fit; one document
-    larger than that alone is its own array, which the outbox dead-letters if the broker refuses it)."""
-    value = orjson.dumps(docs)
-    if len(value) <= most or len(docs) <= 1:
-        return [value]
-    half = len(docs) // 2
-    return _arrays(docs[:half], most) + _arrays(docs[half:], most)
-
-
-def _pair_doc(pair: Any) -> dict[str, Any]:
-    """A joined pair as published to ``labelled`` (the retrain worker's training data)."""
-    p = pair.prediction
-    return {"prediction_id": p.prediction_id, "model_id": p.model_id, "model_version": p.model_version,
-            "timestamp": p.timestamp, "prediction": p.prediction, "score": p.score, "label": pair.label,
-            "attributes": dict(p.attributes), "features": dict(p.features),
-            "feedback_timestamp": pair.feedback_timestamp}
 

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from streams.kafka import BrokerError  # re-exported: callers catch it from here too
+
 log = logging.getLogger(__name__)
-
-
-class BrokerError(RuntimeError):
-    """The embedded broker could not be found, started or reached."""
 
 
 def tansu_binary() -> Path:
@@ -160,7 +158,7 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *,
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    from streams.kafka import check_broker
+    from streams.kafka import check_broker  # noqa: PLC0415
 
     check_broker(bootstrap, **client_options)  # a refusal (TLS, SASL) says why, at once
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="driftwarden-admin", **client_options)

@@ -151,7 +151,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         return run_demo(args)
     if command == "retrain-worker":
-        from retrain.worker import run_retrain_worker
+        from streams.retrain_service import run_retrain_worker
 
         return run_retrain_worker(args.config)
     raise SystemExit(f"unknown command {command}")

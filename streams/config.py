@@ -20,6 +20,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from detectors.drift import DEFAULT_METHOD
+from detectors.profile import category_text
+
 ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "DRIFTWARDEN_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
     "DRIFTWARDEN_KAFKA_SECURITY_PROTOCOL": ("kafka", "security_protocol"),
@@ -137,7 +140,11 @@ class WindowConfig:
 
 @dataclass(frozen=True)
 class DriftMethod:
-    method: str = "auto"
+    """A drift test and its threshold (``None``: the test's default). The default method is the
+    one the worker runs when a model names none: :data:`detectors.drift.DEFAULT_METHOD` (PSI);
+    ``auto`` picks Evidently's test by type and size."""
+
+    method: str = DEFAULT_METHOD[0]
     threshold: float | None = None
 
 
@@ -220,8 +227,31 @@ class AlertsConfig:
 
 @dataclass(frozen=True)
 class RetrainConfig:
+    """The ``retrain:`` section: job reports (worker) and the retrain service (``retrain-worker``).
+
+    A retrain job names its *training span*: the labelled pairs whose prediction time is at
+    most the trigger's window end and at most ``train_seconds`` before it, the latest
+    ``train_pairs`` of them (either may be ``null``, not both). The retrain service reads
+    that span from ``labelled``, waits up to ``label_wait_seconds`` for labels still in
+    flight, and defers a job with fewer than ``min_pairs`` pairs (retrying as labels
+    arrive, for up to ``defer_seconds``) instead of failing it.
+    """
+
     reports_dir: Path = Path("reports")
     trainer: str = "sklearn-logistic"
+    profiles_dir: Path | None = None
+    """Where new versions' profiles and models go; default ``profiles/`` beside ``reports_dir``."""
+    train_pairs: int | None = 1000
+    train_seconds: float | None = 3600.0
+    min_pairs: int = 200
+    holdout: float = 0.2
+    """Share of the span (the latest pairs) held out to measure the new and the serving model."""
+    label_wait_seconds: float = 30.0
+    defer_seconds: float = 3600.0
+
+    @property
+    def resolved_profiles_dir(self) -> Path:
+        return self.profiles_dir if self.profiles_dir is not None else Path(self.reports_dir).parent / "profiles"
 
 
 @dataclass(frozen=True)
@@ -294,8 +324,7 @@ class Config:
         influx = _build(InfluxConfig, "influx", _section(merged, "influx"))
         influx = replace(influx, token=Secret(influx.token),
                          ssl_ca_cert=_existing_file("influx.ssl_ca_cert", influx.ssl_ca_cert, base_dir))
-        retrain = _build(RetrainConfig, "retrain", _section(merged, "retrain"))
-        retrain = replace(retrain, reports_dir=_resolve(base_dir, retrain.reports_dir))
+        retrain = _retrain(_section(merged, "retrain"), base_dir)
         worker = _build(WorkerConfig, "worker", _section(merged, "worker"))
         worker = replace(worker, state_dir=_resolve(base_dir, worker.state_dir))
         if worker.metrics_file is not None:
@@ -372,6 +401,33 @@ def _existing_file(where: str, value: Any, base_dir: Path) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"{where}: file not found: {path}")
     return path
+
+
+def _retrain(raw: Mapping[str, Any], base_dir: Path) -> RetrainConfig:
+    unbounded = {name: None for name in ("train_pairs", "train_seconds") if name in raw and raw[name] is None}
+    cfg = replace(_build(RetrainConfig, "retrain", {k: v for k, v in raw.items() if k not in unbounded}), **unbounded)
+    for name in ("train_pairs", "min_pairs"):
+        value = getattr(cfg, name)
+        if value is None and name == "train_pairs":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ConfigError(f"retrain.{name}: expected a whole number of pairs >= 2, got {value!r}")
+    for name in ("train_seconds", "label_wait_seconds", "defer_seconds"):
+        value = getattr(cfg, name)
+        if value is None and name == "train_seconds":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ConfigError(f"retrain.{name}: expected a number of seconds >= 0, got {value!r}")
+    if cfg.train_pairs is None and cfg.train_seconds is None:
+        raise ConfigError("retrain: give train_pairs or train_seconds (or both): the span a retrain job trains on")
+    if cfg.train_pairs is not None and cfg.train_pairs < cfg.min_pairs:
+        raise ConfigError(f"retrain.train_pairs ({cfg.train_pairs}) is below retrain.min_pairs ({cfg.min_pairs}): "
+                          "no job could ever train; raise train_pairs or lower min_pairs")
+    if isinstance(cfg.holdout, bool) or not isinstance(cfg.holdout, (int, float)) or not 0 <= cfg.holdout < 1:
+        raise ConfigError(f"retrain.holdout: expected a share in [0, 1), got {cfg.holdout!r}")
+    profiles = None if cfg.profiles_dir is None else _resolve(base_dir, Path(cfg.profiles_dir))
+    return replace(cfg, reports_dir=_resolve(base_dir, cfg.reports_dir), profiles_dir=profiles,
+                   holdout=float(cfg.holdout))
 
 
 def _join(raw: Mapping[str, Any]) -> JoinConfig:
@@ -488,7 +544,7 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
     return ModelConfig(
         id=raw["id"],
         task=task,
-        positive_label=str(raw.get("positive_label", 1)),
+        positive_label=category_text(raw.get("positive_label", 1)) or "1",
         reference=_resolve(base_dir, Path(reference)) if reference else None,
         features=dict(features),
         attributes=tuple(attributes),

@@ -104,7 +104,8 @@ def run_demo(args: Any) -> int:
             deadline = started + args.duration if args.duration else None
             for update in _updates(cfg, stop):
                 _print_update(update, started)
-                _SERVING[update.get("model_id", "")] = update
+                if update.get("status") == "succeeded":
+                    _SERVING[update.get("model_id", "")] = update
                 if deadline and time.monotonic() > deadline:
                     break
             while deadline is None or time.monotonic() < deadline:
@@ -139,9 +140,9 @@ _SERVING: dict[str, dict[str, Any]] = {}
 
 def _print_update(update: dict[str, Any], started: float) -> None:
     elapsed = time.monotonic() - started
-    if update.get("status") == "failed":
-        print(f"UPDATE  retrain of {update.get('model_id')} failed: {update.get('reason')} (+{elapsed:.0f}s)",
-              flush=True)
+    if update.get("status") in ("failed", "deferred"):
+        print(f"UPDATE  retrain of {update.get('model_id')} {update['status']}: {update.get('reason')} "
+              f"(+{elapsed:.0f}s)", flush=True)
         return
     print(f"UPDATE  {update.get('model_id')} v{update.get('previous_version')} -> v{update.get('model_version')}: "
           f"trained on {update.get('trained_on')} labelled pairs, holdout {update.get('holdout')}; "

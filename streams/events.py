@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 
+from detectors.profile import category_text as _category_text  # the one rule for class/category text
+
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 MAX_TIMESTAMP = 9_183_110_400.0
@@ -437,14 +439,6 @@ def _categorical_feature(name: str, value: Any, limits: Limits = DEFAULT_LIMITS)
     if isinstance(value, (dict, list)):
         raise EventError(f"feature {name!r}: expected string or number, got {_show(value)}")
     return _text(_category_text(value), f"feature {name!r}", limits)
-
-
-def _category_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _label(value: Any, name: str, task: str, limits: Limits = DEFAULT_LIMITS) -> str | float:

@@ -37,7 +37,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterator, MutableMapping, Protocol
+from typing import Any, Iterator, Mapping, MutableMapping, Protocol, Sequence
 
 import orjson
 
@@ -107,13 +107,97 @@ class DictStore:
         return len(self.data)
 
 
+LABELLED_PER_MESSAGE = 500
+"""Most pairs per ``labelled`` message (a JSON array)."""
+LABELLED_BYTES = 512 * 1024
+"""Most bytes per ``labelled`` message: an array over it is cut in halves (long categorical values),
+so a message stays under a broker's 1 MB limit."""
+
+
 @dataclass(frozen=True, slots=True)
 class LabelledPair:
-    """A prediction joined to its label."""
+    """A prediction joined to its label: the record the join yields, the worker publishes to
+    ``labelled`` (:func:`labelled_messages`) and the retrain service reads back (:func:`decode_pairs`).
+
+    >>> p = Prediction("a", "m", "1", 10.0, {"age": 41.0, "channel": None}, "1", score=0.8,
+    ...                attributes={"sex": "F"})
+    >>> [(key, ts)] = [(key, ts) for key, _, ts in labelled_messages([LabelledPair(p, "0", 12.0)])]
+    >>> key, ts
+    (b'm', 10.0)
+    >>> decode_pairs(next(labelled_messages([LabelledPair(p, "0", 12.0)]))[1]) == [LabelledPair(p, "0", 12.0)]
+    True
+    """
 
     prediction: Prediction
     label: str | float
     feedback_timestamp: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of one pair: the prediction's fields as in its event, ``label`` and
+        ``feedback_timestamp`` (epoch seconds). A missing numeric feature (NaN) is written ``null``."""
+        p = self.prediction
+        return {"prediction_id": p.prediction_id, "model_id": p.model_id, "model_version": p.model_version,
+                "timestamp": p.timestamp, "features": dict(p.features), "prediction": p.prediction,
+                "score": p.score, "scores": None if p.scores is None else dict(p.scores),
+                "attributes": dict(p.attributes), "label": self.label, "feedback_timestamp": self.feedback_timestamp}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> LabelledPair:
+        """Inverse of :meth:`to_dict` (``null`` features come back as ``None``). Raises
+        ``KeyError``/``TypeError``/``ValueError`` on a document that is not a pair."""
+        prediction = Prediction(
+            prediction_id=str(doc["prediction_id"]), model_id=str(doc["model_id"]),
+            model_version=str(doc["model_version"]), timestamp=float(doc["timestamp"]),
+            features=dict(doc["features"]), prediction=doc["prediction"], score=doc.get("score"),
+            scores=doc.get("scores"), attributes=dict(doc.get("attributes") or {}))
+        label = doc["label"]
+        if label is None or not isinstance(label, (str, int, float)) or isinstance(label, bool):
+            raise ValueError(f"pair {prediction.prediction_id!r}: label must be a class or a number, got {label!r}")
+        return cls(prediction, label, float(doc["feedback_timestamp"]))
+
+
+def labelled_messages(pairs: Sequence[LabelledPair]) -> Iterator[tuple[bytes, bytes, float]]:
+    """The ``labelled`` messages of a batch's pairs: ``(key, value, timestamp)`` per message.
+
+    Key: the model id (so one model's pairs share a partition); value: a JSON array of
+    :meth:`LabelledPair.to_dict` of up to :data:`LABELLED_PER_MESSAGE` pairs of that model and at
+    most :data:`LABELLED_BYTES` bytes (one pair larger than that is a message alone, which the
+    outbox dead-letters by reference if the broker refuses it);
+    timestamp (epoch seconds, the record's Kafka timestamp): the latest *prediction* time in
+    the message. A message stamped before a time ``t`` therefore holds no pair predicted at or
+    after ``t``, which is what lets the retrain service seek to a training span by time
+    (``offsets_for_times``) instead of reading the topic from its beginning.
+    """
+    by_model: dict[str, list[LabelledPair]] = {}
+    for pair in pairs:
+        by_model.setdefault(pair.prediction.model_id, []).append(pair)
+    for model_id, group in by_model.items():
+        for i in range(0, len(group), LABELLED_PER_MESSAGE):
+            for chunk, value in _arrays(group[i:i + LABELLED_PER_MESSAGE], LABELLED_BYTES):
+                yield model_id.encode(), value, max(pair.prediction.timestamp for pair in chunk)
+
+
+def _arrays(pairs: Sequence[LabelledPair], most: int) -> list[tuple[Sequence[LabelledPair], bytes]]:
+    """``pairs`` as JSON arrays of at most ``most`` bytes each, halving until they fit; one pair
+    larger than that alone is its own array."""
+    value = orjson.dumps([pair.to_dict() for pair in pairs])
+    if len(value) <= most or len(pairs) <= 1:
+        return [(pairs, value)]
+    half = len(pairs) // 2
+    return _arrays(pairs[:half], most) + _arrays(pairs[half:], most)
+
+
+def decode_pairs(value: bytes) -> list[LabelledPair]:
+    """The pairs of one ``labelled`` message (an array of pairs, or one pair). Raises ``ValueError``
+    on a message that is not JSON or holds something that is not a pair."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    try:
+        return [LabelledPair.from_dict(item) for item in (doc if isinstance(doc, list) else [doc])]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a labelled pair: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass

@@ -30,11 +30,15 @@ import ssl
 import struct
 from typing import TYPE_CHECKING, Any
 
-from streams.broker import BrokerError
 from streams.config import Config, ConfigError, KafkaConfig
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
+
+
+class BrokerError(RuntimeError):
+    """A Kafka broker (the embedded one or the configured one) could not be found, started, reached
+    or authenticated to; the message says why and what to do."""
 
 
 def ssl_context(kafka: KafkaConfig) -> ssl.SSLContext | None:
@@ -134,7 +138,7 @@ def check_broker(bootstrap: str, *, timeout: float = 10.0, **options: Any) -> No
     """Connect once to the first bootstrap server that accepts a connection, as the clients will
     with ``options`` (:func:`client_options`): TLS handshake, SASL authentication, a metadata request.
 
-    Raises :class:`~streams.broker.BrokerError` with the reason when the broker refuses them
+    Raises :class:`BrokerError` with the reason when the broker refuses them
     (an untrusted certificate, a client certificate it wants, a mechanism it does not enable,
     wrong credentials, a SASL listener reached without SASL), where the clients would only retry
     until they time out with "unable to bootstrap". A broker that cannot be reached at all is

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from detectors.points import Point
+from retrain.metrics import MONITOR_COUNTERS
 from streams.config import ModelConfig
 from streams.evaluation import Evaluation, WindowSummaries
 from streams.events import Prediction
@@ -98,6 +99,7 @@ class _VersionMonitor:
         self.watermark = -math.inf
         self.sequential = self.evaluation.new_sequential()
         self.counters: dict[str, int] = {}
+        self._last_closed_id: int | None = None
         evidence_size = int(min(max(window.events or 1000, 1000), 5000))
         self.recent: deque[Prediction] = deque(maxlen=evidence_size)
         self.recent_pairs: deque[LabelledPair] = deque(maxlen=evidence_size)
@@ -207,7 +209,7 @@ class _VersionMonitor:
 
     def _count_late(self, count: int) -> None:
         if count > 0:
-            self.counters["late"] = self.counters.get("late", 0) + count
+            self.count("late", count)
 
     def _add_pairs(self, pane: _Pane, pairs: Sequence[LabelledPair]) -> None:
         if not pairs:
@@ -220,6 +222,10 @@ class _VersionMonitor:
         self._instants(pane)
 
     def count(self, name: str, value: int) -> None:
+        """Add to a counter written with the next closed window (a name of the metric table)."""
+        if name not in MONITOR_COUNTERS:
+            raise ValueError(f"monitor counter {name!r} is not in retrain.metrics.MONITOR_COUNTERS "
+                             f"({', '.join(sorted(MONITOR_COUNTERS))}): add it there (and to README's metric table)")
         self.counters[name] = self.counters.get(name, 0) + value
 
     def flush(self) -> list[WindowOutput]:
@@ -243,13 +249,6 @@ class _VersionMonitor:
                                          offsets, instant=True))  # type: ignore[arg-type]
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _first_open_id(self) -> int | None:
-        if self.by_events:
-            return None
-        return self._last_closed_id + 1 if self._last_closed_id is not None else None
-
-    _last_closed_id: int | None = None
 
     def _pane(self, pane_id: int) -> _Pane:
         pane = self.open.get(pane_id)

@@ -21,26 +21,39 @@ from streams.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 
+def read_profile(path: str | Path, features: Any) -> Any:
+    """The reference profile in the file ``path``, checked against a model's ``features``: the one
+    way the worker loads a profile (the configured reference, and a new version's from an update).
+
+    Raises ``OSError`` (cannot read) or ``ValueError`` naming the file (not a profile, or one of
+    other features: ``ProfileMismatch``)."""
+    from detectors.profile import ProfileMismatch, ReferenceProfile
+
+    path = Path(path)
+    try:
+        profile = ReferenceProfile.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a driftwarden profile: {exc}") from None
+    try:
+        profile.check_features(features)
+    except ProfileMismatch as exc:
+        raise ValueError(f"{path} does not match the config: {exc}") from None
+    return profile
+
+
 def load_profile(model: ModelConfig) -> Any | None:
     """Load and check the model's reference profile; ``None`` when the config names none."""
     if model.reference is None:
         return None
-    from detectors.profile import ProfileMismatch, ReferenceProfile
-
     path = Path(model.reference)
     if not path.exists():
         raise ConfigError(
             f"models[{model.id}].reference: profile not found: {path} "
             f"(build it with: driftwarden baseline --data TRAINING.csv --model {model.id} -o {path})")
     try:
-        profile = ReferenceProfile.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"models[{model.id}].reference: {path} is not a driftwarden profile: {exc}") from None
-    try:
-        profile.check_features(model.features)
-    except ProfileMismatch as exc:
-        raise ConfigError(f"models[{model.id}].reference: {path} does not match the config: {exc}") from None
-    return profile
+        return read_profile(path, model.features)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"models[{model.id}].reference: {exc}") from None
 
 
 def load_evaluations(cfg: Config) -> dict[str, Evaluation]:

@@ -311,25 +311,62 @@ def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = 1.0, partit
     empty: the embedded broker under-reports end offsets, so they alone are not
     trusted.
     """
+    for record in read_records(bootstrap, topic, idle_seconds=idle_seconds, partitions=partitions,
+                               **client_options):
+        if record is None:
+            return
+        yield record
+
+
+def read_records(bootstrap: str, topic: str, *, since_ms: int | None = None, idle_seconds: float = 1.0,
+                 partitions: list[int] | None = None, **client_options: Any) -> Iterator[Any | None]:
+    """The records of ``topic`` from the first one stamped at or after ``since_ms`` (Kafka record
+    timestamp, ms; ``None``: from the beginning), then whatever is appended, until the caller stops.
+
+    Yields ``None`` after every poll that leaves it at the end of every partition: at the high
+    watermark the last fetch reported, or, for a partition without one, past the end offset
+    reported at the start after a poll of ``idle_seconds`` came back empty (the embedded broker
+    under-reports end offsets, so they alone are not trusted). A caller can so wait for records
+    in flight, also on a topic written all the time, and decide when to stop (:func:`read_to_end` stops at
+    the first ``None``). The seek uses ``offsets_for_times``: on a Kafka broker it skips every
+    record stamped before ``since_ms``; a broker that cannot answer (the embedded Tansu answers
+    offset 0) makes it read from the beginning, which is slower, never wrong.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             client_id="driftwarden-recovery", fetch_max_bytes=64 * 1024 * 1024,
+                             client_id="driftwarden-reader", fetch_max_bytes=64 * 1024 * 1024,
                              max_partition_fetch_bytes=32 * 1024 * 1024, **client_options)
     try:
         wanted = sorted(consumer.partitions_for_topic(topic) or ()) if partitions is None else sorted(partitions)
         tps = [TopicPartition(topic, p) for p in wanted]
         if not tps:
+            yield None
             return
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
+        if since_ms is not None and since_ms > 0:
+            for tp, found in consumer.offsets_for_times({tp: int(since_ms) for tp in tps}).items():
+                if found is None:  # nothing stamped that late yet: only what comes next
+                    consumer.seek_to_end(tp)
+                else:
+                    consumer.seek(tp, found.offset)
         ends = consumer.end_offsets(tps)
+        caught_up = False
+
+        def at_end(tp: Any, polled_nothing: bool) -> bool:
+            position, highwater = consumer.position(tp), consumer.highwater(tp)
+            if highwater is not None and position >= highwater:  # the fetch's own high watermark
+                return True
+            return polled_nothing and (caught_up or position >= ends[tp])
+
         while True:
             batch = consumer.poll(timeout_ms=int(idle_seconds * 1000), max_records=100_000)
             for messages in batch.values():
                 yield from messages
-            if not batch and all(consumer.position(tp) >= ends[tp] for tp in tps):
-                return
+            if all(at_end(tp, not batch) for tp in tps):
+                caught_up = True
+                yield None
     finally:
         consumer.close()
 

@@ -10,10 +10,8 @@ keeps its own reference until its traffic stops.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import orjson
@@ -52,13 +50,12 @@ class VersionRegistry:
         if update_id and update_id in self._seen:
             return None
         version = str(update["model_version"])
-        from detectors.profile import ProfileMismatch, ReferenceProfile
+        from streams.runtime import read_profile
 
         base = self.defaults[model_id]
         try:
-            profile = ReferenceProfile.from_dict(json.loads(Path(update["profile_path"]).read_text(encoding="utf-8")))
-            profile.check_features(base.cfg.features)
-        except (OSError, ValueError, KeyError, TypeError, ProfileMismatch) as exc:
+            profile = read_profile(update["profile_path"], base.cfg.features)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("model update %s v%s: cannot use profile %s: %s", model_id, version,
                       update.get("profile_path"), exc)
             return None

@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-EXAMPLE_CONFIG = ROOT / "examples" / "driftwarden.yaml"
+EXAMPLE_CONFIG = ROOT / "streams" / "examples" / "driftwarden.yaml"
 GRAFANA_DATASOURCE = ROOT / "dashboards" / "grafana" / "provisioning" / "datasources" / "influxdb.yaml"
 GRAFANA_PROVIDER = ROOT / "dashboards" / "grafana" / "provisioning" / "dashboards" / "driftwarden.yaml"
 
@@ -98,7 +98,7 @@ def test_influxdb_is_initialised(services):
 
 def test_worker_runs_the_example_config_with_the_loaders_env_names(services, env_overrides):
     worker = services["worker"]
-    assert worker["command"] == ["driftwarden", "worker", "-c", "/app/examples/driftwarden.yaml"]
+    assert worker["command"] == ["driftwarden", "worker", "-c", "/app/streams/examples/driftwarden.yaml"]
     assert worker["build"]["dockerfile"] == "Dockerfile"
     e = env(worker)
     unknown = sorted(set(e) - set(env_overrides))
@@ -135,11 +135,11 @@ def test_workers_wait_for_healthy_dependencies(services):
 
 def test_org_and_bucket_agree_with_the_example_config(services):
     if not EXAMPLE_CONFIG.exists():
-        pytest.skip("examples/driftwarden.yaml does not exist yet (the config author writes it)")
+        pytest.skip("streams/examples/driftwarden.yaml does not exist yet (the config author writes it)")
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8")) or {}
     influx = config.get("influx")
     if not influx:
-        pytest.skip("examples/driftwarden.yaml has no influx section yet")
+        pytest.skip("streams/examples/driftwarden.yaml has no influx section yet")
     assert influx["org"] == env(services["influxdb"])["DOCKER_INFLUXDB_INIT_ORG"] == env(services["worker"])[
         "DRIFTWARDEN_INFLUX_ORG"]
     assert influx["bucket"] == env(services["influxdb"])["DOCKER_INFLUXDB_INIT_BUCKET"] == env(
@@ -153,7 +153,7 @@ def test_example_config_loads_with_the_compose_environment(services):
     except ImportError as exc:
         pytest.skip(f"streams.config.Config is not importable yet ({exc})")
     if not EXAMPLE_CONFIG.exists():
-        pytest.skip("examples/driftwarden.yaml does not exist yet")
+        pytest.skip("streams/examples/driftwarden.yaml does not exist yet")
     environ = {name: ("driftwarden-dev-token" if value == TOKEN else value)
                for name, value in env(services["worker"]).items()}
     config = Config.load(EXAMPLE_CONFIG, environ=environ)

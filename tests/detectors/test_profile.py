@@ -106,8 +106,8 @@ def test_categorical_and_label_distributions(frame):
     assert dict(p.categorical["channel"].counts) == {k: int(v) for k, v in counts.items()}
     assert p.categorical["channel"].missing_rate == pytest.approx(frame["channel"].isna().mean())
     assert dict(p.categorical["vip"].counts) == {
-        "True": int(frame["vip"].sum()),
-        "False": int((~frame["vip"]).sum()),
+        "true": int(frame["vip"].sum()),  # as a live JSON true is spelled (detectors.profile.category_text)
+        "false": int((~frame["vip"]).sum()),
     }
     assert dict(p.labels) == {str(k): int(v) for k, v in frame["label"].value_counts().items()}
     assert dict(p.predictions) == {str(k): int(v) for k, v in frame["pred"].value_counts().items()}
@@ -166,9 +166,9 @@ def test_bad_inputs_raise_clearly(frame):
 def test_class_labels_are_strings():
     assert list(as_class_labels(np.array([1, 0, 2]))) == ["1", "0", "2"]
     assert list(as_class_labels(np.array([1.0, np.nan]))) == ["1", None]
-    assert list(as_class_labels(np.array([0.5, 1.0]))) == ["0.5", "1.0"]
+    assert list(as_class_labels(np.array([0.5, 1.0]))) == ["0.5", "1"]  # per value, as the parser does
     assert list(as_class_labels(np.array(["a", None, 3], dtype=object))) == ["a", None, "3"]
-    assert list(as_class_labels(np.array([True, False]))) == ["True", "False"]
+    assert list(as_class_labels(np.array([True, False]))) == ["true", "false"]
 
 
 def test_sub_profiles_round_trip():

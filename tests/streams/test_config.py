@@ -74,7 +74,7 @@ def test_model_defaults() -> None:
     assert m.window == WindowConfig(events=1000, seconds=None, slide=None) and m.window.kind == "events"
     assert m.min_group_size == 30 and m.policies is None
     assert (m.cusum.enabled, m.cusum.false_alarms_per_million) == (True, 1.0)
-    assert m.drift_method("x") == DriftMethod("auto", None)
+    assert m.drift_method("x") == DriftMethod("psi", None)  # what the worker runs: detectors.drift.DEFAULT_METHOD
     assert m.is_classification
 
 
@@ -425,7 +425,7 @@ def test_example_config_loads() -> None:
         assert m.reference == path.parent / raw_model["reference"]
         star = raw_model.get("drift", {}).get("*")
         if isinstance(star, dict):
-            assert m.drift_method("no-such-feature") == DriftMethod(star.get("method", "auto"), star.get("threshold"))
+            assert m.drift_method("no-such-feature") == DriftMethod(star.get("method", "psi"), star.get("threshold"))
     assert cfg.join.ttl_seconds == raw["join"]["ttl_seconds"]
     assert cfg.join.max_entries == raw["join"]["max_entries"]
     assert cfg.kafka.topics.retrain_jobs == raw["kafka"]["topics"]["retrain_jobs"]
@@ -439,3 +439,38 @@ def test_example_config_takes_every_override() -> None:
         value = value_at(cfg, path)
         expected = ENV_VALUES[name]
         assert (value.value if isinstance(value, Secret) else value) == (Path(expected) if isinstance(value, Path) else expected)
+
+
+@pytest.mark.parametrize("drift", [None, {"*": {"threshold": 0.2}}, {"x": {"threshold": 0.2}}])
+def test_drift_method_is_the_test_the_worker_runs(drift: Any) -> None:
+    """Regression: ``drift_method`` said ``auto`` while the worker ran PSI; and a threshold given
+    without a method turned the worker to ``auto``."""
+    import numpy as np
+    import pandas as pd
+
+    from detectors.profile import ReferenceProfile
+    from streams.evaluation import Evaluation
+
+    m = config(model(features={"x": "numeric"}, **({"drift": drift} if drift else {}))).models["m"]
+    frame = pd.DataFrame({"x": np.random.default_rng(0).normal(size=500)})
+    suite = Evaluation(m, ReferenceProfile.from_frame(frame, model_id="m", features={"x": "numeric"})).new_window()
+    drift_suite = next(v for v in vars(suite).values() if type(v).__name__ == "DriftSuite")
+    assert drift_suite._numeric["x"].method == m.drift_method("x").method == "psi"
+
+
+def test_retrain_section_is_typed_resolved_and_checked() -> None:
+    cfg = Config.from_mapping({"retrain": {"profiles_dir": "p", "min_pairs": 50, "holdout": 0.25,
+                                           "train_pairs": 500, "train_seconds": None, "label_wait_seconds": 5,
+                                           "defer_seconds": 60}}, environ={}, base_dir=Path("/base"))
+    r = cfg.retrain
+    assert (r.profiles_dir, r.min_pairs, r.holdout, r.train_pairs, r.train_seconds) == (
+        Path("/base/p"), 50, 0.25, 500, None)
+    assert (r.label_wait_seconds, r.defer_seconds, r.resolved_profiles_dir) == (5.0, 60.0, Path("/base/p"))
+    default = Config.from_mapping({}, environ={}, base_dir=Path("/base")).retrain
+    assert default.resolved_profiles_dir == Path("/base/profiles") and default.train_pairs >= default.min_pairs
+    for bad, message in [({"train_pairs": None, "train_seconds": None}, "give train_pairs or train_seconds"),
+                         ({"train_pairs": 100}, r"train_pairs \(100\) is below retrain.min_pairs \(200\)"),
+                         ({"holdout": 1.0}, "retrain.holdout"), ({"min_pairs": 1}, "retrain.min_pairs"),
+                         ({"label_wait_seconds": -1}, "retrain.label_wait_seconds")]:
+        with pytest.raises(ConfigError, match=message):
+            Config.from_mapping({"retrain": bad}, environ={})

@@ -75,10 +75,15 @@ def test_a_broker_that_is_away_still_fails_the_batch() -> None:
 
 
 def test_labelled_arrays_are_cut_by_size() -> None:
-    from streams.app import _arrays
+    from streams.events import Prediction
+    from streams.join import LABELLED_BYTES, LabelledPair, decode_pairs, labelled_messages
 
-    docs = [{"i": i, "c": "x" * (1000 if i % 7 else 30_000)} for i in range(100)]
-    values = _arrays(docs, most=40_000)
-    assert all(len(v) <= 40_000 for v in values)
-    assert [d for v in values for d in orjson.loads(v)] == docs
-    assert _arrays(docs[:3]) == [orjson.dumps(docs[:3])]
+    pairs = [LabelledPair(Prediction(f"p{i}", "m", "1", float(i), {"c": "x" * (1000 if i % 7 else 30_000)}, "1"),
+                          "0", float(i) + 1) for i in range(100)]
+    messages = list(labelled_messages(pairs))
+    assert len(messages) > 1 and all(len(value) <= LABELLED_BYTES for _, value, _ in messages)
+    assert [pair for _, value, _ in messages for pair in decode_pairs(value)] == pairs
+    # each message is stamped with the latest prediction time it holds
+    assert all(stamp == max(p.prediction.timestamp for p in decode_pairs(value)) for _, value, stamp in messages)
+    small = list(labelled_messages(pairs[:3]))
+    assert len(small) == 1 and decode_pairs(small[0][1]) == pairs[:3]

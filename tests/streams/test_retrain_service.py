@@ -1,8 +1,9 @@
-"""The retrain worker: pairs, training, artefacts and events; then end to end against the real embedded broker.
+"""The retrain service and job: pairs, spans, training, artefacts and events; then end to end against
+the real embedded broker (waiting for labels in flight, deferral).
 
-The labelled pairs are produced with the monitor's own ``_pair_doc`` (the
-format the worker publishes to ``labelled``), from the simulator's credit-risk
-world, so the features are those of the example configuration.
+The labelled pairs are encoded with the monitor's own :func:`streams.join.labelled_messages`
+(what the worker publishes to ``labelled``), from the simulator's credit-risk world, so the
+features are those of the example configuration.
 """
 
 from __future__ import annotations
@@ -25,23 +26,21 @@ import pytest
 from detectors.profile import ReferenceProfile
 from retrain.events import RetrainJob, RetrainTrigger
 from retrain.trainers import SklearnLogisticTrainer
-from retrain.worker import (
+from retrain.job import (
+    STATUS_DEFERRED,
     STATUS_FAILED,
     STATUS_SUCCEEDED,
     ModelSpec,
-    PairCollector,
     RetrainFailed,
-    RetrainWorker,
     choose_version,
     failure_event,
     next_version,
-    pairs_frame,
     retrain,
     update_id,
 )
-from streams.app import _pair_doc
 from streams.events import Prediction
-from streams.join import LabelledPair
+from streams.join import LabelledPair, labelled_messages
+from streams.retrain_service import PairCollector, RetrainWorker, pairs_frame
 from streams.simulate import ATTRIBUTES, FEATURES, CreditRiskWorld
 from tests.conftest import REPO
 
@@ -50,8 +49,8 @@ NS = 1_000_000_000
 SPEC = ModelSpec(id="credit-risk", task="binary", features=FEATURES, attributes=ATTRIBUTES, positive_label="1")
 
 
-def pair_docs(model_id: str, n: int, *, seed: int = 0, start: float = T0, version: str = "1") -> list[bytes]:
-    """``n`` labelled pairs one second apart, as the monitor publishes them."""
+def make_pairs(model_id: str, n: int, *, seed: int = 0, start: float = T0, version: str = "1") -> list[LabelledPair]:
+    """``n`` labelled pairs predicted one second apart, labelled 30 s later."""
     cols = {name: column.to_numpy() for name, column in CreditRiskWorld(seed).training_frame(n).items()}
     out = []
     for i in range(n):
@@ -60,8 +59,19 @@ def pair_docs(model_id: str, n: int, *, seed: int = 0, start: float = T0, versio
             timestamp=start + i, features={f: _plain(cols[f][i]) for f in FEATURES},
             prediction=str(cols["prediction"][i]), score=float(cols["score"][i]),
             attributes={a: str(cols[a][i]) for a in ATTRIBUTES})
-        out.append(orjson.dumps(_pair_doc(LabelledPair(prediction, str(cols["label"][i]), start + i + 30.0))))
+        out.append(LabelledPair(prediction, str(cols["label"][i]), start + i + 30.0))
     return out
+
+
+def pair_docs(model_id: str, n: int, **kwargs: Any) -> list[bytes]:
+    """``labelled`` message values, one pair each, as the monitor publishes them."""
+    return [next(labelled_messages([pair]))[1] for pair in make_pairs(model_id, n, **kwargs)]
+
+
+def labelled(model_id: str, n: int, **kwargs: Any) -> list[tuple[bytes, bytes, float]]:
+    """``labelled`` messages (key, value, timestamp) of ``n`` pairs, 50 per message."""
+    pairs = make_pairs(model_id, n, **kwargs)
+    return [message for i in range(0, n, 50) for message in labelled_messages(pairs[i:i + 50])]
 
 
 def _plain(value: Any) -> Any:
@@ -108,7 +118,8 @@ def test_collector_keeps_range_model_and_last_copy() -> None:
     collector.add(b"m", b"{broken")
     assert sorted(collector.pairs) == [f"m-0-{i}" for i in range(10, 20)]
     assert list(collector.pairs)[-2:] == ["m-0-12", "m-0-13"]  # re-sent copies moved to the end
-    assert (collector.out_of_range, collector.other_models, collector.rejected) == (20, 2, 1)
+    assert (collector.before, len(collector.later), collector.other_models, collector.rejected) == (10, 10, 2, 1)
+    assert collector.past_end
 
 
 def test_pairs_frame_types_and_order() -> None:
@@ -161,9 +172,8 @@ def test_retrain_regression(tmp_path: Path) -> None:
     for i in range(300):
         x, c = float(rng.normal()), str(rng.choice(["a", "b"]))
         y = 3 * x + (2.0 if c == "a" else -2.0) + float(rng.normal(0, 0.1))
-        docs.append(json.dumps({"prediction_id": str(i), "model_id": "price", "model_version": "7",
-                                "timestamp": T0 + i, "prediction": y + 1.0, "score": None, "label": y,
-                                "attributes": {}, "features": {"x": x, "c": c}}).encode())
+        prediction = Prediction(str(i), "price", "7", T0 + i, {"x": x, "c": c}, y + 1.0)
+        docs.append(next(labelled_messages([LabelledPair(prediction, y, T0 + i + 1.0)]))[1])
     job = make_job("price", version="7")
     frame = pairs_frame(collect("price", docs, job).pairs.values(), spec)
     event = retrain(job, frame, model=spec, trainer=SklearnLogisticTrainer(), trainer_name="sklearn-logistic",
@@ -214,12 +224,14 @@ def _setup(tmp_path: Path, broker: Any, unique: str) -> tuple[Any, str]:
     return cfg, model_id
 
 
-def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]] | list[tuple[bytes, bytes, float]]
+             ) -> None:
+    """Publish ``(key, value)`` or ``(key, value, timestamp)`` messages (timestamp in epoch seconds)."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for key, value in messages:
-        producer.send(topic, key=key, value=value)
+    for key, value, *stamp in messages:
+        producer.send(topic, key=key, value=value, timestamp_ms=int(stamp[0] * 1000) if stamp else None)
     producer.flush()
     producer.close()
 
@@ -260,10 +272,10 @@ def test_worker_retrains_a_job_end_to_end(tmp_path: Path, broker: Any, unique: s
     cfg, model_id = _setup(tmp_path, broker, unique)
     topics = cfg.kafka.topics
     key = model_id.encode()
-    labelled = [(key, doc) for doc in pair_docs(model_id, 500)]
-    labelled += [(key, doc) for doc in pair_docs(model_id, 40, seed=1, start=T0 - 1000)]  # before the range
-    labelled += [(b"other", doc) for doc in pair_docs("other", 60, seed=2)]
-    _produce(broker.bootstrap, topics.labelled, labelled)
+    messages = labelled(model_id, 520)  # 500 in the span, 20 predicted after it (the labels past its end)
+    messages += labelled(model_id, 40, seed=1, start=T0 - 1000)  # before the span
+    messages += [(b"other", value, stamp) for _, value, stamp in labelled("other", 60, seed=2)]
+    _produce(broker.bootstrap, topics.labelled, messages)
     job = make_job(model_id, start=T0, end=T0 + 499)
     _produce(broker.bootstrap, topics.retrain_jobs, [(key, job.to_json().encode())])
 
@@ -276,6 +288,7 @@ def test_worker_retrains_a_job_end_to_end(tmp_path: Path, broker: Any, unique: s
     assert event["update_id"] == update_id(job.job_id) and event["model_id"] == model_id
     assert (event["previous_version"], event["model_version"]) == ("1", "2")
     assert (event["pairs"], event["trained_on"]) == (500, 400)
+    assert event["trained_span"] == {"from": job.span()["from"], "to": job.span()["to"]}
     assert 0.0 <= event["holdout"]["accuracy"] <= 1.0
     profile_path = Path(event["profile_path"])
     assert profile_path == (tmp_path / "ws" / "profiles" / f"{model_id}-v2.json").resolve()
@@ -284,6 +297,81 @@ def test_worker_retrains_a_job_end_to_end(tmp_path: Path, broker: Any, unique: s
     assert profile.feature_types == dict(cfg.models[model_id].features)
     assert profile.n == 500 and profile.predictions and profile.score_profile is not None
     assert Path(event["model_path"]).exists()
+    assert _committed(broker.bootstrap, worker.group_id, topics.retrain_jobs) == 1
+
+
+def _job_for_span(model_id: str, *, end: float, train_pairs: int | None, train_seconds: float | None) -> RetrainJob:
+    trigger = RetrainTrigger.create(model_id=model_id, model_version="1", rules=("drift",), reason="drift",
+                                    metrics={}, window_start_ns=int((end - 10) * NS), window_end_ns=int(end * NS))
+    return trigger.to_job(**trigger.training_span(train_pairs=train_pairs, train_seconds=train_seconds))
+
+
+@pytest.mark.integration
+def test_job_published_before_its_pairs_waits_for_them(tmp_path: Path, broker: Any, unique: str) -> None:
+    """Issue 14's race: the job reaches the retrain worker before the labels of its span. The
+    worker follows ``labelled`` until a pair predicted after the span's end arrives, then trains
+    on exactly the span: the latest ``train_pairs`` pairs predicted at or before the trigger."""
+    import threading
+
+    cfg, model_id = _setup(tmp_path, broker, unique)
+    topics = cfg.kafka.topics
+    key = model_id.encode()
+    job = _job_for_span(model_id, end=T0 + 349, train_pairs=300, train_seconds=3600.0)
+    assert job.span()["pairs"] == 300 and job.data_from_ns == (T0 + 349 - 3600) * NS
+    _produce(broker.bootstrap, topics.labelled, labelled(model_id, 100, seed=3, start=T0 - 5000))  # long before
+    _produce(broker.bootstrap, topics.retrain_jobs, [(key, job.to_json().encode())])
+    worker = RetrainWorker.from_config(cfg, label_wait=120.0)
+    runner = threading.Thread(target=worker.run, kwargs={"max_jobs": 1, "timeout": 180}, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while worker.stats["jobs"] == 0 and time.monotonic() < deadline:  # the worker has taken the job
+            time.sleep(0.2)
+        assert worker.stats["jobs"] == 1
+        _produce(broker.bootstrap, topics.labelled, labelled(model_id, 400))  # the last 50 are past the end
+        runner.join(timeout=150)
+        assert not runner.is_alive()
+    finally:
+        worker.stop()
+        runner.join(timeout=30)
+    (event,) = _read_all(broker.bootstrap, topics.model_updates, expect=1)
+    assert event["status"] == STATUS_SUCCEEDED and event["pairs"] == 300
+    # the latest 300 predicted at or before the trigger: seconds 50..349
+    from retrain.events import format_time
+    assert event["trained_span"] == {"from": format_time((T0 + 50) * NS), "to": format_time((T0 + 349) * NS)}
+    assert worker.stats["deferred"] == 0
+
+
+@pytest.mark.integration
+def test_too_few_pairs_defers_once_then_trains_as_labels_arrive(tmp_path: Path, broker: Any, unique: str) -> None:
+    import threading
+
+    cfg, model_id = _setup(tmp_path, broker, unique)
+    topics = cfg.kafka.topics
+    key = model_id.encode()
+    job = _job_for_span(model_id, end=T0 + 149, train_pairs=1000, train_seconds=None)
+    _produce(broker.bootstrap, topics.labelled, labelled(model_id, 150))  # 150 < min_pairs (200)
+    _produce(broker.bootstrap, topics.retrain_jobs, [(key, job.to_json().encode())])
+    worker = RetrainWorker.from_config(cfg, label_wait=1.0)
+    runner = threading.Thread(target=worker.run, kwargs={"max_jobs": 1, "timeout": 180}, daemon=True)
+    runner.start()
+    try:
+        deferred = _read_all(broker.bootstrap, topics.model_updates, expect=1, timeout=60)
+        assert [e["status"] for e in deferred] == [STATUS_DEFERRED], deferred
+        assert deferred[0]["pairs"] == 150 and "deferred: trying again as labels arrive" in deferred[0]["reason"]
+        assert deferred[0]["update_id"] == update_id(job.job_id, STATUS_DEFERRED)
+        # the drift persists and labels keep coming: pairs predicted after the trigger count now
+        _produce(broker.bootstrap, topics.labelled, labelled(model_id, 50, seed=5, start=T0 + 150))
+        time.sleep(0.5)
+        _produce(broker.bootstrap, topics.labelled, labelled(model_id, 100, seed=6, start=T0 + 200))
+        runner.join(timeout=120)
+        assert not runner.is_alive()
+    finally:
+        worker.stop()
+        runner.join(timeout=30)
+    events = _read_all(broker.bootstrap, topics.model_updates, expect=2)
+    assert [e["status"] for e in events] == [STATUS_DEFERRED, STATUS_SUCCEEDED]  # reported once
+    assert events[1]["pairs"] >= 200 and events[1]["job_id"] == job.job_id
     assert _committed(broker.bootstrap, worker.group_id, topics.retrain_jobs) == 1
 
 
@@ -298,13 +386,16 @@ def test_failed_job_is_reported_once_and_not_retried(tmp_path: Path, broker: Any
     _produce(broker.bootstrap, topics.retrain_jobs, [(key, b'{"job_id": 1}'), (key, job), (key, job)])
 
     fast_join = {"max_poll_interval_ms": 2000, "session_timeout_ms": 6000}
-    worker = RetrainWorker.from_config(cfg, consumer_options=fast_join)
+    worker = RetrainWorker.from_config(cfg, consumer_options=fast_join, label_wait=0.5, defer_seconds=2.0)
     assert worker.run(max_jobs=3, timeout=60) == 3
     assert worker.stats["dead_letters"] == 1 and worker.stats["duplicates"] == 1 and worker.stats["failed"] == 1
+    assert worker.stats["deferred"] == 1
 
-    (event,) = _read_all(broker.bootstrap, topics.model_updates, expect=1)
+    deferred, event = _read_all(broker.bootstrap, topics.model_updates, expect=2)
+    assert deferred["status"] == STATUS_DEFERRED
     assert event["status"] == STATUS_FAILED and event["model_id"] == model_id
     assert event["reason"].startswith(f"only 20 labelled pairs for model '{model_id}'")
+    assert "(retrain.defer_seconds)" in event["reason"]
     (dead,) = _read_all(broker.bootstrap, topics.dead_letters, expect=1)
     assert dead["offset"] == 0 and dead["reason"].startswith("retrain job: missing required field")
     assert _committed(broker.bootstrap, worker.group_id, topics.retrain_jobs) == 3
@@ -313,10 +404,10 @@ def test_failed_job_is_reported_once_and_not_retried(tmp_path: Path, broker: Any
     # a new worker of the same group finds nothing to do: the failed job is not delivered again
     again = RetrainWorker.from_config(cfg, consumer_options=fast_join)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="retrain.worker"):
+    with caplog.at_level(logging.INFO, logger="streams.retrain_service"):
         assert again.run(timeout=5) == 0
     assert f"retrain worker: assigned {topics.retrain_jobs}[0]" in caplog.messages  # it did join, and got nothing
-    assert len(_read_all(broker.bootstrap, topics.model_updates, expect=1, timeout=3)) == 1
+    assert len(_read_all(broker.bootstrap, topics.model_updates, expect=2, timeout=3)) == 2
 
 
 @pytest.mark.integration
