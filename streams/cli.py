@@ -243,7 +243,9 @@ def configure_logging(verbose: bool) -> None:
     )
     for noisy in ("kafka", "aiokafka", "faust", "mode", "influxdb_client", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
-    logging.getLogger("kafka.cluster").addFilter(_CancelledOnClose())
+    cluster = logging.getLogger("kafka.cluster")
+    if not any(isinstance(f, _CancelledOnClose) for f in cluster.filters):
+        cluster.addFilter(_CancelledOnClose())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
