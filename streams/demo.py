@@ -80,7 +80,8 @@ class _Child:
         """Wait for the child to exit until ``deadline`` (monotonic), then kill it; say how it ended."""
         try:
             code = self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            how = f"stopped (exit {code})"
+            # -SIGTERM: it was still importing, before its handler was installed; nothing to flush yet
+            how = "stopped while starting" if code == -signal.SIGTERM else f"stopped (exit {code})"
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
