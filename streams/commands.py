@@ -1,4 +1,5 @@
-"""``driftwarden broker`` and ``driftwarden baseline``, and the demo workspace they share."""
+"""``driftwarden broker``, ``baseline`` and ``init``, and the workspace (config and reference profile)
+that ``init``, the demo and the tests write the same way (:func:`prepare_workspace`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 
 from streams.broker import EmbeddedBroker, all_topics, create_topics
 from streams.config import Config, ConfigError, Topics, example_config_path
+from streams.errors import NoValidInput, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,34 @@ def run_broker(port: int, config_path: str | None, partitions: int | None) -> in
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read training data from CSV or Parquet (by extension)."""
+    """Read training data from CSV or Parquet (by extension); errors name ``--data``."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"--data: file not found: {path}")
+    if not path.is_file():
+        raise UsageError(f"--data: file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".txt", ".gz"):
-        return pd.read_csv(path)
-    raise ConfigError(f"--data: expected a .csv or .parquet file, got {path.name}")
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".txt", ".gz"):
+            return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise NoValidInput(f"--data: {path} is empty") from None
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"--data: cannot read {path}: {exc}") from None
+    raise UsageError(f"--data: expected a .csv or .parquet file, got {path.name}")
+
+
+def check_columns(frame: pd.DataFrame, data: str | Path, flags: Mapping[str, list[str]]) -> None:
+    """Raise a data error naming the first flag (``--target``, ...) whose column ``frame`` lacks, with
+    the columns it has."""
+    for flag, names in flags.items():
+        missing = [name for name in names if name not in frame.columns]
+        if missing:
+            quoted = ", ".join(repr(m) for m in missing)
+            raise UsageError(
+                f"data error: {flag} names {'a column' if len(missing) == 1 else 'columns'} {quoted} that "
+                f"{Path(data).name} does not have; pass {flag} one of its columns: "
+                f"{', '.join(map(str, frame.columns))}")
 
 
 def build_profile(frame: pd.DataFrame, *, model_id: str, features: Mapping[str, str] | None = None,
@@ -75,15 +95,24 @@ def write_profile(profile: Any, output: str | Path) -> Path:
 
 def run_baseline(args: Any) -> int:
     frame = read_table(args.data)
-    features: dict[str, str] | None = None
-    if args.features:
-        features = {}
-        for item in args.features.split(","):
-            name, _, kind = item.partition(":")
-            if name not in frame.columns:
-                raise ConfigError(f"--features: column not in the data: {name}")
-            features[name] = kind or ("numeric" if pd.api.types.is_numeric_dtype(frame[name]) else "categorical")
+    if frame.empty:
+        raise NoValidInput(f"--data: {args.data} has a header but no rows")
     attributes = tuple(a for a in args.attributes.split(",") if a)
+    feature_items = [item.partition(":") for item in args.features.split(",") if item] if args.features else []
+    check_columns(frame, args.data, {
+        "--target": [args.target] if args.target else [],
+        "--prediction": [args.prediction] if args.prediction else [],
+        "--score": [args.score] if args.score else [],
+        "--attributes": list(attributes),
+        "--features": [name for name, _, _ in feature_items],
+    })
+    features: dict[str, str] | None = None
+    if feature_items:
+        features = {}
+        for name, _, kind in feature_items:
+            if kind and kind not in ("numeric", "categorical"):
+                raise UsageError(f"--features: {name}:{kind}: the type is numeric or categorical")
+            features[name] = kind or ("numeric" if pd.api.types.is_numeric_dtype(frame[name]) else "categorical")
     profile = build_profile(frame, model_id=args.model, features=features, target=args.target,
                             prediction=args.prediction, score=args.score, attributes=attributes,
                             task=args.task, bins=args.bins)
@@ -94,6 +123,44 @@ def run_baseline(args: Any) -> int:
           f"{sum(k == 'categorical' for k in kinds.values())} categorical)")
     print("features for the config:\n  features: {" + ", ".join(f"{k}: {v}" for k, v in kinds.items()) + "}")
     return 0
+
+
+INIT_MODEL = "credit-risk"
+"""The model ``driftwarden init`` writes a config and a profile for: the simulator's."""
+
+
+def run_init(args: Any) -> int:
+    """``driftwarden init DIR``: the example config, the simulated model's training data and its
+    reference profile, written by :func:`prepare_workspace` (as for the demo and the tests)."""
+    directory = Path(args.directory)
+    config = directory / "driftwarden.yaml"
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"DIR: {directory} exists and is not a directory")
+    if config.exists() and not args.force:
+        raise UsageError(f"{config} exists: pass --force to overwrite it (and the profile), or choose another DIR")
+    written = prepare_workspace(directory, bootstrap=args.bootstrap, influx_url=args.influx_url,
+                                models=(INIT_MODEL,))
+    influx = f"points to {args.influx_url}" if args.influx_url else "influx.enabled: false (--influx-url sets one)"
+    print(f"wrote {written}: the example configuration (kafka.bootstrap {args.bootstrap}; {influx})")
+    print(f"wrote {directory / f'{INIT_MODEL}-train.csv'}: 20,000 rows of the simulated {INIT_MODEL} model's "
+          "training data")
+    print(f"wrote {directory / 'profiles' / f'{INIT_MODEL}.json'}: its reference profile, as\n  "
+          + baseline_command(directory / f"{INIT_MODEL}-train.csv", INIT_MODEL,
+                             directory / "profiles" / f"{INIT_MODEL}.json"))
+    print("next (each in its own terminal):\n"
+          f"  driftwarden broker -c {written}\n"
+          f"  driftwarden worker -c {written}\n"
+          f"  driftwarden retrain-worker -c {written}\n"
+          f"  driftwarden simulate -c {written} --rate 500 --change-after 20000")
+    return 0
+
+
+def baseline_command(data: Path, model_id: str, output: Path) -> str:
+    """The ``driftwarden baseline`` command that builds the simulated model's profile from ``data``."""
+    from streams.simulate import ATTRIBUTES
+
+    return (f"driftwarden baseline --data {data} --model {model_id} --target label --prediction prediction "
+            f"--score score --attributes {','.join(ATTRIBUTES)} -o {output}")
 
 
 def example_config(*, bootstrap: str, influx_url: str | None = None) -> dict[str, Any]:
@@ -133,7 +200,12 @@ def prepare_workspace(
     for key, value in (overrides or {}).items():
         _set_path(raw, key, value)
     path = workdir / "driftwarden.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    header = ("# Written from driftwarden's example configuration (streams/examples/driftwarden.yaml in the\n"
+              "# package, with comments on every key); README \"Configuration\" explains the rest.\n"
+              "# Each model's reference profile was built from its training data <model>-train.csv here:\n#   "
+              + baseline_command(Path(f"{models[0]}-train.csv"), models[0], Path(f"profiles/{models[0]}.json"))
+              + "\n")
+    path.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
 
 

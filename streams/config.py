@@ -107,6 +107,9 @@ class KafkaConfig:
     """Most messages in one micro-batch: a batch is whatever has arrived, up to this many."""
     batch_timeout: float = 0.2
     """Longest wait, in seconds, for messages when none is waiting."""
+    connect_timeout_seconds: float = 8.0
+    """How long a command waits at start for a bootstrap server to accept a connection before it
+    exits 3 with one line naming the address (a broker still starting is waited for)."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
@@ -32,14 +32,31 @@ from streams.live_page import LivePage, start_page
 log = logging.getLogger(__name__)
 
 
+STOP_BUDGET = 8.0
+"""Seconds from the start of the stop to the broker stopped: the simulator, the workers (SIGTERM, then
+SIGKILL), the broker. With the main loop's poll before it and the interpreter's exit after, Ctrl-C to exit
+takes under 10 s."""
+
+BROKER_SHARE = 1.5
+"""Seconds of :data:`STOP_BUDGET` kept for the broker, which stops last (Tansu exits at once on SIGTERM)."""
+
+ECHOED = ("WINDOW", "ALERT", "RETRAIN", "UPDATE", "PARTITIONS", "driftwarden")
+"""Output lines of a child that the demo shows (besides ERROR lines and tracebacks)."""
+
+
 class _Child:
-    """A driftwarden subprocess whose output lines are echoed with a prefix."""
+    """A driftwarden subprocess whose output lines are echoed with a prefix.
+
+    It runs in its own session, so a Ctrl-C in the terminal reaches only the demo,
+    which stops its children in order (see :func:`run_demo`).
+    """
 
     def __init__(self, name: str, args: list[str], cwd: Path) -> None:
         self.name = name
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=str(cwd), env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -49,41 +66,49 @@ class _Child:
             line = raw.decode(errors="replace").rstrip()
             if not line or "\x1b[" in line:
                 continue
-            if line.startswith(("WINDOW", "ALERT", "RETRAIN", "UPDATE")) or " ERROR " in line or "Traceback" in line:
+            if line.startswith(ECHOED) or " ERROR " in line or "Traceback" in line:
                 print(f"[{self.name}] {line}", flush=True)
 
-    def stop(self) -> None:
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def terminate(self) -> None:
+        """Ask the child to stop (SIGTERM: the worker commits and flushes, the retrain worker finishes its poll)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
-
-def _updates(cfg: Config, stop: threading.Event) -> Iterator[dict[str, Any]]:
-    """Model-update events as they are published."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(cfg.kafka.topics.model_updates, bootstrap_servers=cfg.kafka.bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=500, group_id=None,
-                             **client_options(cfg))
-    try:
-        while not stop.is_set():
-            for message in consumer:
-                yield orjson.loads(message.value)
-    finally:
-        consumer.close()
+    def wait(self, deadline: float) -> str:
+        """Wait for the child to exit until ``deadline`` (monotonic), then kill it; say how it ended."""
+        try:
+            code = self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            # -SIGTERM: it was still importing, before its handler was installed; nothing to flush yet
+            how = "stopped while starting" if code == -signal.SIGTERM else f"stopped (exit {code})"
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            how = "killed: it did not stop in time (a retrain job's report may have been in hand)"
+        self.thread.join(timeout=1.0)
+        return how
 
 
 def run_demo(args: Any) -> int:
+    """Start the broker, the workers and the simulator; run until ``--duration`` or Ctrl-C/SIGTERM;
+    then stop them in order — the simulator (its producer flushed), the workers, the broker last, so
+    no client ever sees its broker vanish — within :data:`STOP_BUDGET` seconds (a child that has not
+    exited by then is killed; the demo's broker keeps nothing anyway)."""
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="driftwarden-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    deadline = None
     print(f"driftwarden demo: working in {workdir}", flush=True)
     page = _start_page(args, workdir)
-    with EmbeddedBroker(port=0, log_path=workdir / "broker.log") as broker:
+    broker = EmbeddedBroker(port=0, log_path=workdir / "broker.log")
+    try:
+        broker.start()
         config_path = prepare_workspace(workdir, bootstrap=broker.bootstrap, influx_url=args.influx_url,
                                         overrides={"worker.echo_windows": True, "worker.metrics_file": METRICS_FILE})
         cfg = Config.load(config_path)
@@ -92,34 +117,66 @@ def run_demo(args: Any) -> int:
                            jobs_topic=cfg.kafka.topics.retrain_jobs, client_options=client_options(cfg))
         print(f"embedded broker on {broker.bootstrap}; config {config_path}; reference profile built from "
               f"20,000 simulated training rows", flush=True)
-        children = [_Child("worker", ["worker", "-c", str(config_path)], workdir)]
-        children.append(_Child("retrain", ["retrain-worker", "-c", str(config_path)], workdir))
-        stop = threading.Event()
-        simulator = threading.Thread(target=_simulate, args=(cfg, args, stop), daemon=True)
-        simulator.start()
-        print(f"simulator: {args.rate:.0f} predictions/s; drift after {args.change_after} events, then a "
-              f"label shift, then a fairness regression (each {args.change_after} events apart). Ctrl-C stops.",
-              flush=True)
-        try:
-            deadline = started + args.duration if args.duration else None
-            for update in _updates(cfg, stop):
-                _print_update(update, started)
-                if update.get("status") == "succeeded":
-                    _SERVING[update.get("model_id", "")] = update
-                if deadline and time.monotonic() > deadline:
-                    break
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            print("\nstopping...", flush=True)
-        finally:
-            stop.set()
-            simulator.join(timeout=10)
-            for child in children:
-                child.stop()
-            page.close()
+        if not stop.is_set():
+            code, deadline = _run(cfg, config_path, workdir, args, started, stop)
+    finally:
+        remaining = (deadline - time.monotonic()) if deadline is not None else 5.0
+        broker.stop(timeout=max(0.5, remaining))
+        if deadline is not None:
+            print("  broker stopped", flush=True)
+        page.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     print(f"demo stopped after {time.monotonic() - started:.0f}s; files in {workdir}", flush=True)
-    return 0
+    return code
+
+
+def _run(cfg: Config, config_path: Path, workdir: Path, args: Any, started: float,
+         stop: threading.Event) -> tuple[int, float]:
+    """The demo's children and its loop (printing model updates) until ``stop`` or ``--duration``.
+
+    Stops the simulator and the workers before it returns ``(exit code, deadline)``: the code is 1
+    when a child died; the broker is to be stopped by the deadline (monotonic)."""
+    from kafka import KafkaConsumer
+
+    children = [_Child("worker", ["worker", "-c", str(config_path)], workdir),
+                _Child("retrain", ["retrain-worker", "-c", str(config_path)], workdir)]
+    sim_stop = threading.Event()
+    simulator = threading.Thread(target=_simulate, args=(cfg, args, sim_stop), daemon=True)
+    simulator.start()
+    print(f"simulator: {args.rate:.0f} predictions/s; drift after {args.change_after} events, then a "
+          f"label shift, then a fairness regression (each {args.change_after} events apart). Ctrl-C stops.",
+          flush=True)
+    updates = KafkaConsumer(cfg.kafka.topics.model_updates, bootstrap_servers=cfg.kafka.bootstrap,
+                            auto_offset_reset="earliest", group_id=None, client_id="driftwarden-demo",
+                            **client_options(cfg))
+    until = started + args.duration if args.duration else None
+    code = 0
+    try:
+        while not stop.is_set() and (until is None or time.monotonic() < until):
+            for records in updates.poll(timeout_ms=200).values():
+                for message in records:
+                    update = orjson.loads(message.value)
+                    _print_update(update, started)
+                    if update.get("status") == "succeeded":
+                        _SERVING[update.get("model_id", "")] = update
+            dead = [child for child in children if child.exit_code is not None]
+            if dead:
+                print(f"[{dead[0].name}] exited with code {dead[0].exit_code}: stopping the demo", flush=True)
+                code = 1
+                break
+    finally:
+        deadline = time.monotonic() + STOP_BUDGET
+        print("stopping: the simulator, then the workers, then the broker", flush=True)
+        sim_stop.set()
+        simulator.join(timeout=2.0)
+        print("  simulator stopped" if not simulator.is_alive() else "  simulator abandoned", flush=True)
+        for child in children:
+            child.terminate()
+        for child in children:
+            print(f"  {child.name} {child.wait(deadline - BROKER_SHARE)}", flush=True)
+        updates.close()
+    return code, deadline
 
 
 METRICS_FILE = "metrics.lp"
@@ -150,14 +207,17 @@ def _print_update(update: dict[str, Any], started: float) -> None:
 
 
 def _simulate(cfg: Config, args: Any, stop: threading.Event) -> None:
+    """Publish the simulated traffic until ``stop``; flush what was sent before returning."""
     from kafka import KafkaProducer
+    from kafka.errors import KafkaError
 
     from streams.simulate import SimulatedStream
 
     stream = SimulatedStream(model_id="credit-risk", start=time.time(), rate=args.rate,
                              change_after=args.change_after, stagger=args.change_after,
                              changes=("drift", "label-shift", "fairness"), feedback_delay=5.0, feedback_loss=0.1)
-    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=20, **client_options(cfg))
+    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=20, client_id="driftwarden-demo-sim",
+                             **client_options(cfg))
     topics = {"prediction": cfg.kafka.topics.predictions, "feedback": cfg.kafka.topics.feedback}
     begun = time.monotonic()
     sent = 0
@@ -171,9 +231,11 @@ def _simulate(cfg: Config, args: Any, stop: threading.Event) -> None:
                     event["model_version"] = str(update["model_version"])
                 sent += 1
                 ahead = sent / args.rate - (time.monotonic() - begun)
-                if ahead > 0:
-                    time.sleep(ahead)
+                if ahead > 0 and stop.wait(ahead):
+                    return
             producer.send(topics[kind], key=event["prediction_id"].encode(), value=orjson.dumps(event))
     finally:
-        producer.flush()
-        producer.close()
+        try:
+            producer.close(timeout=2.0)
+        except KafkaError as exc:
+            log.warning("simulator: the last predictions were not all sent: %s", exc)

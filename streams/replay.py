@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import orjson
 
 from streams.config import Config, ConfigError
+from streams.errors import NoValidInput
 from streams.events import decode
 from streams.join import DictStore
 from streams.pipeline import FEEDBACK, PREDICTION, Outcome, RawMessage
@@ -154,6 +155,12 @@ def run_replay(config_path: str, predictions: str, feedback: str | None, output:
           f"{writer.counts['alerts']} alerts, {writer.counts['jobs']} retrain jobs, "
           f"{writer.counts['dead_letters']} dead letters; {counts.pairs} labelled pairs joined "
           f"({counts.duplicate_feedback} duplicate feedback). Output in {output}/")
+    if pipeline.events_seen == 0:
+        inputs = f"--predictions {pred_path}" + (f" and --feedback {fb_path}" if fb_path else "")
+        if messages == 0:
+            raise NoValidInput(f"{inputs}: no lines to replay")
+        raise NoValidInput(f"all {messages} lines of {inputs} were rejected; the reason for each is in "
+                           f"{Path(output) / 'dead_letters.jsonl'}")
     return 0
 
 

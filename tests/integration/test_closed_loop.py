@@ -15,6 +15,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from retrain.events import parse_time
 from streams.simulate import SimulatedStream
+from streams.state import read_to_end
 from tests.conftest import integration_workspace
 
 pytestmark = pytest.mark.integration
@@ -149,7 +150,9 @@ def test_same_drifting_stream_twice_and_with_a_restart_gives_one_job_with_one_id
     import yaml
 
     model_id = f"idem-{unique}"
-    config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique, window=500)
+    window = 500
+    config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique,
+                                           window=window)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
     stream = SimulatedStream(model_id=model_id, seed=9, start=time.time() - 3600, rate=100.0, change_after=2000,
                              changes=("drift",), feedback_delay=1.0, feedback_loss=0.05)
@@ -175,16 +178,25 @@ def test_same_drifting_stream_twice_and_with_a_restart_gives_one_job_with_one_id
                 assert _wait_offsets(broker.bootstrap, group, topics["predictions"], half // 2), worker.log()[-2000:]
                 assert worker.stop() == 0
                 worker = worker_factory(own).start()
-            return _collect(broker.bootstrap, jobs_topic, lambda found: len(found) >= 1, timeout=90)
+            jobs = _collect(broker.bootstrap, jobs_topic, lambda found: len(found) >= 1, timeout=180)
+            # A second job would follow within a window or two. It would be published before the
+            # offsets of the batch that raised it are committed: once the worker has committed two
+            # windows past the first job's window, any such job is out (no sleep-and-hope).
+            end_ns = parse_time(jobs[0]["window_end"])
+            at = sum(1 for kind, event in events if kind == "prediction" and event["timestamp"] * 1e9 <= end_ns)
+            past = min(predictions, at + 2 * window)
+            assert _wait_offsets(broker.bootstrap, group, topics["predictions"], past, timeout=180), \
+                worker.log()[-2000:]
+            return jobs
         finally:
-            time.sleep(3)  # a second job, if any, would follow within a window or two
             worker.stop()
 
     publish(events)
+    predictions = sum(kind == "prediction" for kind, _ in events)
     runs = {name: run(f"idem-{name}-{unique}", f"jobs-{name}-{unique}", restart=(name == "restart"))
             for name in ("first", "second", "restart")}
     for name, jobs in runs.items():
-        again = _collect(broker.bootstrap, f"jobs-{name}-{unique}", lambda found: False, timeout=2)
+        again = [orjson.loads(record.value) for record in read_to_end(broker.bootstrap, f"jobs-{name}-{unique}")]
         assert len(again) == 1, (name, [j["job_id"] for j in again])
     ids = {name: jobs[0]["job_id"] for name, jobs in runs.items()}
     assert len(set(ids.values())) == 1, ids

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from streams.state import read_to_end
 from tests.conftest import integration_workspace
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ def _workspace(tmp_path: Path, broker: Any, victoria: Any, unique: str) -> tuple
     return config, model_id, topics
 
 
-def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float = 90.0) -> bool:
+def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float = 180.0) -> bool:
     """Wait until the worker's committed offsets reach the end of ``topics`` (all input processed)."""
     from kafka import TopicPartition
 
@@ -133,7 +134,7 @@ def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worke
     assert _wait_consumed(broker.bootstrap, group, [topics["predictions"], topics["feedback"]]), worker.log()[-3000:]
     # Close the last window: filler predictions without feedback, after everything above was processed.
     _send(producer, topics["predictions"], _events(model_id, WINDOW, 10_000, rng))
-    victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1200, timeout=60)
+    victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1200, timeout=180)
     worker.stop()
     assert secret not in worker.log()
 
@@ -149,10 +150,7 @@ def test_worker_joins_counts_and_dead_letters_end_to_end(broker, victoria, worke
     assert _totals(victoria, model_id, "dead_letters") == 2
     assert _totals(victoria, model_id, "dead_letters_unattributed") == 3
     # Dead letters on the topic, with reasons and the original bytes.
-    consumer = KafkaConsumer(topics["dead_letters"], bootstrap_servers=broker.bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    dead = [json.loads(m.value) for m in consumer]
-    consumer.close()
+    dead = [json.loads(m.value) for m in read_to_end(broker.bootstrap, topics["dead_letters"])]
     reasons = sorted(d["reason"] for d in dead)
     assert len(dead) == 5, reasons
     assert any(r.startswith("not JSON") for r in reasons)
@@ -179,7 +177,7 @@ def test_restart_mid_stream_loses_and_doubles_nothing(broker, victoria, worker_f
     _send(producer, topics["feedback"], [f for f in feedback if f["prediction_id"] not in first_ids][:100])
 
     worker = worker_factory(config).start()
-    assert victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 600, timeout=90), worker.log()[-3000:]
+    assert victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 600, timeout=180), worker.log()[-3000:]
     time.sleep(2)
     assert worker.stop() == 0, worker.log()[-3000:]
 
@@ -195,7 +193,7 @@ def test_restart_mid_stream_loses_and_doubles_nothing(broker, victoria, worker_f
     group = f"driftwarden-{unique}"
     assert _wait_consumed(broker.bootstrap, group, [topics["predictions"], topics["feedback"]]), worker.log()[-3000:]
     _send(producer, topics["predictions"], _events(model_id, WINDOW, 10_000, rng))
-    victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1600, timeout=60)
+    victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 1600, timeout=180)
     worker.stop()
 
     assert _totals(victoria, model_id, "events") == 1600  # 1,500 + 200 fillers: 8 windows closed
@@ -212,10 +210,11 @@ def _send_keyed(producer: KafkaProducer, topic: str, docs: list[dict[str, Any]])
     producer.flush()
 
 
-def _wait_for_line(worker: Any, text: str, timeout: float = 60.0) -> bool:
+def _wait_for_line(worker: Any, *texts: str, timeout: float = 180.0) -> bool:
+    """Wait until the worker's log holds one of ``texts``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if text in worker.log():
+        if any(text in worker.log() for text in texts):
             return True
         time.sleep(0.3)
     return False
@@ -247,17 +246,14 @@ def test_a_second_worker_takes_over_a_partition_with_its_state(broker, victoria,
     # Phase 2: a second worker joins; one partition moves to it with its waiting predictions.
     b = worker_factory(config).start()
     assert _wait_for_line(a, "PARTITIONS revoked"), a.log()[-3000:]
-    assert _wait_for_line(b, "PARTITIONS assigned [0]") or _wait_for_line(b, "PARTITIONS assigned [1]"), \
-        b.log()[-3000:]
+    assert _wait_for_line(b, "PARTITIONS assigned [0]", "PARTITIONS assigned [1]"), b.log()[-3000:]
     _send_keyed(producer, topics["predictions"], predictions[800:])
     _send_keyed(producer, topics["feedback"], [f for f in feedback if f["prediction_id"] not in first])
     assert _wait_consumed(broker.bootstrap, group, source), a.log()[-3000:] + b.log()[-3000:]
     assert a.stop() == 0 and b.stop() == 0
 
-    consumer = KafkaConsumer(topics["labelled"], bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000)
-    pairs = [pair for message in consumer for pair in json.loads(message.value)]
-    consumer.close()
+    pairs = [pair for message in read_to_end(broker.bootstrap, topics["labelled"])
+             for pair in json.loads(message.value)]
     ids = [pair["prediction_id"] for pair in pairs]
     assert len(ids) == len(set(ids)), "a pair was published twice"
     missing = sorted({f["prediction_id"] for f in feedback} - set(ids))

@@ -121,7 +121,9 @@ def test_baseline_missing_column_exits_2_naming_it(data_file: Path, tmp_path: Pa
     out = tmp_path / "never.json"
     assert baseline(data_file, out, *args) == 2
     err = capsys.readouterr().err
-    assert "configuration error" in err and named in err and "not in the data" in err, err
+    flag = args[0]
+    assert "data error" in err and flag in err and repr(named) in err, err
+    assert "its columns: age, income" in err, err  # the columns it has, to choose from
     assert "Traceback" not in err
     assert not out.exists()
 
@@ -163,7 +165,8 @@ def test_a_baseline_profile_of_the_configured_features_is_accepted(ws: Path, tmp
     assert baseline(train, profile_path, *SPECIAL) == 0
     profile = load_profile(Config.load(ws).models["credit-risk"])
     assert profile is not None and profile.feature_types == FEATURES
-    assert main(replay_args(ws, tmp_path)) == 0
+    # the profile is accepted: replay runs, and exits 4 because its input files are empty
+    assert main(replay_args(ws, tmp_path)) == 4
 
 
 def test_replay_exits_2_when_the_profile_lacks_a_configured_feature(ws: Path, tmp_path: Path,
