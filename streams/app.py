@@ -75,7 +75,7 @@ class WorkerApp(faust.App):
 def create_app(
     cfg: Config,
     *,
-    pipeline_factory: Callable[[JoinStore], Pipeline],
+    pipeline_factory: Callable[[JoinStore, int], Pipeline],
     sink: PointSink,
     recovered: dict[int, PartitionState] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
@@ -127,7 +127,7 @@ def create_app(
         if entry is None:
             state = recovered.pop(partition, None) or PartitionState(partition)
             state.send = send_change
-            pipeline = pipeline_factory(state)
+            pipeline = pipeline_factory(state, partition)
             if state.snapshot:
                 pipeline.restore(state.snapshot)
                 log.info("partition %d: resumed %d join entries and the open windows from the changelog",

@@ -13,6 +13,7 @@ configuration error, and no secret ever appears in ``repr`` or a log line.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -81,6 +82,9 @@ class KafkaConfig:
     """Most messages in one micro-batch: a batch is whatever has arrived, up to this many."""
     batch_timeout: float = 0.2
     """Longest wait, in seconds, for messages when none is waiting."""
+    idle_timeout: float = 30.0
+    """Seconds a caught-up source partition may stay silent before it stops holding the model
+    windows' watermark back (its stage 1 publishes an idle marker)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,9 @@ class WindowConfig:
     events: int | None = 1000
     seconds: float | None = None
     slide: int | float | None = None
+    allowed_lateness: float = 5.0
+    """Event-time seconds a pane waits past its end for late events (the watermark is the
+    minimum over the source partitions); an event later than that is counted ``late``."""
 
     @property
     def kind(self) -> str:
@@ -314,7 +321,7 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
     window_raw = raw.get("window") or {"events": 1000}
     if not isinstance(window_raw, Mapping):
         raise ConfigError(f"{where}.window: expected {{events: N}} or {{seconds: S}}")
-    _check_keys(f"{where}.window", window_raw, {"events", "seconds", "slide"})
+    _check_keys(f"{where}.window", window_raw, {"events", "seconds", "slide", "allowed_lateness"})
     events, seconds = window_raw.get("events"), window_raw.get("seconds")
     if (events is None) == (seconds is None):
         raise ConfigError(f"{where}.window: give exactly one of events or seconds")
@@ -330,6 +337,9 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
         raise ConfigError(f"{where}.window.slide: an events window slides by a whole number of events")
     if slide is not None and abs(size / slide - round(size / slide)) > 1e-9:
         raise ConfigError(f"{where}.window.slide: the window ({size}) must be a whole multiple of the slide ({slide})")
+    lateness = window_raw.get("allowed_lateness", 5.0)
+    if isinstance(lateness, bool) or not isinstance(lateness, (int, float)) or not (0 <= lateness < math.inf):
+        raise ConfigError(f"{where}.window.allowed_lateness: expected seconds >= 0, got {lateness!r}")
     drift: dict[str, DriftMethod] = {}
     for name, spec in (raw.get("drift") or {}).items():
         if name != "*" and name not in features:
@@ -363,7 +373,8 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
         features=dict(features),
         attributes=tuple(attributes),
         intersections=tuple(tuple(c) for c in intersections),
-        window=WindowConfig(events=events, seconds=float(seconds) if seconds is not None else None, slide=slide),
+        window=WindowConfig(events=events, seconds=float(seconds) if seconds is not None else None, slide=slide,
+                            allowed_lateness=float(lateness)),
         drift=drift,
         min_group_size=min_group,
         policies=tuple(policies) if policies is not None else None,

@@ -9,6 +9,7 @@ from streams.app import create_app
 from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
 from streams.consumer import kafka_security
+from streams.monitor import check_count_windows
 from streams.runtime import load_evaluations, pipeline_factory
 from streams.sinks import DiscardSink, InfluxSink, PointSink
 from streams.state import changelog_topic, recover
@@ -54,6 +55,7 @@ def run_worker(config_path: str) -> int:
     evaluations = load_evaluations(cfg)
     create_topics(cfg.kafka.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions)
     cfg = with_source_partitions(cfg)
+    check_count_windows(cfg.models, cfg.kafka.partitions)
     sink = build_sink(cfg)
     from streams.actions import Actions
 

@@ -23,7 +23,7 @@ from streams.config import Config
 from streams.evaluation import Evaluation
 from streams.events import Prediction, parse_predictions
 from streams.join import DictStore, LabelledPair
-from streams.monitor import WindowOutput
+from streams.windows import WindowOutput
 from streams.pipeline import FEEDBACK, PREDICTION, Pipeline, RawMessage
 from streams.runtime import pipeline_factory
 from streams.simulate import SimulatedStream
