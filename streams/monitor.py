@@ -67,7 +67,6 @@ class _Pane:
     pairs: int = 0
     first_offset: int | None = None
     last_offset: int | None = None
-    opened_at: float = field(default_factory=time.monotonic)
 
     def note(self, timestamps: np.ndarray, offsets: Sequence[int] | None) -> None:
         if timestamps.size:
@@ -301,13 +300,12 @@ class _VersionMonitor:
         tags = {"model_id": self.owner.cfg.id, "model_version": self.version}
         points = self.sequential.with_cumulative(window.points(tags=tags, time_ns=end_ns))
         points.extend(self.sequential.points(tags=tags, time_ns=end_ns, predictions=n))
-        elapsed = max(time.monotonic() - pane.opened_at, 1e-9)
+        # wall-clock figures (throughput, lag) are not window points: the worker writes them stamped
+        # with processing time (streams.app), so a window's points depend on its events alone
         stats: dict[str, float] = {
             "events": float(n),
             "pairs": float(pairs),
             "join_rate": pairs / n if n else 0.0,
-            "throughput": pane.n / elapsed,
-            "lag": max(self.owner.clock() - end, 0.0) if math.isfinite(end) else 0.0,
         }
         counters, self.counters = self.counters, {}
         stats.update({name: float(value) for name, value in counters.items()})

@@ -210,7 +210,9 @@ class Pipeline:
     def snapshot(self) -> dict[str, Any]:
         return {
             "monitors": {model_id: m.snapshot() for model_id, m in self.monitors.items()},
-            "join": {"watermark": self.join.watermark, "counts": self.join.counts.as_dict()},
+            "join": {"watermark": self.join.watermark, "counts": self.join.counts.as_dict(),
+                     # they decide when the join expires entries: a restart must not move that point
+                     "since_expiry": self._since_expiry, "since_full_sweep": self._since_full_sweep},
             "policies": {model_id: engine.snapshot() for model_id, engine in self.policies.items()},
         }
 
@@ -223,6 +225,8 @@ class Pipeline:
                 self.policies[model_id].restore(snap)
         join = state.get("join") or {}
         self.join.watermark = float(join.get("watermark", 0.0))
+        self._since_expiry = int(join.get("since_expiry", 0))
+        self._since_full_sweep = int(join.get("since_full_sweep", 0))
         for key, value in (join.get("counts") or {}).items():
             setattr(self.join.counts, key, int(value))
 
