@@ -6,8 +6,9 @@ Predictions and feedback are read in micro-batches by a
 partition's :class:`~streams.pipeline.Pipeline`, and what comes out goes to the
 sinks: points to InfluxDB, rejects to ``dead-letters``, alerts to ``alerts``,
 retrain jobs to ``retrain-jobs``, joined pairs to ``labelled`` — all through
-Faust's producer. Offsets are committed only after a batch is done and its
-output acknowledged.
+Faust's producer. Every batch goes through the delivery protocol of
+:mod:`streams.consumer` (intent, outputs and points acknowledged, state with
+progress, commit).
 
 State (the join table and, after each batch, a snapshot of every model's
 open windows) is kept per partition and sent to a changelog topic; see
@@ -26,9 +27,12 @@ import orjson
 from faust.app.base import BootStrategy
 
 from streams.config import Config
-from streams.consumer import Batch, SourceConsumer, kafka_security
+from detectors.points import Point
+from streams.consumer import Batch, Resume, SourceConsumer, kafka_security
+from streams.faults import Faults
 from streams.join import JoinStore
-from streams.pipeline import Outcome, Pipeline
+from streams.outbox import Outbox
+from streams.pipeline import FEEDBACK, PREDICTION, Outcome, Pipeline
 from streams.sinks import PointSink
 from streams.state import PartitionState, changelog_topic, recover
 
@@ -36,29 +40,6 @@ log = logging.getLogger(__name__)
 
 LABELLED_PER_MESSAGE = 500
 """Pairs per ``labelled`` message (a JSON array), keeping messages well under 1 MB."""
-
-
-class Outbox:
-    """Messages a batch produced, sent through the app's producer; :meth:`delivered` returns once
-    the broker has acknowledged every one of them (Faust's ``send_soon`` buffer gives no such
-    point: its flush returns while messages still wait in it)."""
-
-    def __init__(self) -> None:
-        self.queued: list[tuple[str, bytes | None, bytes | None, int | None]] = []
-        self.in_flight: list[Any] = []
-
-    def put(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        self.queued.append((topic, key, value, partition))
-
-    async def send(self, producer: Any) -> None:
-        queued, self.queued = self.queued, []
-        for topic, key, value, partition in queued:
-            self.in_flight.append(await producer.send(topic, key, value, partition, None, None))
-
-    async def delivered(self) -> None:
-        in_flight, self.in_flight = self.in_flight, []
-        if in_flight:
-            await asyncio.gather(*in_flight)
 
 
 class _WithoutFaustConsumer(BootStrategy):
@@ -119,7 +100,7 @@ def create_app(
 
     def send_change(partition: int, key: bytes, value: bytes | None) -> None:
         outbox.put(changelog_name, key, value, partition)
-    stats = {"events": 0, "batches": 0, "failed_batches": 0}
+    stats: dict[str, Any] = {"events": 0, "batches": 0, "failed_batches": 0}
     last = {"messages": 0, "at": time.monotonic()}
 
     def pipeline_for(partition: int) -> tuple[Pipeline, PartitionState]:
@@ -136,26 +117,21 @@ def create_app(
             entry = pipelines[partition] = (pipeline, state)
         return entry
 
-    stale: set[int] = set()
-    """Partitions given up since the changelog was read: another worker may have moved them on."""
-
-    async def assigned(partitions: list[int]) -> None:
-        """Partitions given up earlier: read their state back from the changelog before their first
-        batch (every partition's state was read at start-up, before the app started)."""
+    async def take_partitions(partitions: list[int]) -> None:
+        """Read the state of newly assigned partitions back from the changelog before their first
+        batch: always, since the partition's last owner (another worker, or this one before a
+        rebalance) may have moved it on after any earlier read. ``recovered`` (tests) is used as is."""
         (echo or log.info)(f"PARTITIONS assigned {partitions} of {topics.predictions}/{topics.feedback}")
         for partition in [p for p in recovered if p not in partitions]:
-            # read at start-up but owned by another worker since: that worker moves it on
             del recovered[partition]
-            stale.add(partition)
-        missing = sorted(stale.intersection(partitions))
+        missing = [p for p in partitions if p not in pipelines and p not in recovered]
         if missing:
             states = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: recover(cfg.kafka.bootstrap, changelog_name, partitions=missing,
                                       **kafka_security(cfg)))
             recovered.update(states)
-            stale.difference_update(missing)
 
-    async def revoked(partitions: list[int]) -> None:
+    async def give_up_partitions(partitions: list[int]) -> None:
         """Their batches are committed and their state is in the changelog: let them go, so a later
         assignment reads the state the next owner left."""
         for partition in partitions:
@@ -164,42 +140,71 @@ def create_app(
                 for name, count in done(partition, entry[0]).items():
                     given_up[name] += count
             recovered.pop(partition, None)
-        stale.update(partitions)
         (echo or log.info)(f"PARTITIONS revoked {partitions} (committed; state in {changelog_name})")
 
-    async def handle(batch: Batch) -> None:
-        started = time.monotonic()
-        outcomes = []
-        for partition, messages in batch.items():
-            pipeline, state = pipeline_for(partition)
-            try:
-                outcome = pipeline.process(messages)
-            except Exception:  # never a crashed worker: log, count, go on with the next batch
-                log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
-                stats["failed_batches"] += 1
-                continue
-            sink.write(outcome.points)
-            for dead in outcome.dead_letters:
-                outbox.put(topics.dead_letters, dead.message.key, dead.to_json())
-            by_model: dict[str, list[Any]] = {}
-            for pair in outcome.pairs:
-                by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
-            for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
-                for i in range(0, len(docs), LABELLED_PER_MESSAGE):
-                    outbox.put(topics.labelled, model_id.encode(), orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
-            state.save_snapshot(pipeline.snapshot())
-            outcomes.append(outcome)
-        if on_outcome is not None:
-            for outcome in outcomes:
-                await _maybe_await(on_outcome(outcome))
-        await outbox.send(app.producer)
-        if not stats["batches"]:
-            last["at"] = started  # rates count from the first batch, not from start-up
-        stats["events"] += sum(len(messages) for messages in batch.values())
-        stats["batches"] += 1
+    Work = list[tuple[int, Pipeline, PartitionState, Outcome, dict[str, Any]]]
+    """Per partition of a batch: its pipeline, state, what it produced and its snapshot after it."""
 
-    consumer = SourceConsumer(cfg, handle=handle, before_commit=outbox.delivered,
-                              assigned=assigned, revoked=revoked, beacon=app.beacon)
+    class WorkerStage:
+        """The source stage: predictions and feedback in, pipeline per partition, outputs out."""
+
+        def intend(self, partition: int, ranges: dict[str, tuple[int, int]]) -> None:
+            pipeline_for(partition)[1].save_intent(ranges)
+
+        def process(self, batch: Batch) -> Work:
+            started = time.monotonic()
+            work: Work = []
+            for partition, messages in batch.items():
+                pipeline, state = pipeline_for(partition)
+                try:
+                    outcome = pipeline.process(messages)
+                except Exception:  # never a crashed worker: log, count, go on with the next batch
+                    log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
+                    stats["failed_batches"] += 1
+                    outcome = Outcome()
+                work.append((partition, pipeline, state, outcome, pipeline.snapshot()))
+            if not stats["batches"]:
+                last["at"] = stats["first_at"] = started  # rates count from the first batch, not from start-up
+            stats["events"] += sum(len(messages) for messages in batch.values())
+            stats["batches"] += 1
+            return work
+
+        async def emit(self, work: Work) -> None:
+            for _, _, _, outcome, _ in work:
+                sink.write(outcome.points)
+                sink.write(_processing_points(outcome, stats))
+                for dead in outcome.dead_letters:
+                    outbox.put(topics.dead_letters, dead.message.key, dead.to_json())
+                by_model: dict[str, list[Any]] = {}
+                for pair in outcome.pairs:
+                    by_model.setdefault(pair.prediction.model_id, []).append(_pair_doc(pair))
+                for model_id, docs in by_model.items():  # arrays of pairs: a few messages per batch
+                    for i in range(0, len(docs), LABELLED_PER_MESSAGE):
+                        outbox.put(topics.labelled, model_id.encode(), orjson.dumps(docs[i:i + LABELLED_PER_MESSAGE]))
+            if on_outcome is not None:
+                for _, _, _, outcome, _ in work:
+                    await _maybe_await(on_outcome(outcome))
+
+        def save(self, work: Work, ends: dict[int, dict[str, int]]) -> None:
+            for partition, _, state, _, snapshot in work:
+                state.save_snapshot(snapshot, ends.get(partition))
+
+        def resume(self, partition: int) -> Resume | None:
+            state = pipeline_for(partition)[1]
+            if not state.progress and state.pending() is None:
+                return None
+            return Resume(dict(state.progress), state.pending())
+
+        async def assigned(self, partitions: list[int]) -> None:
+            await take_partitions(partitions)
+
+        async def revoked(self, partitions: list[int]) -> None:
+            await give_up_partitions(partitions)
+
+    consumer: SourceConsumer[Work] = SourceConsumer(
+        cfg, topics={topics.predictions: PREDICTION, topics.feedback: FEEDBACK}, stage=WorkerStage(),
+        outbox=outbox, producer=lambda: app.producer, sink=sink, merge=cfg.kafka.merge_by_event_time,
+        faults=Faults.from_environ(), beacon=app.beacon)
     app.service(consumer)
 
     @app.timer(interval=30.0)
@@ -219,6 +224,26 @@ def create_app(
     app.driftwarden_totals = totals  # type: ignore[attr-defined]
     app.driftwarden_outbox = outbox  # type: ignore[attr-defined]
     return app
+
+
+def _processing_points(outcome: Outcome, stats: dict[str, Any]) -> list[Point]:
+    """The wall-clock figures of the windows a batch closed, as their own ``monitor`` points stamped
+    with processing time (``throughput``: this worker's messages/s since its first batch; ``lag``:
+    seconds from the window's end to now). They are kept out of the window's points, which depend
+    on the events alone (a window re-processed after a crash gives the same points)."""
+    if not outcome.windows:
+        return []
+    now = time.time()
+    rate = stats["events"] / max(time.monotonic() - stats["first_at"], 1e-9) if "first_at" in stats else 0.0
+    out = []
+    for window in outcome.windows:
+        if window.instant:
+            continue
+        tags = {"model_id": window.model_id, "model_version": window.model_version}
+        out.append(Point("monitor", {**tags, "stat": "throughput"}, {"value": float(rate)}, int(now * 1e9)))
+        out.append(Point("monitor", {**tags, "stat": "lag"}, {"value": max(now - window.end_ns / 1e9, 0.0)},
+                         int(now * 1e9)))
+    return out
 
 
 async def _maybe_await(value: Any) -> None:

@@ -82,9 +82,10 @@ class KafkaConfig:
     """Most messages in one micro-batch: a batch is whatever has arrived, up to this many."""
     batch_timeout: float = 0.2
     """Longest wait, in seconds, for messages when none is waiting."""
-    idle_timeout: float = 30.0
-    """Seconds a caught-up source partition may stay silent before it stops holding the model
-    windows' watermark back (its stage 1 publishes an idle marker)."""
+    merge_by_event_time: bool = True
+    """Fair consumption: hand a partition's predictions and feedback on merged by event time (as
+    ``replay`` does), waiting while a topic with a backlog has nothing fetched yet; false: in
+    fetch order."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,12 @@ class InfluxConfig:
     token: Secret = Secret("")
     enabled: bool = True
     batch_size: int = 5000
-    flush_interval_ms: int = 250
-    max_retries: int = 5
+    """Most points per write request (a batch's points are written before its state is saved)."""
+    retry_max_seconds: float = 10.0
+    """Longest pause between two attempts while InfluxDB is unreachable (the back-off doubles up to it;
+    attempts go on until it answers: points are never dropped for an outage)."""
+    warn_every_seconds: float = 30.0
+    """While InfluxDB is unreachable, a WARNING this often (URL, how long, points waiting)."""
 
 
 @dataclass(frozen=True)

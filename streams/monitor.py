@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -157,8 +157,7 @@ class _Deltas:
 class ModelMonitor:
     """Stage 1 of one configured model in one source partition, across its versions."""
 
-    def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *, registry: Any = None,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *, registry: Any = None) -> None:
         self.cfg = cfg
         self.evaluation = evaluation
         self.registry = registry

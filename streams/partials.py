@@ -162,8 +162,8 @@ class ModelPartial:
     keyed by ``model_id``).
 
     ``watermark`` is the largest event time the partition has seen for the model (``None``
-    before any); ``idle`` says the partition has been caught up and silent for
-    ``idle_timeout`` (it stops holding the watermark back until its next non-idle partial);
+    before any); ``idle`` says the partition is caught up and silent (it stops holding the watermark back
+    until its next non-idle partial);
     ``final`` is the end of input (replay): every pane of this source may close.
     """
 

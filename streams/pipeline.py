@@ -1,10 +1,17 @@
 """The worker's work, independent of Faust: messages in, points/alerts/jobs out.
 
-:class:`Pipeline` is what the Faust agent calls for every batch it takes from
-Kafka, and what ``replay`` calls for batches read from files: one code path
-for both. It parses and validates, routes bad input to dead letters, joins
-feedback, hands column batches to each model's :class:`~streams.monitor.ModelMonitor`
-and collects what closed windows produced.
+:class:`SourcePipeline` is stage 1 of one source partition: it parses and
+validates, routes bad input to dead letters, joins feedback, and hands each
+model's arrivals (predictions, joined pairs, counter marks, in arrival order)
+to its :class:`~streams.monitor.ModelMonitor`, which returns the batch's pane
+deltas (:class:`~streams.partials.ModelPartial`). Stage 2,
+:class:`~streams.windows.ModelWindows`, merges those of every source
+partition into model windows, points, alerts and retrain requests.
+
+:class:`Pipeline` runs both in one process for one partition's batches, the
+partials encoded and decoded as the internal topic carries them: ``replay``
+runs it, and so does the worker's Faust agent for every batch it takes from
+Kafka (until stage 2 consumes the internal topic).
 """
 
 from __future__ import annotations
@@ -182,9 +189,9 @@ class SourcePipeline:
         return outcome
 
     def idle(self) -> list[ModelPartial]:
-        """Every model's idle marker: this partition is caught up and has been silent for
-        ``kafka.idle_timeout``, so stage 2 stops waiting for its watermark until it publishes
-        again. Takes a sequence number like a batch (snapshot the state before publishing)."""
+        """Every model's idle marker: this partition is caught up and has been silent, so stage 2
+        stops waiting for its watermark until it publishes again. Takes a sequence number like a
+        batch (snapshot the state before publishing, or a restart reuses the number)."""
         seq = self.seq
         self.seq += 1
         return [monitor.idle(source=self.partition, seq=seq) for monitor in self.monitors.values()]

@@ -62,17 +62,17 @@ def policy_rules(cfg: Config, model_id: str) -> list[Any]:
         raise ConfigError(str(exc)) from None
 
 
-def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = None, *, registry: Any = None,
-                     clock: Callable[[], float] | None = None) -> Callable[..., Pipeline]:
+def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = None, *,
+                     registry: Any = None) -> Callable[..., Pipeline]:
     """A factory of in-process two-stage pipelines (stage 1 of one source partition, whose
     partials go through the internal topic's codec into each model's stage 2), sharing the
-    loaded profiles. ``clock`` stamps the wall-clock ``monitor`` points (``throughput``, ``lag``)."""
+    loaded profiles. No window figure reads a clock (the worker stamps ``throughput``/``lag``)."""
     evaluations = evaluations if evaluations is not None else load_evaluations(cfg)
     rules = {model_id: policy_rules(cfg, model_id) for model_id in evaluations}
 
     def build(store: JoinStore, partition: int = 0) -> Pipeline:
         return Pipeline(source_pipeline(cfg, evaluations, store, partition=partition, registry=registry),
-                        model_windows(cfg, evaluations, rules, sources=(partition,), registry=registry, clock=clock))
+                        model_windows(cfg, evaluations, rules, sources=(partition,), registry=registry))
 
     return build
 
@@ -86,12 +86,10 @@ def source_pipeline(cfg: Config, evaluations: dict[str, Evaluation], store: Join
 
 
 def model_windows(cfg: Config, evaluations: dict[str, Evaluation], rules: dict[str, list[Any]] | None = None, *,
-                  sources: Iterable[int] = (0,), registry: Any = None,
-                  clock: Callable[[], float] | None = None) -> dict[str, ModelWindows]:
+                  sources: Iterable[int] = (0,), registry: Any = None) -> dict[str, ModelWindows]:
     """Stage 2 of every model, expecting partials from ``sources`` (source partitions)."""
     rules = rules if rules is not None else {model_id: policy_rules(cfg, model_id) for model_id in evaluations}
     sources = tuple(sources)
-    options: dict[str, Any] = {"clock": clock} if clock is not None else {}
     return {model_id: ModelWindows(cfg.models[model_id], evaluation, sources=sources,
-                                   policy=PolicyEngine(rules[model_id]), registry=registry, **options)
+                                   policy=PolicyEngine(rules[model_id]), registry=registry)
             for model_id, evaluation in evaluations.items()}

@@ -14,8 +14,14 @@ producer batches several records (``ListOffsets`` answers fewer than were
 written), so recovery never finished. Reading to the end of the topic with a
 plain consumer does not depend on that figure.
 
-Records (see :class:`PartitionState`): per batch a delta of the join table and
-the monitors' snapshot; now and then a full snapshot of the join table.
+Records (see :class:`PartitionState`): per batch an *intent* (the batch's
+offset range per input topic, logged before any of its outputs), a delta of the
+join table and the monitors' snapshot with the batch's *progress* (the end
+offset consumed per input topic); now and then a full snapshot of the join
+table. The monitors' record is the batch's commit point: recovery applies only
+the deltas up to its sequence number, and resumes reading at its progress. An
+intent newer than it names the batch that was in doubt when the worker died;
+its range is read again, exactly, as the first batch (see :mod:`streams.consumer`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MONITORS_KEY = b"s:monitors"
 MARKER_KEY = b"m:join"
+INTENT_KEY = b"i:batch"
 DELTA_SLOTS = 1000
 """Delta records cycle through this many keys; compaction keeps the latest of each."""
 FULL_EVERY = 200
@@ -74,6 +81,10 @@ class PartitionState(JoinStore):
     seq: int = 0
     epoch: int = 0
     marker_seq: int = 0
+    progress: dict[str, int] = field(default_factory=dict)
+    """Input topic -> next offset to read, as of the last saved batch (``seq``)."""
+    intent: dict[str, Any] | None = None
+    """The last intent logged: ``{"seq": n, "ranges": {topic: [start, end]}}``."""
     _sets: dict[str, list[Any]] = field(default_factory=dict)
     _deletes: set[str] = field(default_factory=set)
     _recovery: dict[str, Any] = field(default_factory=lambda: {"deltas": {}, "chunks": {}, "marker": None})
@@ -108,10 +119,27 @@ class PartitionState(JoinStore):
 
     # -- logging -----------------------------------------------------------------------------
 
-    def save_snapshot(self, snapshot: dict[str, Any]) -> None:
-        """End of a batch: log its join changes and the monitors' snapshot."""
+    def save_intent(self, ranges: dict[str, tuple[int, int]]) -> None:
+        """Start of a batch: log the offset range it covers per input topic (``[start, end)``),
+        before any of its outputs is sent; a recovery that finds it without the batch's state
+        reads exactly this range again."""
+        self.intent = {"seq": self.seq + 1, "ranges": {t: [int(a), int(b)] for t, (a, b) in sorted(ranges.items())}}
+        if self.send is not None:
+            self.send(self.partition, INTENT_KEY, _dumps(self.intent))
+
+    def pending(self) -> dict[str, tuple[int, int]] | None:
+        """The range of the batch in doubt (intent logged, state not), else None."""
+        if self.intent is None or int(self.intent["seq"]) != self.seq + 1:
+            return None
+        return {topic: (int(a), int(b)) for topic, (a, b) in self.intent["ranges"].items()}
+
+    def save_snapshot(self, snapshot: dict[str, Any], progress: dict[str, int] | None = None) -> None:
+        """End of a batch, once its outputs are acknowledged: log its join changes, then the
+        monitors' snapshot with the offsets consumed so far (``progress``: topic -> next offset)."""
         self.snapshot = snapshot
         self.seq += 1
+        if progress:
+            self.progress.update(progress)
         if self.send is not None:
             sets = list(self._sets.items())
             parts = max(1, -(-len(sets) // PART_ENTRIES))
@@ -120,7 +148,8 @@ class PartitionState(JoinStore):
                 record = {"seq": self.seq, "part": i, "parts": parts, "set": chunk,
                           "del": sorted(self._deletes) if i == 0 else []}
                 self.send(self.partition, b"d:%d:%d" % (self.seq % DELTA_SLOTS, i), _dumps(record))
-            self.send(self.partition, MONITORS_KEY, _dumps({"seq": self.seq, "snapshot": snapshot}))
+            self.send(self.partition, MONITORS_KEY,
+                      _dumps({"seq": self.seq, "snapshot": snapshot, "progress": self.progress}))
         self._sets.clear()
         self._deletes.clear()
         if self.seq - self.marker_seq >= FULL_EVERY:
@@ -148,7 +177,10 @@ class PartitionState(JoinStore):
         doc = orjson.loads(value)
         if key == MONITORS_KEY:
             self.snapshot = doc["snapshot"]
-            self.seq = max(self.seq, int(doc["seq"]))
+            self.seq = int(doc["seq"])
+            self.progress = {str(t): int(o) for t, o in (doc.get("progress") or {}).items()}
+        elif key == INTENT_KEY:
+            self.intent = doc
         elif key == MARKER_KEY:
             self._recovery["marker"] = doc
         elif key.startswith(b"d:"):
@@ -157,23 +189,25 @@ class PartitionState(JoinStore):
             self._recovery["chunks"][(int(doc["epoch"]), int(doc["part"]))] = doc
 
     def finish_recovery(self) -> None:
+        """Build the join table of the last saved batch (``seq``): the newest complete snapshot up
+        to it and the deltas after it, not those of a batch whose state record never came."""
         marker = self._recovery["marker"]
         chunks, deltas = self._recovery["chunks"], self._recovery["deltas"]
         self.joins = OrderedDict()
         base = 0
-        if marker is not None and all((marker["epoch"], i) in chunks for i in range(marker["parts"])):
+        if (marker is not None and int(marker["seq"]) <= self.seq
+                and all((marker["epoch"], i) in chunks for i in range(marker["parts"]))):
             for i in range(marker["parts"]):
                 self.joins.update(chunks[(marker["epoch"], i)]["entries"])
             base = int(marker["seq"])
             self.epoch = int(marker["epoch"])
         self.marker_seq = base
         for (seq, _part), delta in sorted(deltas.items()):
-            if seq <= base:
+            if seq <= base or seq > self.seq:  # before the snapshot, or of a batch in doubt
                 continue
             for name in delta["del"]:
                 self.joins.pop(name, None)
             self.joins.update(delta["set"])
-            self.seq = max(self.seq, seq)
         self._recovery = {"deltas": {}, "chunks": {}, "marker": None}
 
 

@@ -7,9 +7,8 @@ from every source partition (in the worker: the internal topic ``<group_id>-pane
 - merges each partial once: per source partition it remembers the last batch sequence merged
   and ignores a partial at or below it (a re-published batch);
 - keeps every source partition's watermark; the model's watermark is their minimum over the
-  partitions that are not idle (an idle partition — caught up and silent for
-  ``idle_timeout`` — stops holding it back until it publishes again, as Flink's
-  ``withIdleness``);
+  partitions that are not idle (an idle partition — caught up and silent — stops holding
+  it back until it publishes again, as Flink's ``withIdleness``);
 - closes an event-time pane when that watermark reaches its end plus ``allowed_lateness``
   (a count pane when its source says it is complete), merges the window's panes, computes
   its points once, feeds the model-level sequential detectors once, evaluates the policy once,
@@ -24,10 +23,9 @@ source partitions' partials interleave (the tests check every interleaving they 
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from detectors.points import Point
 from retrain.events import Alert, RetrainTrigger
@@ -75,19 +73,17 @@ class Decided:
     windows: list[WindowOutput] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     jobs: list[JobRequest] = field(default_factory=list)
-    extra_points: list[Point] = field(default_factory=list)
-    """Points stamped with processing time (``monitor`` ``throughput``, ``lag``): wall-clock
-    figures kept out of the window points, which must be the same on every run."""
 
     @property
     def points(self) -> list[Point]:
-        return [p for w in self.windows for p in w.points] + self.extra_points
+        """Every window's and detection's points. Wall-clock figures (``monitor`` ``throughput``,
+        ``lag``) are not among them: the worker writes those stamped with processing time."""
+        return [p for w in self.windows for p in w.points]
 
     def extend(self, other: Decided) -> Decided:
         self.windows.extend(other.windows)
         self.alerts.extend(other.alerts)
         self.jobs.extend(other.jobs)
-        self.extra_points.extend(other.extra_points)
         return self
 
 
@@ -116,7 +112,6 @@ class _Pane:
     evidence: Evidence = field(default_factory=Evidence)
     complete: bool = False
     """A count pane its source has filled."""
-    opened_at: float = field(default_factory=time.monotonic)
 
     def add(self, delta: PaneDelta, source: int, seq: int, evaluation: Evaluation, limit: int) -> None:
         if delta.summaries is not None:
@@ -157,6 +152,8 @@ class _Pane:
         return out
 
     def snapshot(self) -> dict[str, Any]:
+        """JSON-able state. The evidence rows stay out: they would make every batch's state record
+        up to ~100 KB larger, and a report after a restart with fewer rows changes no figure."""
         return {"summaries": self.summaries.snapshot(), "n": self.n, "pairs": self.pairs,
                 "start": self.start if math.isfinite(self.start) else None,
                 "end": self.end if math.isfinite(self.end) else None,
@@ -164,7 +161,7 @@ class _Pane:
                 "inputs": [[s, q, [{k: list(v) for k, v in m.items()} for m in means], errors]
                            for s, q, means, errors in self.inputs],
                 "cusum": self.cusum, "cusum_current": [[s, c] for s, c in sorted(self.cusum_current.items())],
-                "counters": dict(self.counters), "evidence": self.evidence.to_dict(), "complete": self.complete}
+                "counters": dict(self.counters), "complete": self.complete}
 
     @classmethod
     def restore(cls, state: Mapping[str, Any], evaluation: Evaluation) -> _Pane:
@@ -176,7 +173,7 @@ class _Pane:
                             [float(e) for e in errors]) for s, q, means, errors in state["inputs"]],
                    cusum=state["cusum"], cusum_current={int(s): list(c) for s, c in state["cusum_current"]},
                    counters=dict(state["counters"]),
-                   evidence=Evidence.from_dict(state["evidence"]), complete=bool(state["complete"]))
+                   complete=bool(state["complete"]))
 
 
 class _VersionWindows:
@@ -220,13 +217,11 @@ class ModelWindows:
     """Stage 2 of one model: every source partition's panes merged into model windows."""
 
     def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *, sources: Iterable[int] = (0,),
-                 policy: PolicyEngine | None = None, registry: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 policy: PolicyEngine | None = None, registry: Any = None) -> None:
         self.cfg = cfg
         self.evaluation = evaluation
         self.registry = registry
         self.policy = policy
-        self.clock = clock
         self.panes = Panes.of(cfg.window)
         self.by_events, self.panes_per_window = self.panes.by_events, self.panes.panes_per_window
         self.evidence_limit = evidence_rows(cfg.window.events)
@@ -366,13 +361,6 @@ class ModelWindows:
         stats.setdefault("dead_letters", 0.0)
         points.extend(Point("monitor", {**tags, "stat": stat}, {"value": value}, end_ns)
                       for stat, value in sorted(stats.items()))
-        now = self.clock()
-        if math.isfinite(now):  # wall-clock figures: their own points, stamped now
-            now_ns = int(now * NS)
-            elapsed = max(time.monotonic() - pane.opened_at, 1e-9)
-            out.extra_points.append(Point("monitor", {**tags, "stat": "throughput"}, {"value": pane.n / elapsed}, now_ns))
-            lag = max(now - end, 0.0) if math.isfinite(end) else 0.0
-            out.extra_points.append(Point("monitor", {**tags, "stat": "lag"}, {"value": lag}, now_ns))
         evidence = Evidence()
         for p in panes:
             evidence.extend(p.evidence, limit=self.evidence_limit)

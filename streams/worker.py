@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
+
+from detectors.points import Point
 
 from streams.app import create_app
 from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
-from streams.consumer import kafka_security
 from streams.monitor import check_count_windows
 from streams.runtime import load_evaluations, pipeline_factory
 from streams.sinks import DiscardSink, InfluxSink, PointSink
-from streams.state import changelog_topic, recover
+from streams.state import changelog_topic
 from streams.updates import UpdateFollower, VersionRegistry
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,17 @@ def build_sink(cfg: Config) -> PointSink:
         return DiscardSink()
     if not cfg.influx.token:
         log.warning("DRIFTWARDEN_INFLUX_TOKEN is not set: writing to %s without a token", cfg.influx.url)
-    return InfluxSink(cfg.influx)
+    sink = InfluxSink(cfg.influx)
+
+    def outage_ended(seconds: float) -> None:
+        """An outage is a figure on the dashboard too: ``monitor{stat=influx_outage_seconds}`` per
+        model, stamped with the time InfluxDB answered again."""
+        now_ns = time.time_ns()
+        sink.write(Point("monitor", {"model_id": model_id, "stat": "influx_outage_seconds"}, {"value": seconds},
+                         now_ns) for model_id in cfg.models)
+
+    sink.on_outage_end = outage_ended
+    return sink
 
 
 def with_source_partitions(cfg: Config) -> Config:
@@ -66,9 +78,9 @@ def run_worker(config_path: str) -> int:
     actions = Actions(cfg, evaluations, echo=echo, registry=registry)
     changelog = changelog_topic(cfg.kafka.group_id)
     create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True)
-    recovered = recover(cfg.kafka.bootstrap, changelog, **kafka_security(cfg))
+    # partitions' state is read from the changelog when they are assigned (streams.app)
     app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations, registry=registry), sink=sink,
-                     recovered=recovered, on_outcome=actions.handle, echo=echo)
+                     on_outcome=actions.handle, echo=echo)
     actions.bind(app)
     follower.attach(app)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -86,5 +98,6 @@ def run_worker(config_path: str) -> int:
         echo(f"driftwarden worker stopped: {done['events']} events, {done['pairs']} labelled pairs, "
              f"{done['dead_letters']} dead letters, {actions.alerts_sent} alerts, "
              f"{actions.jobs_sent} retrain jobs; points written {getattr(sink, 'written', 0)}, "
-             f"lost {getattr(sink, 'failed', 0)}")
+             f"lost {getattr(sink, 'failed', 0)}; InfluxDB unreachable {getattr(sink, 'outages', 0)} times "
+             f"({getattr(sink, 'outage_seconds', 0.0):.0f} s)")
     return code

@@ -84,15 +84,13 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> Case:
 
 def single_partition(case: Case, batch: int = 97) -> Decided:
     """The oracle: every message through one partition, in order."""
-    pipeline = pipeline_factory(case.cfg, case.evaluations, clock=lambda: -math.inf)(DictStore())
+    pipeline = pipeline_factory(case.cfg, case.evaluations)(DictStore())
     out = Decided()
     for i in range(0, len(case.messages), batch):
         outcome = pipeline.process(case.messages[i:i + batch])
         out.windows.extend(outcome.windows)
         out.alerts.extend(outcome.alerts)
         out.jobs.extend(outcome.jobs)
-        out.extra_points.extend(p for p in outcome.points if p.measurement == "monitor"
-                                and p.tags["stat"] in ("throughput", "lag"))
     outcome = pipeline.flush()
     out.windows.extend(outcome.windows)
     out.alerts.extend(outcome.alerts)
@@ -115,7 +113,7 @@ def stage_one(case: Case, batch: int = 61) -> dict[int, list[bytes]]:
 
 def stage_two(case: Case, stream: Iterable[bytes]) -> Decided:
     windows = model_windows(case.cfg, case.evaluations, {MODEL: policy_rules(case.cfg, MODEL)},
-                            sources=range(PARTITIONS), clock=lambda: -math.inf)[MODEL]
+                            sources=range(PARTITIONS))[MODEL]
     out = Decided()
     for data in stream:
         out.extend(windows.merge(decode(data)))
@@ -258,7 +256,7 @@ def tiny_prediction(pid: str, t: float, partition: int, offset: int) -> RawMessa
 def tiny_stages(cfg: Config, partitions: int) -> tuple[dict[int, Any], Any]:
     evaluations = load_evaluations(cfg)
     sources = {p: source_pipeline(cfg, evaluations, DictStore(), partition=p) for p in range(partitions)}
-    return sources, model_windows(cfg, evaluations, sources=range(partitions), clock=lambda: -math.inf)["m"]
+    return sources, model_windows(cfg, evaluations, sources=range(partitions))["m"]
 
 
 def feed(windows: Any, partials: Iterable[ModelPartial]) -> Decided:
