@@ -38,7 +38,7 @@ import base64
 import math
 import pickle
 from dataclasses import dataclass
-from typing import Any, Mapping, Self
+from typing import Any, Iterable, Mapping, Self
 
 import numpy as np
 from river import drift as river_drift
@@ -164,16 +164,7 @@ class SequentialDrift:
     def update(self, features: FeatureFrame, scores: np.ndarray | None = None) -> Self:
         """Feed one micro-batch: the mean of every stream's finite values (streams
         with no finite value in the batch are skipped; the batch index advances)."""
-        means: dict[str, tuple[float, int]] = {}
-        for name in self.features:
-            values = scores if name == SCORE_STREAM else features.numeric.get(name)
-            if values is None:
-                continue
-            arr = np.asarray(values, dtype=np.float64)
-            finite = arr[np.isfinite(arr)]
-            if finite.size:
-                means[name] = (float(finite.mean()), int(finite.size))
-        return self.update_means(means)
+        return self.update_means(stream_means(features, scores, self.features))
 
     def update_means(self, means: Mapping[str, tuple[float, int]]) -> Self:
         """Feed one batch given as stream -> ``(batch mean, count)`` (unknown streams ignored)."""
@@ -266,6 +257,24 @@ class SequentialDrift:
             stream.drifted = bool(data["drifted"])
             out._streams[name] = stream
         return out
+
+
+def stream_means(features: FeatureFrame, scores: np.ndarray | None,
+                 names: Iterable[str]) -> dict[str, tuple[float, int]]:
+    """Stream -> ``(mean, count)`` of a batch's finite values for each of ``names`` (a numeric
+    feature, or :data:`SCORE_STREAM`); a stream without a finite value is left out. What
+    :meth:`SequentialDrift.update` feeds, computed where the batch is (stage 1) for a
+    :meth:`SequentialDrift.update_means` elsewhere (stage 2)."""
+    means: dict[str, tuple[float, int]] = {}
+    for name in names:
+        values = scores if name == SCORE_STREAM else features.numeric.get(name)
+        if values is None:
+            continue
+        arr = np.asarray(values, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        if finite.size:
+            means[name] = (float(finite.mean()), int(finite.size))
+    return means
 
 
 def sequential_points(result: SequentialResult, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:

@@ -72,7 +72,7 @@ FAIRNESS_DISPARITY_METRICS: frozenset[str] = frozenset(
 """Fairness metrics written with ``group="all"``."""
 DATA_QUALITY_CHECKS: frozenset[str] = frozenset({"missing", "out_of_range", "unseen_category", "type_error"})
 """Values of the ``check`` tag of ``data_quality`` (``detectors.quality.CHECKS``)."""
-MONITOR_WINDOW_STATS: frozenset[str] = frozenset({"throughput", "lag", "dead_letters", "join_rate", "events", "pairs"})
+MONITOR_WINDOW_STATS: frozenset[str] = frozenset({"dead_letters", "join_rate", "events", "pairs"})
 """``monitor`` stats every closed window carries."""
 MONITOR_COUNTERS: frozenset[str] = frozenset(
     {"dead_letters",  # rejected input of the model (every window carries it, 0 when none)
@@ -88,7 +88,23 @@ MONITOR_COUNTERS: frozenset[str] = frozenset(
 )
 """``monitor`` counters a window carries when they occurred in it; ``ModelMonitor.count`` refuses
 any other name, so a counter cannot be written without being in this table."""
-MONITOR_STATS: frozenset[str] = MONITOR_WINDOW_STATS | MONITOR_COUNTERS
+MONITOR_PROCESS_STATS: frozenset[str] = frozenset({"throughput", "lag", "influx_outage_seconds"})
+"""``monitor`` stats stamped with processing time, not a window's end (wall-clock figures:
+streams/app.py, streams/worker.py)."""
+MONITOR_STATS: frozenset[str] = MONITOR_WINDOW_STATS | MONITOR_COUNTERS | MONITOR_PROCESS_STATS
+
+
+def monitor_counter(name: str) -> str:
+    """``name`` if it is a counter of the metric table, else ``ValueError`` saying where to add it:
+    every writer of a ``monitor`` counter goes through this, so none can be written unlisted.
+
+    >>> monitor_counter("late")
+    'late'
+    """
+    if name not in MONITOR_COUNTERS:
+        raise ValueError(f"monitor counter {name!r} is not in retrain.metrics.MONITOR_COUNTERS "
+                         f"({', '.join(sorted(MONITOR_COUNTERS))}): add it there (and to README's metric table)")
+    return name
 
 TAG_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     {

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 from detectors.profile import as_class_labels
 from retrain.events import Alert, RetrainJob
 from streams.config import Config
-from streams.pipeline import JobRequest, Outcome
+from streams.pipeline import Outcome
+from streams.windows import JobRequest
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,9 @@ class Actions:
         the training span of ``retrain.train_pairs``/``retrain.train_seconds`` before the trigger."""
         report = self.write_report(request)
         window = request.window
-        offsets = {0: window.offsets} if window.offsets is not None else None
         span = request.trigger.training_span(train_pairs=self.cfg.retrain.train_pairs,
                                              train_seconds=self.cfg.retrain.train_seconds)
-        return request.trigger.to_job(report_path=str(report) if report else None, offsets=offsets,
+        return request.trigger.to_job(report_path=str(report) if report else None, offsets=window.offsets,
                                       replaces_version=window.model_version, **span)
 
     def write_report(self, request: JobRequest) -> Path | None:
@@ -140,14 +140,14 @@ class Actions:
         trigger, window = request.trigger, request.window
         evaluation = (self.registry.evaluation(trigger.model_id, window.model_version) if self.registry is not None
                       else self.evaluations.get(trigger.model_id))
-        if evaluation is None or evaluation.profile is None or window.evidence is None:
+        if evaluation is None or evaluation.profile is None or not window.evidence:
             return None
         from detectors.report import evidently_report_html
 
         profile = evaluation.profile
         path = Path(self.cfg.retrain.reports_dir) / trigger.model_id / f"{trigger.job_id}.html"
         try:
-            current = window.evidence()
+            current = evaluation.evidence_frame(window.evidence)
             reference = profile.sample_frame()
             if evaluation.cfg.task != "regression":
                 # class labels compare as strings everywhere in driftwarden ("1", not 1)

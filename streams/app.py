@@ -6,8 +6,9 @@ Predictions and feedback are read in micro-batches by a
 partition's :class:`~streams.pipeline.Pipeline`, and what comes out goes to the
 sinks: points to InfluxDB, rejects to ``dead-letters``, alerts to ``alerts``,
 retrain jobs to ``retrain-jobs``, joined pairs to ``labelled`` — all through
-Faust's producer. Offsets are committed only after a batch is done and its
-output acknowledged.
+Faust's producer. Every batch goes through the delivery protocol of
+:mod:`streams.consumer` (intent, outputs and points acknowledged, state with
+progress, commit).
 
 State (the join table and, after each batch, a snapshot of every model's
 open windows) is kept per partition and sent to a changelog topic; see
@@ -25,96 +26,17 @@ import faust
 from faust.app.base import BootStrategy
 
 from streams.config import Config
-from streams.consumer import Batch, SourceConsumer
+from detectors.points import Point
+from streams.consumer import Batch, Resume, SourceConsumer
+from streams.faults import Faults
 from streams.join import JoinStore, labelled_messages
 from streams.kafka import client_options, faust_credentials
-from streams.pipeline import Outcome, Pipeline
+from streams.outbox import Outbox
+from streams.pipeline import FEEDBACK, PREDICTION, Outcome, Pipeline
 from streams.sinks import PointSink
 from streams.state import PartitionState, changelog_topic, recover
 
 log = logging.getLogger(__name__)
-
-
-_Record = tuple[str, bytes | None, bytes | None, int | None, float | None]
-"""An output record: topic, key, value, partition (``None``: by key), timestamp (epoch s; ``None``: now)."""
-
-
-class Outbox:
-    """Messages a batch produced, sent through the app's producer; :meth:`delivered` returns once
-    the broker has acknowledged every one of them (Faust's ``send_soon`` buffer gives no such
-    point: its flush returns while messages still wait in it).
-
-    A record the producer or the broker refuses as such (too large, corrupt) is replaced by a
-    dead letter that references it (``dead_letters`` topic: its topic, partition, size and
-    SHA-256, no payload) and the batch goes on: one record never stops the worker, which would
-    read the same batch again on restart and stop again. Anything else (the broker is away)
-    still raises, and the batch is not committed."""
-
-    def __init__(self, dead_letters: str = "dead-letters") -> None:
-        self.dead_letters = dead_letters
-        self.queued: list[_Record] = []
-        self.in_flight: list[tuple[Any, _Record | None]] = []
-        self.refused = 0
-        """Records refused and replaced by a dead letter, since start."""
-        self._producer: Any = None
-
-    def put(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
-            timestamp: float | None = None) -> None:
-        """Queue a message; ``timestamp`` (epoch seconds) is its Kafka timestamp (default: now)."""
-        self.queued.append((topic, key, value, partition, timestamp))
-
-    async def send(self, producer: Any) -> None:
-        self._producer = producer
-        queued, self.queued = self.queued, []
-        for record in queued:
-            try:
-                self.in_flight.append((await producer.send(*record, None), record))
-            except Exception as exc:  # the producer's own size check refuses at once
-                if not _is_refusal(exc):
-                    raise
-                self.in_flight.append((await self._refer(record, exc), None))
-
-    async def delivered(self) -> None:
-        in_flight, self.in_flight = self.in_flight, []
-        if not in_flight:
-            return
-        results = await asyncio.gather(*(future for future, _ in in_flight), return_exceptions=True)
-        refused = []
-        for (_, record), result in zip(in_flight, results):
-            if not isinstance(result, BaseException):
-                continue
-            if record is None or not _is_refusal(result):
-                raise result
-            refused.append(await self._refer(record, result))
-        if refused:
-            await asyncio.gather(*refused)
-
-    async def _refer(self, record: _Record, exc: Exception) -> Any:
-        """Send the dead letter that stands for a refused record; return its delivery future."""
-        from streams.pipeline import DeadLetter, RawMessage
-
-        topic, key, value, partition, _ = record
-        size = len(value or b"")
-        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-        self.refused += 1
-        log.error("the broker refused a record of %d bytes for %s (%s); a dead letter references it instead",
-                  size, topic, type(cause).__name__)
-        letter = DeadLetter(RawMessage("output", value or b"", key, topic, -1 if partition is None else partition),
-                            reason=f"output record of {size} bytes for topic {topic!r} refused "
-                                   f"({type(cause).__name__}: {cause}); not delivered",
-                            payload_bytes=0)
-        return await self._producer.send(self.dead_letters, (key or b"")[:256] or None, letter.to_json(),
-                                         None, None, None)
-
-
-def _is_refusal(exc: BaseException) -> bool:
-    """True for an error that refuses one record (not the connection); Faust wraps the producer's
-    own errors in ``ProducerSendError``."""
-    from aiokafka import errors
-
-    refusals = (errors.MessageSizeTooLargeError, errors.RecordListTooLargeError, errors.RecordTooLargeError,
-                errors.CorruptRecordException)
-    return isinstance(exc, refusals) or isinstance(exc.__cause__, refusals)
 
 
 class _WithoutFaustConsumer(BootStrategy):
@@ -131,7 +53,7 @@ class WorkerApp(faust.App):
 def create_app(
     cfg: Config,
     *,
-    pipeline_factory: Callable[[JoinStore], Pipeline],
+    pipeline_factory: Callable[[JoinStore, int], Pipeline],
     sink: PointSink,
     recovered: dict[int, PartitionState] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
@@ -175,7 +97,7 @@ def create_app(
 
     def send_change(partition: int, key: bytes, value: bytes | None) -> None:
         outbox.put(changelog_name, key, value, partition)
-    stats = {"events": 0, "batches": 0, "failed_batches": 0}
+    stats: dict[str, Any] = {"events": 0, "batches": 0, "failed_batches": 0}
     last = {"messages": 0, "at": time.monotonic()}
 
     def pipeline_for(partition: int) -> tuple[Pipeline, PartitionState]:
@@ -183,7 +105,7 @@ def create_app(
         if entry is None:
             state = recovered.pop(partition, None) or PartitionState(partition)
             state.send = send_change
-            pipeline = pipeline_factory(state)
+            pipeline = pipeline_factory(state, partition)
             if state.snapshot:
                 pipeline.restore(state.snapshot)
                 log.info("partition %d: resumed %d join entries and the open windows from the changelog",
@@ -192,26 +114,21 @@ def create_app(
             entry = pipelines[partition] = (pipeline, state)
         return entry
 
-    stale: set[int] = set()
-    """Partitions given up since the changelog was read: another worker may have moved them on."""
-
-    async def assigned(partitions: list[int]) -> None:
-        """Partitions given up earlier: read their state back from the changelog before their first
-        batch (every partition's state was read at start-up, before the app started)."""
+    async def take_partitions(partitions: list[int]) -> None:
+        """Read the state of newly assigned partitions back from the changelog before their first
+        batch: always, since the partition's last owner (another worker, or this one before a
+        rebalance) may have moved it on after any earlier read. ``recovered`` (tests) is used as is."""
         (echo or log.info)(f"PARTITIONS assigned {partitions} of {topics.predictions}/{topics.feedback}")
         for partition in [p for p in recovered if p not in partitions]:
-            # read at start-up but owned by another worker since: that worker moves it on
             del recovered[partition]
-            stale.add(partition)
-        missing = sorted(stale.intersection(partitions))
+        missing = [p for p in partitions if p not in pipelines and p not in recovered]
         if missing:
             states = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: recover(cfg.kafka.bootstrap, changelog_name, partitions=missing,
                                       **client_options(cfg)))
             recovered.update(states)
-            stale.difference_update(missing)
 
-    async def revoked(partitions: list[int]) -> None:
+    async def give_up_partitions(partitions: list[int]) -> None:
         """Their batches are committed and their state is in the changelog: let them go, so a later
         assignment reads the state the next owner left."""
         for partition in partitions:
@@ -220,38 +137,67 @@ def create_app(
                 for name, count in done(partition, entry[0]).items():
                     given_up[name] += count
             recovered.pop(partition, None)
-        stale.update(partitions)
         (echo or log.info)(f"PARTITIONS revoked {partitions} (committed; state in {changelog_name})")
 
-    async def handle(batch: Batch) -> None:
-        started = time.monotonic()
-        outcomes = []
-        for partition, messages in batch.items():
-            pipeline, state = pipeline_for(partition)
-            try:
-                outcome = pipeline.process(messages)
-            except Exception:  # never a crashed worker: log, count, go on with the next batch
-                log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
-                stats["failed_batches"] += 1
-                continue
-            sink.write(outcome.points)
-            for dead in outcome.dead_letters:
-                outbox.put(topics.dead_letters, dead.message.key, dead.to_json())
-            for key, value, stamp in labelled_messages(outcome.pairs):  # arrays of pairs: a few messages per batch
-                outbox.put(topics.labelled, key, value, timestamp=stamp)
-            state.save_snapshot(pipeline.snapshot())
-            outcomes.append(outcome)
-        if on_outcome is not None:
-            for outcome in outcomes:
-                await _maybe_await(on_outcome(outcome))
-        await outbox.send(app.producer)
-        if not stats["batches"]:
-            last["at"] = started  # rates count from the first batch, not from start-up
-        stats["events"] += sum(len(messages) for messages in batch.values())
-        stats["batches"] += 1
+    Work = list[tuple[int, Pipeline, PartitionState, Outcome, dict[str, Any]]]
+    """Per partition of a batch: its pipeline, state, what it produced and its snapshot after it."""
 
-    consumer = SourceConsumer(cfg, handle=handle, before_commit=outbox.delivered,
-                              assigned=assigned, revoked=revoked, beacon=app.beacon)
+    class WorkerStage:
+        """The source stage: predictions and feedback in, pipeline per partition, outputs out."""
+
+        def intend(self, partition: int, ranges: dict[str, tuple[int, int]]) -> None:
+            pipeline_for(partition)[1].save_intent(ranges)
+
+        def process(self, batch: Batch) -> Work:
+            started = time.monotonic()
+            work: Work = []
+            for partition, messages in batch.items():
+                pipeline, state = pipeline_for(partition)
+                try:
+                    outcome = pipeline.process(messages)
+                except Exception:  # never a crashed worker: log, count, go on with the next batch
+                    log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
+                    stats["failed_batches"] += 1
+                    outcome = Outcome()
+                work.append((partition, pipeline, state, outcome, pipeline.snapshot()))
+            if not stats["batches"]:
+                last["at"] = stats["first_at"] = started  # rates count from the first batch, not from start-up
+            stats["events"] += sum(len(messages) for messages in batch.values())
+            stats["batches"] += 1
+            return work
+
+        async def emit(self, work: Work) -> None:
+            for _, _, _, outcome, _ in work:
+                sink.write(outcome.points)
+                sink.write(_processing_points(outcome, stats))
+                for dead in outcome.dead_letters:
+                    outbox.put(topics.dead_letters, dead.message.key, dead.to_json())
+                for key, value, stamp in labelled_messages(outcome.pairs):  # arrays of pairs: a few per batch
+                    outbox.put(topics.labelled, key, value, timestamp=stamp)
+            if on_outcome is not None:
+                for _, _, _, outcome, _ in work:
+                    await _maybe_await(on_outcome(outcome))
+
+        def save(self, work: Work, ends: dict[int, dict[str, int]]) -> None:
+            for partition, _, state, _, snapshot in work:
+                state.save_snapshot(snapshot, ends.get(partition))
+
+        def resume(self, partition: int) -> Resume | None:
+            state = pipeline_for(partition)[1]
+            if not state.progress and state.pending() is None:
+                return None
+            return Resume(dict(state.progress), state.pending())
+
+        async def assigned(self, partitions: list[int]) -> None:
+            await take_partitions(partitions)
+
+        async def revoked(self, partitions: list[int]) -> None:
+            await give_up_partitions(partitions)
+
+    consumer: SourceConsumer[Work] = SourceConsumer(
+        cfg, topics={topics.predictions: PREDICTION, topics.feedback: FEEDBACK}, stage=WorkerStage(),
+        outbox=outbox, producer=lambda: app.producer, sink=sink, merge=cfg.kafka.merge_by_event_time,
+        faults=Faults.from_environ(), beacon=app.beacon)
     app.service(consumer)
 
     @app.timer(interval=30.0)
@@ -271,6 +217,26 @@ def create_app(
     app.driftwarden_totals = totals  # type: ignore[attr-defined]
     app.driftwarden_outbox = outbox  # type: ignore[attr-defined]
     return app
+
+
+def _processing_points(outcome: Outcome, stats: dict[str, Any]) -> list[Point]:
+    """The wall-clock figures of the windows a batch closed, as their own ``monitor`` points stamped
+    with processing time (``throughput``: this worker's messages/s since its first batch; ``lag``:
+    seconds from the window's end to now). They are kept out of the window's points, which depend
+    on the events alone (a window re-processed after a crash gives the same points)."""
+    if not outcome.windows:
+        return []
+    now = time.time()
+    rate = stats["events"] / max(time.monotonic() - stats["first_at"], 1e-9) if "first_at" in stats else 0.0
+    out = []
+    for window in outcome.windows:
+        if window.instant:
+            continue
+        tags = {"model_id": window.model_id, "model_version": window.model_version}
+        out.append(Point("monitor", {**tags, "stat": "throughput"}, {"value": float(rate)}, int(now * 1e9)))
+        out.append(Point("monitor", {**tags, "stat": "lag"}, {"value": max(now - window.end_ns / 1e9, 0.0)},
+                         int(now * 1e9)))
+    return out
 
 
 async def _maybe_await(value: Any) -> None:

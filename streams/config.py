@@ -13,6 +13,7 @@ configuration error, and no secret ever appears in ``repr`` or a log line.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -110,6 +111,10 @@ class KafkaConfig:
     connect_timeout_seconds: float = 8.0
     """How long a command waits at start for a bootstrap server to accept a connection before it
     exits 3 with one line naming the address (a broker still starting is waited for)."""
+    merge_by_event_time: bool = True
+    """Fair consumption: hand a partition's predictions and feedback on merged by event time (as
+    ``replay`` does), waiting while a topic with a backlog has nothing fetched yet; false: in
+    fetch order."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,12 @@ class InfluxConfig:
     token: Secret = Secret("")
     enabled: bool = True
     batch_size: int = 5000
-    flush_interval_ms: int = 250
-    max_retries: int = 5
+    """Most points per write request (a batch's points are written before its state is saved)."""
+    retry_max_seconds: float = 10.0
+    """Longest pause between two attempts while InfluxDB is unreachable (the back-off doubles up to it;
+    attempts go on until it answers: points are never dropped for an outage)."""
+    warn_every_seconds: float = 30.0
+    """While InfluxDB is unreachable, a WARNING this often (URL, how long, points waiting)."""
     verify_ssl: bool = True
     """Check the server's certificate on an https ``url`` (turn off only for a test server)."""
     ssl_ca_cert: Path | None = None
@@ -135,6 +144,9 @@ class WindowConfig:
     events: int | None = 1000
     seconds: float | None = None
     slide: int | float | None = None
+    allowed_lateness: float = 5.0
+    """Event-time seconds a pane waits past its end for late events (the watermark is the
+    minimum over the source partitions); an event later than that is counted ``late``."""
 
     @property
     def kind(self) -> str:
@@ -503,7 +515,7 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
     window_raw = raw.get("window") or {"events": 1000}
     if not isinstance(window_raw, Mapping):
         raise ConfigError(f"{where}.window: expected {{events: N}} or {{seconds: S}}")
-    _check_keys(f"{where}.window", window_raw, {"events", "seconds", "slide"})
+    _check_keys(f"{where}.window", window_raw, {"events", "seconds", "slide", "allowed_lateness"})
     events, seconds = window_raw.get("events"), window_raw.get("seconds")
     if (events is None) == (seconds is None):
         raise ConfigError(f"{where}.window: give exactly one of events or seconds")
@@ -519,6 +531,9 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
         raise ConfigError(f"{where}.window.slide: an events window slides by a whole number of events")
     if slide is not None and abs(size / slide - round(size / slide)) > 1e-9:
         raise ConfigError(f"{where}.window.slide: the window ({size}) must be a whole multiple of the slide ({slide})")
+    lateness = window_raw.get("allowed_lateness", 5.0)
+    if isinstance(lateness, bool) or not isinstance(lateness, (int, float)) or not (0 <= lateness < math.inf):
+        raise ConfigError(f"{where}.window.allowed_lateness: expected seconds >= 0, got {lateness!r}")
     drift: dict[str, DriftMethod] = {}
     for name, spec in (raw.get("drift") or {}).items():
         if name != "*" and name not in features:
@@ -552,7 +567,8 @@ def _model(where: str, raw: Any, base_dir: Path) -> ModelConfig:
         features=dict(features),
         attributes=tuple(attributes),
         intersections=tuple(tuple(c) for c in intersections),
-        window=WindowConfig(events=events, seconds=float(seconds) if seconds is not None else None, slide=slide),
+        window=WindowConfig(events=events, seconds=float(seconds) if seconds is not None else None, slide=slide,
+                            allowed_lateness=float(lateness)),
         drift=drift,
         min_group_size=min_group,
         policies=tuple(policies) if policies is not None else None,

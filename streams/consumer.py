@@ -1,23 +1,52 @@
-"""Reading ``predictions`` and ``feedback`` in micro-batches; offsets committed after the work.
+"""A stage's input read in micro-batches, and the delivery protocol every batch goes through.
 
 Faust's streams hand an agent one event object per Kafka message, and that
 path tops out near 11,000 messages/s on a 2-core machine whatever the agent
 does (DESIGN.md, "Numbers that matter"), while a plain aiokafka consumer reads
-and decodes the same messages more than 20 times faster. The worker therefore
-reads its two source topics with aiokafka's ``getmany``: every fetch is handed
-to the partitions' pipelines as one batch of raw records. The consumer runs as
-a service of the worker's Faust app, next to Faust's producer (which carries
-every output), its timers and the model-updates follower.
+and decodes the same messages more than 20 times faster. A stage therefore
+reads its input topics with aiokafka's ``getmany``: every fetch is handed to
+the stage as one batch of raw records, by partition (the stage keeps its state
+per input partition; every input topic of a stage has the same partitions).
+The consumer runs as a service of the worker's Faust app, next to Faust's
+producer (which carries every output), its timers and the model-updates follower.
 
-Delivery: a batch's offsets are committed only after its work is done — the
-pipelines have processed it, and its state changes, dead letters, labelled
-pairs, alerts and retrain jobs have been acknowledged by the broker (the
-producer is flushed first). A worker killed in between reads the batch again.
+Delivery protocol (no Kafka transactions: the embedded broker refuses them),
+for batch *n* of a partition, in this order:
+
+1. **intent**: the batch's offset range per input topic is logged to the
+   stage's state changelog (sent first, processed meanwhile, acknowledged before
+   step 2);
+2. **outputs**: every message the batch produced, and its points, are sent and
+   acknowledged (the point sink acknowledges: a TSDB outage stalls here, retried
+   forever, and nothing further is consumed — backpressure);
+3. **state**: the batch's state change, carrying the offsets consumed (the
+   *progress*), is logged and acknowledged;
+4. **commit**: the group offsets are committed (for lag dashboards and
+   handovers; the progress in the state is what a restart resumes from).
+
+On assignment each input partition is read from the progress in its state
+(fallback: the committed offset, else the earliest). A partition whose last
+intent has no state record was in doubt when its worker died: the first batch
+after recovery is exactly the intent's range (what a fetch returns beyond it is
+trimmed; the batch waits until all of it is there), so processing — which is
+deterministic, given the same state and messages — produces the same outputs a
+second time. Outputs therefore reach their topics at least once with identical
+contents and deterministic identities (consumers dedup by them), and points
+are rewritten with identical values (the TSDB keeps one per series and time).
+
+Fair consumption: with ``merge`` (``kafka.merge_by_event_time``, the default),
+the input topic-partitions of one partition number are merged by event time,
+as ``replay`` merges its files: fetched records wait in a buffer per
+topic-partition and are handed on smallest event time first (ties in the
+order of ``topics``), as long as every topic-partition that still has a
+backlog has a record buffered — so a backlog of predictions is not read far
+ahead of its feedback (no empty windows followed by a huge one after a
+restart), and the order does not depend on how fetches happened to fall. A
+topic-partition with a full buffer (``kafka.batch_size``) is paused until the
+merge has taken from it.
 
 Rebalances: a revoked partition is dropped only after the batch in hand is
-committed; a partition assigned later is read back from the state changelog
-before its first batch (see :mod:`streams.state`), so whichever worker owns a
-partition resumes its join entries and open windows.
+done; a partition assigned later gets its state back before its first batch.
 """
 
 from __future__ import annotations
@@ -25,48 +54,129 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Awaitable, Callable, Iterable
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, TypeVar
 
 from mode import Service
 
 from streams.config import Config
+from streams.faults import Faults
 from streams.kafka import client_options
-from streams.pipeline import FEEDBACK, PREDICTION, RawMessage
+from streams.outbox import Outbox
+from streams.pipeline import RawMessage
+from streams.sinks import PointSink
 
 log = logging.getLogger(__name__)
 
 Batch = dict[int, list[RawMessage]]
-"""Raw messages of one fetch, by source partition (predictions and feedback share partitions)."""
+"""Raw messages of one fetch, by input partition (in the order of the stage's topics, then offsets)."""
+Ranges = dict[int, dict[str, tuple[int, int]]]
+"""Per input partition, per topic: the ``[start, end)`` offsets a batch covers."""
+
+W = TypeVar("W")
+STOP_GRACE_SECONDS = 10.0
+"""On stop, how long the batch in hand may take before it is abandoned (it is read again on restart)."""
 
 
 kafka_security = client_options
 """Kept for callers of the old name: :func:`streams.kafka.client_options`."""
 
 
-class SourceConsumer(Service):
-    """Consumes the source topics as a consumer group and hands each fetch to ``handle``.
+@dataclass(frozen=True)
+class Resume:
+    """Where an input partition's reading resumes, from its state."""
 
-    ``handle(batch)`` does the work of a batch; ``before_commit()`` must return once
-    everything the batch produced is acknowledged; ``assigned(partitions)`` is awaited
-    before the first batch of newly assigned partitions, ``revoked(partitions)`` after
-    the last batch of revoked ones has been committed.
-    """
+    positions: Mapping[str, int] = field(default_factory=dict)
+    """Topic -> next offset (the progress of the last saved batch)."""
+    pending: Mapping[str, tuple[int, int]] | None = None
+    """The range of the batch in doubt (intent without state): read exactly this first."""
 
-    def __init__(self, cfg: Config, *, handle: Callable[[Batch], Awaitable[None]],
-                 before_commit: Callable[[], Awaitable[None]],
-                 assigned: Callable[[list[int]], Awaitable[None]] | None = None,
-                 revoked: Callable[[list[int]], Awaitable[None]] | None = None, **kwargs: Any) -> None:
+
+class Stage(Protocol[W]):
+    """What a stage does with its batches; :class:`SourceConsumer` runs the protocol around it."""
+
+    def intend(self, partition: int, ranges: dict[str, tuple[int, int]]) -> None:
+        """Queue the intent record of the partition's next batch."""
+
+    def process(self, batch: Batch) -> W:
+        """Do the batch's work (deterministic: same state and messages, same result)."""
+
+    async def emit(self, work: W) -> None:
+        """Queue the batch's output messages on the outbox and its points on the sink."""
+
+    def save(self, work: W, ends: dict[int, dict[str, int]]) -> None:
+        """Queue the batch's state records, with the offsets consumed (``ends``) as progress."""
+
+    def resume(self, partition: int) -> Resume | None:
+        """Where the partition's reading resumes (None: from the committed offsets)."""
+
+    async def assigned(self, partitions: list[int]) -> None:
+        """Before the first batch of newly assigned partitions: get their state back."""
+
+    async def revoked(self, partitions: list[int]) -> None:
+        """After the last batch of revoked partitions: let them go."""
+
+
+def event_time(message: RawMessage) -> float:
+    """The event time of a predictions/feedback message: its (first event's) ``timestamp``; -inf
+    when it has none (such messages go first, as in ``replay``)."""
+    from streams.events import EventError, _timestamp, decode
+
+    try:
+        doc = decode(message.value)
+        first = doc[0] if isinstance(doc, list) and doc else doc
+        return _timestamp(first["timestamp"]) if isinstance(first, dict) else float("-inf")
+    except (EventError, KeyError, TypeError, ValueError):
+        return float("-inf")
+
+
+@dataclass
+class _Pending:
+    """A partition's batch in doubt, being re-read: its ranges and what has been fetched of them."""
+
+    ranges: dict[str, tuple[int, int]]
+    records: dict[str, list[Any]] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+
+
+class SourceConsumer(Service, Generic[W]):
+    """Consumes ``topics`` (topic -> message kind) as the consumer group ``group_id`` and runs the
+    delivery protocol (module docstring) around ``stage`` for every fetch."""
+
+    def __init__(self, cfg: Config, *, topics: Mapping[str, str], stage: Stage[W], outbox: Outbox,
+                 producer: Callable[[], Any], sink: PointSink, group_id: str | None = None,
+                 merge: bool = True, event_time: Callable[[RawMessage], float] = event_time,
+                 faults: Faults | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cfg = cfg
-        self.handle = handle
-        self.before_commit = before_commit
-        self.assigned = assigned
-        self.revoked = revoked
+        self.topics = dict(topics)
+        self._ranks = {topic: i for i, topic in enumerate(self.topics)}
+        self.stage = stage
+        self.outbox = outbox
+        self.producer = producer
+        self.sink = sink
+        self.group_id = group_id or cfg.kafka.group_id
+        self.merge = merge
+        self.event_time = event_time
+        self.faults = faults or Faults()
+        self.batches = 0
         self.failed_commits = 0
+        self.merge_waits = 0
+        """Fetches after which a partition's merge waited for a topic-partition with a backlog."""
         self._consumer: Any = None
         self._loop_task: asyncio.Task[None] | None = None
         self._committing: asyncio.Future[None] | None = None
         self._batch_lock = asyncio.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._held: set[Any] = set()
+        """Topic-partitions paused while their partition's batch in doubt is re-read."""
+        self._buffers: dict[Any, deque[tuple[float, RawMessage]]] = {}
+        """Fetched records not handed on yet (merge), with their event times."""
+        self._full: set[Any] = set()
+        """Topic-partitions paused because their buffer is full."""
+        self._next: dict[Any, int] = {}
+        """Topic-partition -> the offset after the last record fetched (backlog = highwater beyond it)."""
 
     async def on_start(self) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -84,8 +194,8 @@ class SourceConsumer(Service):
 
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap.split(","),
-            group_id=kafka.group_id,
-            client_id=f"{kafka.group_id}-source",
+            group_id=self.group_id,
+            client_id=f"{self.group_id}-source",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=kafka.batch_size,
@@ -93,10 +203,12 @@ class SourceConsumer(Service):
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
             rebalance_timeout_ms=5000,
-            max_poll_interval_ms=30000,
+            # a TSDB outage stalls the loop (backpressure) for as long as it lasts; past this the
+            # group moves the partitions on and their state comes back from the changelog
+            max_poll_interval_ms=300_000,
             **client_options(self.cfg),
         )
-        self._consumer.subscribe([kafka.topics.predictions, kafka.topics.feedback], listener=Rebalance())
+        self._consumer.subscribe(list(self.topics), listener=Rebalance())
         await self._consumer.start()
 
     async def on_started(self) -> None:
@@ -105,16 +217,20 @@ class SourceConsumer(Service):
     async def on_stop(self) -> None:
         task = self._loop_task
         if task is not None:
-            async with self._batch_lock:  # never between a batch's work and its commit
-                task.cancel()
-                with contextlib.suppress(Exception):  # a failed delivery is logged; stop regardless
-                    await self._drain()
-            try:
+            locked = False
+            try:  # let the batch in hand finish, unless it is stalled (a TSDB outage)
+                await asyncio.wait_for(self._batch_lock.acquire(), STOP_GRACE_SECONDS)
+                locked = True
+            except asyncio.TimeoutError:
+                log.warning("stopping in the middle of a batch (its output is not acknowledged): it is read "
+                            "again on restart")
+            task.cancel()
+            with contextlib.suppress(Exception):  # a failed delivery is logged; stop regardless
+                await self._drain()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # already logged by the loop
                 await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # already logged by the loop
-                pass
+            if locked:
+                self._batch_lock.release()
         if self._consumer is not None:
             await self._consumer.stop()  # leaves the group: the partitions move on at once
 
@@ -126,48 +242,155 @@ class SourceConsumer(Service):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("reading %s/%s failed (%s: %s); retrying in 1 s", self.cfg.kafka.topics.predictions,
-                            self.cfg.kafka.topics.feedback, type(exc).__name__, exc)
+                log.warning("reading %s failed (%s: %s); retrying in 1 s", "/".join(self.topics),
+                            type(exc).__name__, exc)
                 await asyncio.sleep(1.0)
                 continue
-            if not fetched:
+            if not fetched and not self._buffers:
                 continue
             try:
                 async with self._batch_lock:
-                    batch, ends = self._batch_of(fetched)
+                    batch, ranges = self._batch_of(fetched)
                     if batch:
-                        await self.handle(batch)
-                        await self._commit_after_flush(ends)
+                        await self._run(batch, ranges)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # The batch's state has moved on but its output may not have left: stop (exit 1)
-                # rather than commit past it; a restart resumes from the changelog and the offsets.
+                # The batch's output may not have left: stop (exit 1) rather than go past it;
+                # a restart re-reads it from the intent in the changelog.
                 log.exception("a batch could not be handed on; stopping the worker")
                 await self.crash(exc)
                 return
 
-    def _batch_of(self, fetched: dict[Any, list[Any]]) -> tuple[Batch, dict[Any, int]]:
-        """Raw messages by partition, and the offsets to commit once they are done."""
-        feedback = self.cfg.kafka.topics.feedback
+    async def _run(self, batch: Batch, ranges: Ranges) -> None:
+        """One batch through the protocol: intent, outputs, state, commit."""
+        self.batches += 1
+        number = self.batches
+        producer = self.producer()
+        for partition in sorted(batch):
+            self.stage.intend(partition, ranges[partition])
+        await self.outbox.send(producer)
+        work = self.stage.process(batch)
+        await self.outbox.delivered()
+        self.faults.check("after-intent", number)
+        await self.stage.emit(work)
+        if self.faults.armed_at("mid-outputs", number):
+            await self.outbox.send(producer, first=len(self.outbox.queued) // 2)
+            await self.outbox.delivered()
+            self.faults.check("mid-outputs", number)
+        await self.outbox.send(producer)
+        await self.outbox.delivered()
+        await self.sink.delivered()
+        self.faults.check("after-outputs", number)
+        ends = {p: {topic: end for topic, (_, end) in r.items()} for p, r in ranges.items()}
+        self.stage.save(work, ends)
+        await self.outbox.send(producer)
+        await self.outbox.delivered()
+        self.faults.check("after-state", number)
+        await self._drain()
+        self._committing = asyncio.ensure_future(self._commit(ranges))
+
+    def _batch_of(self, fetched: dict[Any, list[Any]]) -> tuple[Batch, Ranges]:
+        """Raw messages by partition and the ranges they cover: merged by event time (``merge``),
+        else in the order of ``topics``; a partition re-reading its batch in doubt yields exactly
+        that batch, once all of it is there."""
         assignment = self._consumer.assignment()
         batch: Batch = {}
-        ends: dict[Any, int] = {}
-        for tp, records in fetched.items():
+        ranges: Ranges = {}
+        touched: set[int] = set()
+        for tp in sorted(fetched, key=lambda tp: (tp.partition, self._rank(tp.topic))):
+            # a fetch in flight across a seek to where it started returns its records twice: keep
+            # only what comes after what was fetched already
+            records = [r for r in fetched[tp] if r.offset >= self._next.get(tp, -1)]
             if not records or tp not in assignment:  # revoked while the fetch waited for the lock
                 continue
-            kind = FEEDBACK if tp.topic == feedback else PREDICTION
-            topic, partition = tp.topic, tp.partition
-            batch.setdefault(partition, []).extend(
-                [RawMessage(kind, r.value or b"", r.key, topic, partition, r.offset) for r in records])
-            ends[tp] = records[-1].offset + 1
-        return batch, ends
+            self._next[tp] = records[-1].offset + 1
+            pending = self._pending.get(tp.partition)
+            if pending is not None:
+                self._take_pending(tp, records, pending)
+                continue
+            buffer = self._buffers.setdefault(tp, deque())
+            for r in records:
+                message = RawMessage(self.topics[tp.topic], r.value or b"", r.key, tp.topic, tp.partition, r.offset)
+                buffer.append((self.event_time(message) if self.merge else 0.0, message))
+            touched.add(tp.partition)
+        for partition in sorted({tp.partition for tp in self._buffers} | touched):
+            messages = self._release(partition, assignment)
+            if messages:
+                batch[partition] = messages
+                ranges[partition] = _ranges_of(messages)
+        for partition, pending in list(self._pending.items()):
+            if pending.done >= set(pending.ranges):
+                del self._pending[partition]
+                buffers = {}
+                for tp in assignment:
+                    if tp.partition == partition and tp.topic in pending.ranges:
+                        kind = self.topics[tp.topic]
+                        messages = [RawMessage(kind, r.value or b"", r.key, tp.topic, partition, r.offset)
+                                    for r in pending.records.get(tp.topic, [])]
+                        buffers[tp] = deque((self.event_time(m) if self.merge else 0.0, m) for m in messages)
+                batch[partition] = _merged(buffers, self._rank, lambda tp: False, limit=None)
+                ranges[partition] = dict(pending.ranges)
+                held = {tp for tp in self._held if tp.partition == partition}
+                self._held -= held
+                if held:
+                    self._consumer.resume(*held)
+                log.info("partition %d: re-read the batch in doubt %s", partition, pending.ranges)
+        return batch, ranges
 
-    async def _commit_after_flush(self, ends: dict[Any, int]) -> None:
-        """Commit ``ends`` once the producer has delivered what the batch produced. The wait runs
-        while the next batch is processed; at most one commit is in flight, and they land in order."""
-        await self._drain()
-        self._committing = asyncio.ensure_future(self._commit(ends))
+    def _rank(self, topic: str) -> int:
+        """A topic's place in ``topics`` (ties in event time go to the earlier topic)."""
+        return self._ranks.get(topic, len(self._ranks))
+
+    def _release(self, partition: int, assignment: Any) -> list[RawMessage]:
+        """Take up to ``batch_size`` buffered messages of ``partition`` in merge order; pause the
+        topic-partitions whose buffer is full, resume the others."""
+        buffers = {tp: self._buffers.setdefault(tp, deque()) for tp in assignment
+                   if tp.partition == partition and tp not in self._held}
+        if self.merge:
+            messages = _merged(buffers, self._rank, self._backlog, limit=self.cfg.kafka.batch_size)
+            if any(not b and self._backlog(tp) for tp, b in buffers.items()):
+                self.merge_waits += 1
+        else:
+            messages = [m for tp in sorted(buffers, key=lambda tp: self._rank(tp.topic)) for _, m in buffers[tp]]
+            for b in buffers.values():
+                b.clear()
+        for tp, b in buffers.items():
+            if not b:
+                self._buffers.pop(tp, None)
+            full = len(b) >= self.cfg.kafka.batch_size
+            if full and tp not in self._full:
+                self._full.add(tp)
+                self._consumer.pause(tp)
+            elif not full and tp in self._full:
+                self._full.discard(tp)
+                self._consumer.resume(tp)
+        return messages
+
+    def _take_pending(self, tp: Any, records: list[Any], pending: _Pending) -> None:
+        """Keep what a fetch returned of the batch in doubt; hold the topic-partition once it is all there."""
+        span = pending.ranges.get(tp.topic)
+        if span is None:  # not part of the batch in doubt: read it again after it
+            self._consumer.seek(tp, records[0].offset)
+            self._next[tp] = records[0].offset
+            self._hold(tp)
+            return
+        start, end = span
+        pending.records.setdefault(tp.topic, []).extend(r for r in records if start <= r.offset < end)
+        if records[-1].offset + 1 >= end:
+            pending.done.add(tp.topic)
+            self._next[tp] = end
+            self._consumer.seek(tp, end)
+            self._hold(tp)
+
+    def _hold(self, tp: Any) -> None:
+        self._held.add(tp)
+        self._consumer.pause(tp)
+
+    def _backlog(self, tp: Any) -> bool:
+        """True if the broker last reported messages past what has been fetched of ``tp``."""
+        highwater = self._consumer.highwater(tp)
+        return highwater is not None and highwater > self._next.get(tp, 0)
 
     async def _drain(self) -> None:
         """Wait for the commit in flight, if any."""
@@ -175,28 +398,87 @@ class SourceConsumer(Service):
             await asyncio.shield(self._committing)
             self._committing = None
 
-    async def _commit(self, ends: dict[Any, int]) -> None:
+    async def _commit(self, ranges: Ranges) -> None:
+        from aiokafka import TopicPartition
+
+        offsets = {TopicPartition(topic, partition): end for partition, r in ranges.items()
+                   for topic, (_, end) in r.items()}
         try:
-            await self.before_commit()
-        except Exception as exc:  # raised again by the next batch's drain: the loop stops the worker
-            log.error("the broker did not take a batch's output (%s: %s)", type(exc).__name__, exc)
-            raise
-        try:
-            await self._consumer.commit(ends)
-        except Exception as exc:  # the group moved on: the new owner reads these messages again
+            await self._consumer.commit(offsets)
+        except Exception as exc:  # the group moved on: the new owner resumes from the state's progress
             self.failed_commits += 1
-            log.warning("committing offsets failed (%s: %s); the partitions' new owner will read the batch again",
-                        type(exc).__name__, exc)
+            log.warning("committing offsets failed (%s: %s); the partitions' owner resumes from the progress "
+                        "saved in their state", type(exc).__name__, exc)
 
     async def _on_revoked(self, revoked: Iterable[Any]) -> None:
-        async with self._batch_lock:  # the batch in hand is committed first
+        async with self._batch_lock:  # the batch in hand is done first
             await self._drain()
+            revoked = list(revoked)
             partitions = sorted({tp.partition for tp in revoked})
-            if partitions and self.revoked is not None:
-                await self.revoked(partitions)
+            for partition in partitions:
+                self._pending.pop(partition, None)
+            for tp in revoked:
+                self._held.discard(tp)
+                self._full.discard(tp)
+                self._buffers.pop(tp, None)
+                self._next.pop(tp, None)
+            if partitions:
+                await self.stage.revoked(partitions)
 
     async def _on_assigned(self, assigned: Iterable[Any]) -> None:
+        assigned = list(assigned)
         partitions = sorted({tp.partition for tp in assigned})
-        if self.assigned is not None:
-            async with self._batch_lock:  # no batch of a new partition before its state is back
-                await self.assigned(partitions)
+        async with self._batch_lock:  # no batch of a new partition before its state is back
+            await self.stage.assigned(partitions)
+            for partition in partitions:
+                await self._seek(partition, [tp for tp in assigned if tp.partition == partition])
+
+    async def _seek(self, partition: int, tps: list[Any]) -> None:
+        """Position a newly assigned partition's topic-partitions: at the batch in doubt, else at the
+        progress in its state, else at the committed offset, else at the beginning — always by an
+        explicit seek, so the offset each one is read from is known (the merge and the filter of
+        records fetched twice rely on it)."""
+        resume = self.stage.resume(partition) or Resume()
+        pending = {t: span for t, span in (resume.pending or {}).items() if span[1] > span[0]}
+        for tp in tps:
+            if tp.topic in pending:
+                target = pending[tp.topic][0]
+            elif tp.topic in resume.positions:
+                target = resume.positions[tp.topic]
+            else:
+                committed = await self._consumer.committed(tp)
+                target = committed if committed is not None else (await self._consumer.beginning_offsets([tp]))[tp]
+            self._consumer.seek(tp, target)
+            self._next[tp] = target
+            if pending and tp.topic not in pending:
+                self._hold(tp)
+        if pending:
+            self._pending[partition] = _Pending(pending)
+            log.warning("partition %d: a batch was in doubt when the last owner stopped; reading exactly %s first",
+                        partition, pending)
+
+
+def _merged(buffers: dict[Any, deque[tuple[float, RawMessage]]], rank: Callable[[str], int],
+            backlog: Callable[[Any], bool], *, limit: int | None) -> list[RawMessage]:
+    """Take messages from ``buffers`` smallest event time first (ties: topic rank), while every
+    topic-partition with an empty buffer has no backlog (it could hold an earlier message), up
+    to ``limit``. The same buffers give the same sequence however fetches fell."""
+    out: list[RawMessage] = []
+    while limit is None or len(out) < limit:
+        if any(not b and backlog(tp) for tp, b in buffers.items()):
+            break
+        heads = [(b[0][0], rank(tp.topic), tp) for tp, b in buffers.items() if b]
+        if not heads:
+            break
+        _, _, tp = min(heads, key=lambda h: (h[0], h[1]))
+        out.append(buffers[tp].popleft()[1])
+    return out
+
+
+def _ranges_of(messages: list[RawMessage]) -> dict[str, tuple[int, int]]:
+    """Per topic, ``[first offset, last offset + 1)`` of ``messages``."""
+    out: dict[str, tuple[int, int]] = {}
+    for m in messages:
+        start, end = out.get(m.topic, (m.offset, m.offset + 1))
+        out[m.topic] = (min(start, m.offset), max(end, m.offset + 1))
+    return out

@@ -17,7 +17,7 @@ import numpy as np
 
 from detectors.base import DetectorError, FeatureFrame
 from detectors.concept import ConceptDrift, concept_points
-from detectors.cusum import ReferenceCUSUM, cusum_detection_points, cusum_points
+from detectors.cusum import CUSUMResult, ReferenceCUSUM, StreamStatus, cusum_points
 from detectors.drift import DriftSuite, drift_points
 from detectors.estimate import ESTIMATE_MEASUREMENT, ConfidenceBasedEstimate
 from detectors.fairness import FairnessSummary, fairness_points
@@ -29,6 +29,7 @@ from detectors.points import Point
 from streams.config import ModelConfig
 from streams.events import Prediction
 from streams.join import LabelledPair
+from streams.partials import Evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,24 +109,30 @@ class Evaluation:
         timestamps = np.fromiter((max(p.prediction.timestamp, p.feedback_timestamp) for p in pairs), np.float64, n)
         return PairColumns(y_true, y_pred, scores, attributes, timestamps)
 
-    def evidence_frame(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair]) -> Any:
-        """The window's recent rows as one DataFrame with the reference profile's column names:
-        features, prediction, score, and the target where a label has arrived."""
+    def errors(self, cols: PairColumns) -> np.ndarray:
+        """Each pair's error in arrival order: 0/1 (wrong) for a classifier, the absolute error
+        for a regression (what the concept detectors and the CUSUM error stream watch)."""
+        if self.cfg.task == "regression":
+            return np.abs(cols.y_true - cols.y_pred).astype(np.float64)
+        return (cols.y_true != cols.y_pred).astype(np.float64)
+
+    def evidence_frame(self, evidence: Evidence) -> Any:
+        """A window's evidence rows as one DataFrame with the reference profile's column names:
+        features, prediction, score, and the target where a label has arrived. Class labels are
+        text, as everywhere in driftwarden (``as_class_labels``)."""
         import pandas as pd
 
         profile = self.profile
         prediction_col = (profile.prediction if profile is not None else None) or "prediction"
         score_col = (profile.score if profile is not None else None) or "score"
         target_col = (profile.target if profile is not None else None) or "target"
-        labels = {p.prediction.prediction_id: p.label for p in pairs}
-        seen = {e.prediction_id for e in events}
-        items = list(events) + [p.prediction for p in pairs if p.prediction.prediction_id not in seen]
-        frame = pd.DataFrame([dict(e.features) for e in items], columns=list(self.cfg.features))
-        frame[prediction_col] = [e.prediction for e in items]
+        frame = pd.DataFrame({name: evidence.features.get(name, [None] * len(evidence))
+                              for name in self.cfg.features}, columns=list(self.cfg.features))
+        frame[prediction_col] = evidence.predictions
         if self.cfg.task == "binary":
-            frame[score_col] = [np.nan if e.score is None else e.score for e in items]
-        if labels:
-            frame[target_col] = [labels.get(e.prediction_id) for e in items]
+            frame[score_col] = [np.nan if s is None else s for s in evidence.scores]
+        if evidence.labels:
+            frame[target_col] = [evidence.labels.get(pid) for pid in evidence.ids]
         return frame
 
     def _labels(self, values: Sequence[Any]) -> np.ndarray:
@@ -157,26 +164,34 @@ class Evaluation:
         )
 
     def new_sequential(self) -> SequentialState:
+        """The model-level detectors that run across windows (stage 2)."""
         sequential = SequentialDrift.from_profile(self.profile) if self.profile is not None else None
         task = "regression" if self.cfg.task == "regression" else "classification"
         return SequentialState(self, sequential=sequential, concept=ConceptDrift(task=task),
-                               cumulative=self._performance(cumulative=True), cusum=self._cusum())
+                               cumulative=self._performance(), cusum=self._cusum())
 
     def restore_sequential(self, state: Mapping[str, Any]) -> SequentialState:
         perf_cls = RegressionPerformance if self.cfg.task == "regression" else ClassificationPerformance
-        cusum = self._cusum()
-        if state.get("cusum") and cusum is not None:
-            try:
-                cusum = ReferenceCUSUM.restore(state["cusum"], template=cusum)
-            except DetectorError:  # taken with another reference or settings: start the streams afresh
-                cusum = self._cusum()
         return SequentialState(
             self,
             sequential=SequentialDrift.restore(state["sequential"]) if state.get("sequential") else None,
             concept=ConceptDrift.restore(state["concept"]),
             cumulative=perf_cls.restore(state["cumulative"]),
-            cusum=cusum,
+            cusum=self._cusum(),
         )
+
+    def new_cusum(self) -> ReferenceCUSUM | None:
+        """CUSUM streams against the reference (stage 1: every micro-batch, in the partition's order)."""
+        return self._cusum()
+
+    def restore_cusum(self, state: Mapping[str, Any] | None) -> ReferenceCUSUM | None:
+        cusum = self._cusum()
+        if state and cusum is not None:
+            try:
+                return ReferenceCUSUM.restore(state, template=cusum)
+            except DetectorError:  # taken with another reference or settings: start the streams afresh
+                return self._cusum()
+        return cusum
 
     def _cusum(self) -> ReferenceCUSUM | None:
         """CUSUM streams against the reference (every micro-batch; see :mod:`detectors.cusum`)."""
@@ -308,9 +323,11 @@ class WindowSummaries:
 
 
 class SequentialState:
-    """Detectors that run across windows: River's sequential detectors on feature means and
-    scores, concept drift on the error stream, cumulative performance, and the CUSUM streams
-    against the reference, whose detections are points at once (:meth:`take_detections`)."""
+    """Model-level detectors that run across windows (stage 2), fed when a pane closes, in an
+    order that depends only on what was merged (source partition, then batch sequence): River's
+    sequential detectors on the panes' per-batch feature and score means, concept drift on the
+    pairs' errors, and cumulative performance (every closed pane merged once). The CUSUM streams
+    run in stage 1; ``cusum`` here is the template that names their streams for the window points."""
 
     def __init__(self, evaluation: Evaluation, *, sequential: SequentialDrift | None, concept: ConceptDrift,
                  cumulative: ClassificationPerformance | RegressionPerformance,
@@ -320,49 +337,40 @@ class SequentialState:
         self.concept = concept
         self.cumulative = cumulative
         self.cusum = cusum
-        self._detections: list[tuple[float, Any]] = []
 
-    def add_predictions(self, batch: PredictionColumns) -> None:
+    def add_pane(self, *, means: Sequence[Mapping[str, tuple[float, int]]], errors: Sequence[float],
+                 performance: ClassificationPerformance | RegressionPerformance) -> None:
+        """A closed pane's inputs: its batches' stream means and its pairs' errors, in merge order."""
         if self.sequential is not None:
-            self.sequential.update(batch.frame, batch.scores)
-        if self.cusum is not None and len(batch):
-            self.cusum.update(batch.frame, batch.predictions, batch.attributes)
-            self._detections.extend((float(batch.timestamps[d.row]), d) for d in self.cusum.new)
+            for batch in means:
+                self.sequential.update_means(batch)
+        if errors:
+            self.concept.update(np.asarray(errors, dtype=np.float64))
+        self.cumulative.merge(performance)
 
-    def add_pairs(self, cols: PairColumns) -> None:
-        if isinstance(self.cumulative, RegressionPerformance):
-            self.cumulative.update(cols.y_true, cols.y_pred)
-            self.concept.update(np.abs(cols.y_true - cols.y_pred))
-        else:
-            self.cumulative.update(cols.y_true, cols.y_pred, cols.scores)
-            errors = (cols.y_true != cols.y_pred).astype(np.float64)
-            self.concept.update(errors)
-            if self.cusum is not None and len(cols) and cols.timestamps is not None:
-                self.cusum.update_errors(errors)
-                self._detections.extend((float(cols.timestamps[d.row]), d) for d in self.cusum.new)
-
-    def take_detections(self, *, tags: Mapping[str, str]) -> list[tuple[int, Point]]:
-        """``(event time ns, point)`` of each CUSUM stream's first detection in the window since
-        the last call, in the order they happened."""
-        out = []
-        for t, detection in self._detections:
-            time_ns = int(round(t * 1_000_000_000))
-            out.append((time_ns, cusum_detection_points(detection, tags=tags, time_ns=time_ns)))
-        self._detections = []
-        return out
-
-    def points(self, *, tags: Mapping[str, str], time_ns: int, predictions: int = 1) -> list[Point]:
-        """Points at a window's close; also starts the concept detectors' next window.
-        The sequential drift figures are left out of a window without predictions."""
+    def points(self, *, tags: Mapping[str, str], time_ns: int, predictions: int = 1,
+               cusum: Sequence[Sequence[float]] | None = None) -> list[Point]:
+        """Points at a window's close (no state change; :meth:`start_window` begins the next).
+        ``cusum`` is the window's merged CUSUM status per stream (see
+        :class:`~streams.partials.PaneDelta`). The sequential drift figures are left out of a
+        window without predictions."""
         out: list[Point] = []
         if self.sequential is not None and predictions:
             out.extend(sequential_points(self.sequential.result(), tags=tags, time_ns=time_ns))
         out.extend(concept_points(self.concept.result(), tags=tags, time_ns=time_ns))
-        self.concept.start_window()
         if self.cusum is not None:
-            out.extend(cusum_points(self.cusum.result(), tags=tags, time_ns=time_ns))
-            self.cusum.start_window()
+            rows = cusum or [[0, 0.0, 0, 0.0] for _ in self.cusum.streams]
+            streams = tuple(StreamStatus(stream=stream, detections=int(row[0]),
+                                         ratio=float(row[1] if row[0] else row[3]), n=int(row[2]), n_total=0)
+                            for stream, row in zip(self.cusum.streams, rows))
+            result = CUSUMResult(streams=streams, columns=self.cusum.columns,
+                                 false_alarms_per_million=self.cusum.false_alarms_per_million)
+            out.extend(cusum_points(result, tags=tags, time_ns=time_ns))
         return out
+
+    def start_window(self) -> None:
+        """Begin the concept detectors' next reporting window."""
+        self.concept.start_window()
 
     def with_cumulative(self, points: list[Point]) -> list[Point]:
         """Add ``cumulative_value``/``cumulative_n`` (since the worker started tracking this version)
@@ -384,5 +392,4 @@ class SequentialState:
             "sequential": self.sequential.snapshot() if self.sequential is not None else None,
             "concept": self.concept.snapshot(),
             "cumulative": self.cumulative.snapshot(),
-            "cusum": self.cusum.snapshot(reference=False) if self.cusum is not None else None,
         }

@@ -1,455 +1,440 @@
-"""Per-model windowing: feeds micro-batches to the detectors, closes windows, emits points.
+"""Stage 1 of a model's windows, per source partition: a batch in, the panes' deltas out.
 
-A :class:`ModelMonitor` owns, per model version, the open window's summaries
-(a :class:`~streams.evaluation.WindowSummaries`), the long-running sequential
-detectors, and the counters of what the worker saw. It does no statistics
-itself: it slices batches at window boundaries, turns events into columns,
-and asks the detectors for their results when a window closes.
+A :class:`ModelMonitor` turns one batch of a model's predictions, labelled pairs and
+counter marks (in arrival order) into a :class:`~streams.partials.ModelPartial`: per touched
+(model version, pane) the delta of every mergeable summary. It keeps no window open:
+stage 2 (:class:`~streams.windows.ModelWindows`) merges the deltas of every source
+partition and closes the windows. What stage 1 keeps is what must follow the partition's
+own order: the event-time watermark (largest timestamp seen for the model), the count
+windows' pane counter, and the CUSUM streams (fast detections, at the detecting event).
 
 Windows:
 
-- ``{events: N}``: tumbling windows of N predictions in arrival order;
-- ``{seconds: S}``: tumbling windows of S seconds of *event time*; a window
-  closes when an event at least ``grace`` seconds past its end arrives;
-  events for a window already closed are counted as ``late`` and left out;
-- ``slide``: sliding windows made of panes of ``slide`` events or seconds;
-  each pane's summaries are kept and merged (exactly) into the window.
+- ``{seconds: S}`` (event time): pane ``floor(t / pane_size)``; an event whose pane's end
+  plus ``allowed_lateness`` is at or below the partition's watermark when it arrives is
+  *late*: counted (``monitor stat=late``, in the pane of the watermark then), left out of
+  the windows — its label still reaches the join;
+- ``{events: N}``: panes of N predictions in the partition's arrival order (one source
+  partition only: see :func:`check_count_windows`);
+- ``slide``: windows made of the last ``size / slide`` panes (merged by stage 2).
 
-Labelled pairs count in the window open when they are joined (for event-time
-windows: the window holding the largest timestamp seen when they joined).
+A labelled pair counts, in event-time windows, in the pane of its own event time (the later
+of its prediction's and its label's timestamps), so its window does not depend on how events
+were spread over partitions; a pair late by that time counts in the pane of the watermark when
+it joined, and so does a dead letter. In count windows both count in the pane open when they
+arrived.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from detectors.points import Point
-from retrain.metrics import MONITOR_COUNTERS
-from streams.config import ModelConfig
-from streams.evaluation import Evaluation, WindowSummaries
+from detectors.cusum import ReferenceCUSUM, cusum_detection_points
+from detectors.sequential import SCORE_STREAM, stream_means
+from retrain.metrics import monitor_counter
+from streams.config import ConfigError, ModelConfig, WindowConfig
+from streams.evaluation import Evaluation, PairColumns, PredictionColumns
 from streams.events import Prediction
 from streams.join import LabelledPair
+from streams.partials import Evidence, Instant, ModelPartial, PaneDelta
 
 NS = 1_000_000_000
-DEFAULT_GRACE_SECONDS = 5.0
 
 
-@dataclass
-class WindowOutput:
-    """A closed window: its bounds (event time, ns), size and every point it produced."""
+class Arrival(NamedTuple):
+    """One item of a model's batch, in arrival order: a prediction (with its Kafka offset), a
+    labelled pair just joined, or a counter mark (a dead letter)."""
 
-    model_id: str
-    model_version: str
-    start_ns: int
-    end_ns: int
-    n: int
-    points: list[Point]
-    evidence: Callable[[], Any] | None = None
-    """Builds a DataFrame of the window's recent rows (for the retrain job's Evidently report)."""
-    offsets: tuple[int, int] | None = None
-    """First and last offset of the window's prediction messages (batch granularity)."""
-    instant: bool = False
-    """Not a closed window but a sequential detection between closes (a CUSUM stream crossed its
-    threshold): ``start_ns == end_ns`` is the detecting event's time, ``points`` its point(s)."""
+    prediction: Prediction | None = None
+    offset: int = -1
+    pair: LabelledPair | None = None
+    mark: str | None = None
 
 
-@dataclass
-class _Pane:
-    summaries: WindowSummaries
-    n: int = 0
-    start: float = math.inf
-    end: float = -math.inf
-    pairs: int = 0
-    first_offset: int | None = None
-    last_offset: int | None = None
-    opened_at: float = field(default_factory=time.monotonic)
+@dataclass(frozen=True)
+class Panes:
+    """A model's window cut into panes: the one rule both stages use for which pane an event
+    is in and when an event-time pane closes (stage 1 calls an event late by the same
+    deadline at which stage 2 closes its pane)."""
 
-    def note(self, timestamps: np.ndarray, offsets: Sequence[int] | None) -> None:
-        if timestamps.size:
-            self.n += int(timestamps.size)
-            self.start = min(self.start, float(timestamps.min()))
-            self.end = max(self.end, float(timestamps.max()))
-        if offsets:
-            low, high = min(offsets), max(offsets)
-            self.first_offset = low if self.first_offset is None else min(self.first_offset, low)
-            self.last_offset = high if self.last_offset is None else max(self.last_offset, high)
+    by_events: bool
+    pane_size: float
+    panes_per_window: int
+    lateness: float
+
+    @classmethod
+    def of(cls, window: WindowConfig) -> Panes:
+        by_events = window.events is not None
+        size = float(window.events if by_events else window.seconds)  # type: ignore[arg-type]
+        pane = float(window.slide or size)
+        return cls(by_events, pane, int(round(size / pane)), float(window.allowed_lateness))
+
+    def deadline(self, pane: int) -> float:
+        """Event time at which an event-time pane closes: its end plus the allowed lateness."""
+        return (pane + 1) * self.pane_size + self.lateness
+
+    def end(self, pane: int) -> float:
+        return (pane + 1) * self.pane_size
 
 
-class _VersionMonitor:
-    """Windows and sequential state of one model version."""
+def version_evaluation(evaluation: Evaluation, registry: Any, model_id: str, version: str) -> Evaluation:
+    """The version's own reference (registered from ``model-updates``), else the configured one."""
+    return evaluation if registry is None else registry.evaluation(model_id, version)
+
+
+def evidence_rows(window_events: int | None) -> int:
+    """Rows a window keeps for the retrain report (as before stage 2: 1,000 to 5,000)."""
+    return int(min(max(window_events or 1000, 1000), 5000))
+
+
+def check_count_windows(models: Mapping[str, ModelConfig], partitions: int) -> None:
+    """Count windows are panes of N predictions in one partition's arrival order: with several
+    source partitions there is no arrival order of the model's events to cut, so refuse."""
+    if partitions <= 1:
+        return
+    for model_id, model in models.items():
+        if model.window.events is not None:
+            raise ConfigError(
+                f"models[{model_id}].window.events: count windows need a single source partition, and the "
+                f"source topics have {partitions}; use an event-time window ({{seconds: S}}), which is merged "
+                "across partitions, or one partition")
+
+
+class _VersionPanes:
+    """Stage-1 state of one model version: the count windows' pane, the CUSUM streams."""
 
     def __init__(self, owner: ModelMonitor, version: str) -> None:
         self.owner = owner
         self.version = version
         self.evaluation: Evaluation = owner.evaluation_for(version)
-        window = owner.cfg.window
-        self.by_events = window.events is not None
-        size = window.events if self.by_events else window.seconds
-        self.pane_size: float = float(window.slide or size)  # type: ignore[arg-type]
-        self.panes_per_window = int(round(size / self.pane_size))  # type: ignore[operator]
-        self.closed: deque[_Pane] = deque(maxlen=max(self.panes_per_window - 1, 0))
-        self.open: dict[int, _Pane] = {}
-        self.counter = 0  # pane index for count windows
-        self.watermark = -math.inf
-        self.sequential = self.evaluation.new_sequential()
-        self.counters: dict[str, int] = {}
-        self._last_closed_id: int | None = None
-        evidence_size = int(min(max(window.events or 1000, 1000), 5000))
-        self.recent: deque[Prediction] = deque(maxlen=evidence_size)
-        self.recent_pairs: deque[LabelledPair] = deque(maxlen=evidence_size)
-        self.log: list[WindowOutput] = []
-        """The last batch's closed windows and instant detections, in the order they happened."""
-
-    # -- feeding -----------------------------------------------------------------------------
-
-    def add_batch(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair],
-                  positions: Sequence[int], offsets: Sequence[int] | None = None,
-                  marks: Sequence[tuple[int, str]] = ()) -> list[WindowOutput]:
-        """Add predictions and pairs as if one at a time, in arrival order.
-
-        ``positions[i]`` is how many of ``events`` arrived before ``pairs[i]`` was joined,
-        so each pair lands in the window that was open when it joined; ``offsets`` are the
-        Kafka offsets of ``events`` (for the retrain job's data range); ``marks`` are
-        counters (a dead letter) placed like pairs.
-        """
-        self.log = []
-        if not self.by_events:
-            return self._add_by_time(events, pairs, positions, offsets, marks)
-        outputs: list[WindowOutput] = []
-        order = np.asarray(positions, dtype=np.int64)
-        mark_order = np.asarray([p for p, _ in marks], dtype=np.int64)
-        start = 0
-        taken = 0
-        marked = 0
-        while True:
-            pane = self._pane(self.counter)
-            room = int(self.pane_size) - pane.n
-            end = min(start + room, len(events))
-            fills = end == start + room
-            # A pane that fills closes right after its last prediction: it gets the pairs joined
-            # before that (position < end); one that stays open gets every remaining pair.
-            upto = int(np.searchsorted(order, end, side="left")) if fills else len(pairs)
-            if upto > taken:
-                self._add_pairs(pane, pairs[taken:upto])
-                taken = upto
-            upto = int(np.searchsorted(mark_order, end, side="left")) if fills else len(marks)
-            for _, name in marks[marked:upto]:
-                self.count(name, 1)
-            marked = max(marked, upto)
-            self._feed(pane, events[start:end], offsets[start:end] if offsets else None)
-            if pane.n >= self.pane_size:
-                outputs.append(self._close(self.counter))
-                self.counter += 1
-            if end >= len(events):
-                break
-            start = end
-        if taken < len(pairs):  # joined after the last pane of this batch closed
-            self._add_pairs(self._pane(self.counter), pairs[taken:])
-        for _, name in marks[marked:]:
-            self.count(name, 1)
-        return outputs
-
-    def _add_by_time(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair],
-                     positions: Sequence[int], offsets: Sequence[int] | None,
-                     marks: Sequence[tuple[int, str]] = ()) -> list[WindowOutput]:
-        """Event-time panes. Lateness and the pane of each pair are decided in arrival order:
-        with the watermark (largest timestamp so far) as it was when each item arrived."""
-        size, grace = self.pane_size, self.owner.grace_seconds
-        timestamps = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
-        # watermark before event i is seen[i]; after the batch, seen[-1]
-        seen = np.maximum.accumulate(np.concatenate([[self.watermark], timestamps]))
-        pane_ids = np.floor(timestamps / size).astype(np.int64)
-        with np.errstate(invalid="ignore"):
-            closed_below = np.floor((seen[:-1] - grace) / size)  # panes below this had closed
-        late = pane_ids < closed_below
-        if self._last_closed_id is not None:
-            late |= pane_ids <= self._last_closed_id
-        late_at = np.flatnonzero(late)  # arrival index of each late event
-        for pane_id in np.unique(pane_ids[~late]):
-            chosen = np.flatnonzero((pane_ids == pane_id) & ~late)
-            self._feed(self._pane(int(pane_id)), [events[i] for i in chosen],
-                       [offsets[i] for i in chosen] if offsets else None)
-        if pairs:
-            at = seen[np.asarray(positions, dtype=np.int64)]  # watermark when each pair joined
-            homes = np.where(np.isfinite(at), np.floor(np.where(np.isfinite(at), at, 0.0) / size), np.nan)
-            for home in np.unique(homes[np.isfinite(homes)]):
-                chosen = np.flatnonzero(homes == home)
-                self._add_pairs(self._pane(int(home)), [pairs[i] for i in chosen])
-            unplaced = np.flatnonzero(~np.isfinite(homes))
-            if unplaced.size:
-                self._add_pairs(self._current_pane(), [pairs[i] for i in unplaced])
-        self.watermark = float(seen[-1])
-        outputs: list[WindowOutput] = []
-        mark_at = np.asarray([p for p, _ in marks], dtype=np.int64)
-        counted = marked = 0
-        for pane_id in sorted(self.open):
-            deadline = (pane_id + 1) * size + grace
-            if deadline > self.watermark:
-                continue
-            # late events and marks count in the first window to close after they arrived
-            closes_at = int(np.searchsorted(seen[1:], deadline, side="left"))
-            upto = int(np.searchsorted(late_at, closes_at, side="right"))
-            self._count_late(upto - counted)
-            counted = upto
-            upto = int(np.searchsorted(mark_at, closes_at, side="right"))
-            for _, name in marks[marked:upto]:
-                self.count(name, 1)
-            marked = max(marked, upto)
-            outputs.append(self._close(pane_id))
-        self._count_late(late_at.size - counted)
-        for _, name in marks[marked:]:
-            self.count(name, 1)
-        return outputs
-
-    def _count_late(self, count: int) -> None:
-        if count > 0:
-            self.count("late", count)
-
-    def _add_pairs(self, pane: _Pane, pairs: Sequence[LabelledPair]) -> None:
-        if not pairs:
-            return
-        pane.pairs += len(pairs)
-        cols = self.evaluation.pair_columns(pairs)
-        pane.summaries.add_pairs(cols)
-        self.sequential.add_pairs(cols)
-        self.recent_pairs.extend(pairs)
-        self._instants(pane)
-
-    def count(self, name: str, value: int) -> None:
-        """Add to a counter written with the next closed window (a name of the metric table)."""
-        if name not in MONITOR_COUNTERS:
-            raise ValueError(f"monitor counter {name!r} is not in retrain.metrics.MONITOR_COUNTERS "
-                             f"({', '.join(sorted(MONITOR_COUNTERS))}): add it there (and to README's metric table)")
-        self.counters[name] = self.counters.get(name, 0) + value
-
-    def flush(self) -> list[WindowOutput]:
-        """Close every open pane that saw predictions or pairs (end of input)."""
-        self.log = []
-        return [self._close(pane_id) for pane_id in sorted(self.open)
-                if self.open[pane_id].n > 0 or self.open[pane_id].pairs > 0]
-
-    def _instants(self, pane: _Pane) -> None:
-        """Log the sequential detections of the data just fed as instant outputs."""
-        tags = {"model_id": self.owner.cfg.id, "model_version": self.version}
-        found = self.sequential.take_detections(tags=tags)
-        if not found:
-            return
-        recent, recent_pairs = list(self.recent), list(self.recent_pairs)
-        evaluation = self.evaluation
-        evidence = lambda: evaluation.evidence_frame(recent, recent_pairs)  # noqa: E731
-        offsets = (pane.first_offset, pane.last_offset) if pane.first_offset is not None else None
-        for time_ns, point in found:
-            self.log.append(WindowOutput(self.owner.cfg.id, self.version, time_ns, time_ns, 0, [point], evidence,
-                                         offsets, instant=True))  # type: ignore[arg-type]
-
-    # -- internals ---------------------------------------------------------------------------
-
-    def _pane(self, pane_id: int) -> _Pane:
-        pane = self.open.get(pane_id)
-        if pane is None:
-            pane = self.open[pane_id] = _Pane(self.evaluation.new_window())
-        return pane
-
-    def _current_pane(self) -> _Pane:
-        if self.by_events:
-            return self._pane(self.counter)
-        if self.open:
-            return self.open[max(self.open)]
-        if self.watermark > -math.inf:
-            return self._pane(int(math.floor(self.watermark / self.pane_size)))
-        return self._pane(0)
-
-    def _feed(self, pane: _Pane, events: Sequence[Prediction], offsets: Sequence[int] | None = None) -> None:
-        if not events:
-            return
-        batch = self.evaluation.columns(events)
-        pane.note(batch.timestamps, offsets)
-        pane.summaries.add_predictions(batch)
-        self.sequential.add_predictions(batch)
-        self.recent.extend(events)
-        self._instants(pane)
-
-    def _close(self, pane_id: int) -> WindowOutput:
-        pane = self.open.pop(pane_id)
-        if not self.by_events:
-            self._last_closed_id = pane_id
-            pane.start = min(pane.start, pane_id * self.pane_size)
-            pane.end = max(pane.end, (pane_id + 1) * self.pane_size)
-        panes = [*self.closed, pane]
-        if len(panes) == 1:  # tumbling: the pane is the window
-            window = pane.summaries
-        else:
-            window = panes[0].summaries.copy()
-            for other in panes[1:]:
-                window.merge(other.summaries)
-        self.closed.append(pane)
-        n = sum(p.n for p in panes)
-        pairs = sum(p.pairs for p in panes)
-        firsts = [p.first_offset for p in panes if p.first_offset is not None]
-        lasts = [p.last_offset for p in panes if p.last_offset is not None]
-        offsets = (min(firsts), max(lasts)) if firsts else None
-        start, end = min(p.start for p in panes), max(p.end for p in panes)
-        end_ns = int(round(end * NS)) if math.isfinite(end) else 0
-        start_ns = int(round(start * NS)) if math.isfinite(start) else end_ns
-        tags = {"model_id": self.owner.cfg.id, "model_version": self.version}
-        points = self.sequential.with_cumulative(window.points(tags=tags, time_ns=end_ns))
-        points.extend(self.sequential.points(tags=tags, time_ns=end_ns, predictions=n))
-        elapsed = max(time.monotonic() - pane.opened_at, 1e-9)
-        stats: dict[str, float] = {
-            "events": float(n),
-            "pairs": float(pairs),
-            "join_rate": pairs / n if n else 0.0,
-            "throughput": pane.n / elapsed,
-            "lag": max(self.owner.clock() - end, 0.0) if math.isfinite(end) else 0.0,
-        }
-        counters, self.counters = self.counters, {}
-        stats.update({name: float(value) for name, value in counters.items()})
-        stats.setdefault("dead_letters", 0.0)
-        points.extend(
-            Point("monitor", {**tags, "stat": stat}, {"value": value}, end_ns) for stat, value in sorted(stats.items())
-        )
-        latest = self.owner.evaluation_for(self.version)
-        if latest is not self.evaluation:  # a new reference was registered for this version
-            self.evaluation = latest
-            self.sequential = latest.new_sequential()
-            self.closed.clear()
-            self.open = {k: _Pane(latest.new_window()) if not p.n else p for k, p in self.open.items()}
-        recent, recent_pairs = list(self.recent), list(self.recent_pairs)
-        evidence = lambda: self.evaluation.evidence_frame(recent, recent_pairs)  # noqa: E731
-        output = WindowOutput(self.owner.cfg.id, self.version, start_ns, end_ns, n, points, evidence, offsets)
-        self.log.append(output)
-        return output
-
-    # -- snapshot ----------------------------------------------------------------------------
+        self.cusum: ReferenceCUSUM | None = self.evaluation.new_cusum()
+        self.cusum_pane: int | None = None
+        """The pane whose CUSUM reporting window is open (a detection is new once per pane)."""
+        self.counter = 0  # count windows: the open pane
+        self.filled = 0  # count windows: predictions in the open pane
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "counter": self.counter,
-            "watermark": self.watermark if math.isfinite(self.watermark) else None,
-            "last_closed": self._last_closed_id,
-            "open": {str(k): _pane_state(p) for k, p in self.open.items()},
-            "closed": [_pane_state(p) for p in self.closed],
-            "sequential": self.sequential.snapshot(),
-            "counters": dict(self.counters),
-        }
+        return {"counter": self.counter, "filled": self.filled, "cusum_pane": self.cusum_pane,
+                "cusum": self.cusum.snapshot(reference=False) if self.cusum is not None else None}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self.counter = int(state["counter"])
-        self.watermark = state["watermark"] if state["watermark"] is not None else -math.inf
-        self._last_closed_id = state["last_closed"]
-        self.open = {int(k): self._pane_from(v) for k, v in state["open"].items()}
-        self.closed.clear()
-        self.closed.extend(self._pane_from(v) for v in state["closed"])
-        self.sequential = self.evaluation.restore_sequential(state["sequential"])
-        self.counters = dict(state["counters"])
-
-    def _pane_from(self, state: Mapping[str, Any]) -> _Pane:
-        pane = _Pane(self.evaluation.restore_window(state["summaries"]), n=state["n"], pairs=state["pairs"])
-        pane.start = state["start"] if state["start"] is not None else math.inf
-        pane.end = state["end"] if state["end"] is not None else -math.inf
-        pane.first_offset, pane.last_offset = state.get("offsets") or (None, None)
-        return pane
+        self.counter, self.filled = int(state["counter"]), int(state["filled"])
+        self.cusum_pane = state["cusum_pane"]
+        self.cusum = self.evaluation.restore_cusum(state.get("cusum"))
 
 
-def _pane_state(pane: _Pane) -> dict[str, Any]:
-    return {
-        "summaries": pane.summaries.snapshot(),
-        "n": pane.n,
-        "pairs": pane.pairs,
-        "start": pane.start if math.isfinite(pane.start) else None,
-        "end": pane.end if math.isfinite(pane.end) else None,
-        "offsets": [pane.first_offset, pane.last_offset],
-    }
+class _Deltas:
+    """The deltas one batch builds, by (version, pane), in the order they were first touched."""
+
+    def __init__(self, monitor: ModelMonitor) -> None:
+        self.monitor = monitor
+        self.panes: dict[tuple[str, int], tuple[PaneDelta, Any]] = {}
+        self.instants: list[Instant] = []
+
+    def get(self, version: _VersionPanes, pane: int) -> PaneDelta:
+        key = (version.version, pane)
+        found = self.panes.get(key)
+        if found is None:
+            found = self.panes[key] = (PaneDelta(version.version, pane), version.evaluation.new_window())
+        return found[0]
+
+    def summaries(self, version: _VersionPanes, pane: int) -> Any:
+        self.get(version, pane)
+        return self.panes[(version.version, pane)][1]
+
+    def finish(self) -> list[PaneDelta]:
+        out = []
+        for delta, summaries in self.panes.values():
+            if delta.n or delta.pairs:
+                delta.summaries = summaries.snapshot()
+            out.append(delta)
+        return out
 
 
 class ModelMonitor:
-    """Everything driftwarden tracks for one configured model, across its versions."""
+    """Stage 1 of one configured model in one source partition, across its versions."""
 
-    def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *, registry: Any = None,
-                 grace_seconds: float = DEFAULT_GRACE_SECONDS, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *, registry: Any = None) -> None:
         self.cfg = cfg
         self.evaluation = evaluation
         self.registry = registry
-        self.grace_seconds = grace_seconds
-        self.clock = clock
-        self.versions: dict[str, _VersionMonitor] = {}
-        self._pending_counts: dict[str, int] = {}
+        self.panes = Panes.of(cfg.window)
+        self.by_events, self.pane_size = self.panes.by_events, self.panes.pane_size
+        self.evidence_cap = max(evidence_rows(cfg.window.events) // self.panes.panes_per_window, 1)
+        self.watermark = -math.inf
+        self.versions: dict[str, _VersionPanes] = {}
+        self.pending: dict[str, int] = {}
+        """Counters noted before this partition saw any event of the model (go to its first pane)."""
 
     def evaluation_for(self, version: str) -> Evaluation:
-        """The version's own reference (registered from ``model-updates``), else the configured one."""
-        if self.registry is None:
-            return self.evaluation
-        return self.registry.evaluation(self.cfg.id, version)
+        return version_evaluation(self.evaluation, self.registry, self.cfg.id, version)
 
-    def _version(self, version: str) -> _VersionMonitor:
-        monitor = self.versions.get(version)
-        if monitor is None:
-            monitor = self.versions[version] = _VersionMonitor(self, version)
-            for name, value in self._pending_counts.items():
-                monitor.count(name, value)
-            self._pending_counts.clear()
-        return monitor
+    def _version(self, version: str) -> _VersionPanes:
+        if version not in self.versions:
+            self.versions[version] = _VersionPanes(self, version)
+        return self.versions[version]
 
-    def add_batch(self, events: Sequence[Prediction], pairs: Sequence[LabelledPair] = (),
-                  positions: Sequence[int] = (), offsets: Sequence[int] | None = None,
-                  marks: Sequence[tuple[int, str]] = ()) -> list[WindowOutput]:
-        """Add a batch's predictions, joined pairs and counter marks (see
-        :meth:`_VersionMonitor.add_batch`)."""
-        if not pairs:
-            positions = ()
-        versions = {e.model_version for e in events} | {p.prediction.model_version for p in pairs}
-        if len(versions) <= 1:
-            if not versions:
-                for _, name in marks:
-                    self.count(name, 1)
-                return []
-            return self._version(versions.pop()).add_batch(events, pairs, positions, offsets, marks)
-        for _, name in marks:  # several versions in one batch: to the latest version's next window
-            self.count(name, 1)
-        outputs: list[WindowOutput] = []
-        for version in sorted(versions):
-            mine = [e.model_version == version for e in events]
-            before = np.concatenate([[0], np.cumsum(mine)]).astype(np.int64)
-            chosen = [i for i, p in enumerate(pairs) if p.prediction.model_version == version]
-            outputs.extend(self._version(version).add_batch(
-                [e for e, keep in zip(events, mine) if keep], [pairs[i] for i in chosen],
-                [int(before[positions[i]]) for i in chosen],
-                [o for o, keep in zip(offsets, mine) if keep] if offsets else None))
-        return outputs
+    # -- a batch -------------------------------------------------------------------------------
 
-    def count(self, name: str, value: int) -> None:
-        """Add to a worker counter reported with the next closed window (e.g. dead letters)."""
+    def add_batch(self, arrivals: Sequence[Arrival], *, source: int, seq: int,
+                  counters: Mapping[str, int] | None = None) -> ModelPartial | None:
+        """The partial of one batch: ``arrivals`` of this model in arrival order, and worker
+        counters (expired, evicted, ...) for the pane open when the batch began. ``None`` when
+        the batch neither touched the model nor moved anything."""
+        deltas = _Deltas(self)
+        before = self.watermark
+        # the batch's counters go to the pane open when the batch began (else the first one it opens)
+        start_pane = (self._current_pane(next(reversed(self.versions.values())))
+                      if self.versions and (self.by_events or math.isfinite(before)) else None)
+        if self.by_events:
+            self._by_count(arrivals, deltas)
+        else:
+            self._by_time(arrivals, deltas)
+        extra = {name: value for name, value in {**self.pending, **(counters or {})}.items() if value}
+        if extra:
+            if self.versions:
+                latest = next(reversed(self.versions.values()))
+                if start_pane is None:  # the model's first batch: the first pane it opened
+                    opened = [pane for version, pane in deltas.panes if version == latest.version]
+                    start_pane = opened[0] if opened else self._current_pane(latest)
+                delta = deltas.get(latest, start_pane)
+                for name, value in extra.items():
+                    delta.count(name, value)
+                self.pending.clear()
+            else:
+                for name, value in (counters or {}).items():
+                    self.pending[name] = self.pending.get(name, 0) + value
+        panes = deltas.finish()
+        if not panes and not deltas.instants and self.watermark == before:
+            return None
+        return ModelPartial(self.cfg.id, source, seq, self.watermark if math.isfinite(self.watermark) else None,
+                            panes, deltas.instants)
+
+    def idle(self, *, source: int, seq: int) -> ModelPartial:
+        """The idle marker of this partition for the model (see :class:`ModelPartial`)."""
+        return ModelPartial(self.cfg.id, source, seq, self.watermark if math.isfinite(self.watermark) else None,
+                            idle=True)
+
+    def end_of_input(self, *, source: int, seq: int) -> ModelPartial:
+        """The final partial (replay's end of input): every pane of this source may close."""
+        return ModelPartial(self.cfg.id, source, seq, self.watermark if math.isfinite(self.watermark) else None,
+                            final=True)
+
+    def _current_pane(self, version: _VersionPanes) -> int:
+        if self.by_events:
+            return version.counter
+        return int(math.floor(self.watermark / self.pane_size)) if math.isfinite(self.watermark) else 0
+
+    def _by_time(self, arrivals: Sequence[Arrival], deltas: _Deltas) -> None:
+        """Event-time panes; lateness and the pane of each pair and mark are decided with the
+        watermark as it was when each item arrived (so batching does not move them)."""
+        size = self.pane_size
+        predictions = [(i, a) for i, a in enumerate(arrivals) if a.prediction is not None]
+        timestamps = np.fromiter((a.prediction.timestamp for _, a in predictions),  # type: ignore[union-attr]
+                                 dtype=np.float64, count=len(predictions))
+        seen = np.maximum.accumulate(np.concatenate([[self.watermark], timestamps]))
+        # predictions before arrival j: position of j among predictions
+        before = np.cumsum([0] + [a.prediction is not None for a in arrivals]).astype(np.int64)
+        pane_ids = np.floor(timestamps / size).astype(np.int64)
+        late = self.panes.deadline(pane_ids) <= seen[:-1]  # type: ignore[arg-type]
+
+        def home(at: float) -> int:
+            return int(math.floor(at / size)) if math.isfinite(at) else 0
+
+        by_version: dict[str, list[int]] = {}
+        for k, (_, arrival) in enumerate(predictions):
+            by_version.setdefault(arrival.prediction.model_version, []).append(k)  # type: ignore[union-attr]
+        for version_name, chosen in by_version.items():
+            version = self._version(version_name)
+            mine = np.asarray(chosen, dtype=np.int64)
+            keep = mine[~late[mine]]
+            for pane_id in np.unique(pane_ids[keep]):
+                rows = keep[pane_ids[keep] == pane_id]
+                self._feed(version, int(pane_id), [predictions[k][1] for k in rows], deltas)
+            for k in mine[late[mine]]:
+                deltas.get(version, home(float(seen[k]))).count("late")
+        pairs: dict[tuple[str, int], list[LabelledPair]] = {}
+        marks: list[tuple[int, str]] = []
+        for i, arrival in enumerate(arrivals):
+            if arrival.pair is not None:
+                # a pair's event time is the later of its prediction's and its label's; a pair
+                # that is late by it counts in the pane open when it joined
+                pair = arrival.pair
+                at = int(math.floor(max(pair.prediction.timestamp, pair.feedback_timestamp) / size))
+                now = float(seen[before[i]])
+                if self.panes.deadline(at) <= now:
+                    at = home(now)
+                pairs.setdefault((arrival.pair.prediction.model_version, at), []).append(arrival.pair)
+            elif arrival.mark is not None:
+                marks.append((home(float(seen[before[i]])), arrival.mark))
+        for (version_name, pane_id), chosen_pairs in sorted(pairs.items(), key=lambda item: item[0][1]):
+            self._add_pairs(self._version(version_name), pane_id, chosen_pairs, deltas)
+        self.watermark = float(seen[-1])
+        self._marks(marks, deltas)
+
+    def _by_count(self, arrivals: Sequence[Arrival], deltas: _Deltas) -> None:
+        """Count panes: a pane closes right after its N-th prediction; a pair or mark goes to
+        the version's pane open when it arrived."""
+        size = int(self.pane_size)
+        marks: list[tuple[int, str]] = []
+        run: list[Arrival] = []
+        run_version: _VersionPanes | None = None
+        waiting: dict[str, tuple[int, list[LabelledPair]]] = {}  # per version: its open pane's pairs
+
+        def flush_pairs(version: _VersionPanes) -> None:
+            pane, pairs = waiting.pop(version.version, (0, []))
+            self._add_pairs(version, pane, pairs, deltas)
+
+        for arrival in arrivals:
+            if arrival.prediction is not None:
+                version = self._version(arrival.prediction.model_version)
+                if run_version is not version and run:
+                    self._feed(run_version, run_version.counter, run, deltas)  # type: ignore[union-attr,arg-type]
+                    run = []
+                run_version = version
+                run.append(arrival)
+                version.filled += 1
+                self.watermark = max(self.watermark, arrival.prediction.timestamp)
+                if version.filled >= size:
+                    self._feed(version, version.counter, run, deltas)
+                    flush_pairs(version)
+                    run = []
+                    deltas.get(version, version.counter).complete = True
+                    version.counter += 1
+                    version.filled = 0
+            elif arrival.pair is not None:
+                version = self._version(arrival.pair.prediction.model_version)
+                pane, pairs = waiting.setdefault(version.version, (version.counter, []))
+                pairs.append(arrival.pair)
+            elif arrival.mark is not None:
+                if self.versions:
+                    latest = run_version or next(reversed(self.versions.values()))
+                    marks.append((latest.counter, arrival.mark))
+                else:
+                    self.pending[monitor_counter(arrival.mark)] = self.pending.get(arrival.mark, 0) + 1
+        if run and run_version is not None:
+            self._feed(run_version, run_version.counter, run, deltas)
+        for name in list(waiting):
+            flush_pairs(self.versions[name])
+        self._marks(marks, deltas)
+
+    def _marks(self, marks: Sequence[tuple[int, str]], deltas: _Deltas) -> None:
+        if not marks:
+            return
+        for _, name in marks:
+            monitor_counter(name)
         if not self.versions:
-            self._pending_counts[name] = self._pending_counts.get(name, 0) + value
+            for _, name in marks:
+                self.pending[name] = self.pending.get(name, 0) + 1
             return
         latest = next(reversed(self.versions.values()))
-        latest.count(name, value)
+        for pane, name in marks:
+            deltas.get(latest, pane).count(name)
 
-    def flush(self) -> list[WindowOutput]:
-        return [out for monitor in self.versions.values() for out in monitor.flush()]
+    # -- feeding one pane ------------------------------------------------------------------------
 
-    def take_log(self) -> list[WindowOutput]:
-        """The last :meth:`add_batch` (or :meth:`flush`): every closed window and every instant
-        detection (``instant=True``), per version in the order they happened; clears it."""
-        out = []
-        for monitor in self.versions.values():
-            out.extend(monitor.log)
-            monitor.log = []
-        return out
+    def _open_cusum_window(self, version: _VersionPanes, pane: int) -> None:
+        if version.cusum is not None and (version.cusum_pane is None or pane > version.cusum_pane):
+            if version.cusum_pane is not None:
+                version.cusum.start_window()
+            version.cusum_pane = pane
+
+    def _feed(self, version: _VersionPanes, pane: int, arrivals: Sequence[Arrival], deltas: _Deltas) -> None:
+        if not arrivals:
+            return
+        events = [a.prediction for a in arrivals]
+        cols = version.evaluation.columns(events)  # type: ignore[arg-type]
+        delta = deltas.get(version, pane)
+        delta.n += len(cols)
+        delta.start = min(delta.start, float(cols.timestamps.min()))
+        delta.end = max(delta.end, float(cols.timestamps.max()))
+        offsets = [a.offset for a in arrivals if a.offset >= 0]
+        if offsets:
+            low, high = min(offsets), max(offsets)
+            delta.first_offset = low if delta.first_offset is None else min(delta.first_offset, low)
+            delta.last_offset = high if delta.last_offset is None else max(delta.last_offset, high)
+        deltas.summaries(version, pane).add_predictions(cols)
+        names = [*version.evaluation.numeric, SCORE_STREAM]
+        delta.means.append(stream_means(cols.frame, cols.scores, names))
+        self._evidence(delta, events)  # type: ignore[arg-type]
+        self._cusum(version, pane, delta, deltas, cols, None)
+
+    def _add_pairs(self, version: _VersionPanes, pane: int, pairs: Sequence[LabelledPair], deltas: _Deltas) -> None:
+        if not pairs:
+            return
+        cols = version.evaluation.pair_columns(pairs)
+        delta = deltas.get(version, pane)
+        delta.pairs += len(cols)
+        deltas.summaries(version, pane).add_pairs(cols)
+        delta.errors.extend(version.evaluation.errors(cols).tolist())
+        known = set(delta.evidence.ids) if delta.evidence is not None else set()
+        self._evidence(delta, [p.prediction for p in pairs if p.prediction.prediction_id not in known])
+        assert delta.evidence is not None
+        kept = set(delta.evidence.ids)
+        delta.evidence.labels.update({p.prediction.prediction_id: p.label for p in pairs
+                                      if p.prediction.prediction_id in kept})
+        self._cusum(version, pane, delta, deltas, None, cols)
+
+    def _evidence(self, delta: PaneDelta, events: Sequence[Prediction]) -> None:
+        evidence = delta.evidence if delta.evidence is not None else Evidence()
+        delta.evidence = evidence
+        room = self.evidence_cap - len(evidence)
+        for event in events[:max(room, 0)]:
+            evidence.ids.append(event.prediction_id)
+            for name in self.cfg.features:
+                evidence.features.setdefault(name, []).append(event.features.get(name))
+            evidence.predictions.append(event.prediction)
+            evidence.scores.append(event.score)
+
+    def _cusum(self, version: _VersionPanes, pane: int, delta: PaneDelta, deltas: _Deltas,
+               predictions: PredictionColumns | None, pairs: PairColumns | None) -> None:
+        """Feed the CUSUM streams in the partition's order; their new detections become instants,
+        the pane's share of each stream's window status goes into the delta."""
+        cusum = version.cusum
+        if cusum is None:
+            return
+        if predictions is None and (pairs is None or self.cfg.task == "regression" or pairs.timestamps is None):
+            return
+        self._open_cusum_window(version, pane)
+        before = cusum.result().streams
+        if predictions is not None:
+            cusum.update(predictions.frame, predictions.predictions, predictions.attributes)
+            times = predictions.timestamps
+        else:
+            assert pairs is not None and pairs.timestamps is not None
+            cusum.update_errors(version.evaluation.errors(pairs))
+            times = pairs.timestamps
+        tags = {"model_id": self.cfg.id, "model_version": version.version}
+        for detection in cusum.new:
+            time_ns = int(round(float(times[detection.row]) * NS))
+            deltas.instants.append(Instant(version.version, time_ns,
+                                           cusum_detection_points(detection, tags=tags, time_ns=time_ns)))
+        after = cusum.result().streams
+        status = delta.cusum if delta.cusum is not None else [[0, 0.0, 0, None] for _ in after]
+        for row, (old, new) in zip(status, zip(before, after)):
+            detections = new.detections - old.detections
+            row[0] += detections
+            if detections > 0:
+                row[1] = max(row[1], new.ratio)
+            row[2] += new.n - old.n
+            if new.n > old.n and new.detections == 0:  # the stream's statistic after its last observation
+                row[3] = new.ratio
+        delta.cusum = status
+
+    # -- snapshot --------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return {"versions": {v: m.snapshot() for v, m in self.versions.items()},
-                "pending": dict(self._pending_counts)}
+        return {"watermark": self.watermark if math.isfinite(self.watermark) else None,
+                "versions": {v: m.snapshot() for v, m in self.versions.items()}, "pending": dict(self.pending)}
 
     def restore(self, state: Mapping[str, Any]) -> None:
+        self.watermark = state["watermark"] if state.get("watermark") is not None else -math.inf
         self.versions = {}
         for version, snap in state.get("versions", {}).items():
             self._version(version).restore(snap)
-        self._pending_counts = dict(state.get("pending", {}))
+        self.pending = dict(state.get("pending", {}))
 

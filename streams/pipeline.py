@@ -1,10 +1,17 @@
 """The worker's work, independent of Faust: messages in, points/alerts/jobs out.
 
-:class:`Pipeline` is what the Faust agent calls for every batch it takes from
-Kafka, and what ``replay`` calls for batches read from files: one code path
-for both. It parses and validates, routes bad input to dead letters, joins
-feedback, hands column batches to each model's :class:`~streams.monitor.ModelMonitor`
-and collects what closed windows produced.
+:class:`SourcePipeline` is stage 1 of one source partition: it parses and
+validates, routes bad input to dead letters, joins feedback, and hands each
+model's arrivals (predictions, joined pairs, counter marks, in arrival order)
+to its :class:`~streams.monitor.ModelMonitor`, which returns the batch's pane
+deltas (:class:`~streams.partials.ModelPartial`). Stage 2,
+:class:`~streams.windows.ModelWindows`, merges those of every source
+partition into model windows, points, alerts and retrain requests.
+
+:class:`Pipeline` runs both in one process for one partition's batches, the
+partials encoded and decoded as the internal topic carries them: ``replay``
+runs it, and so does the worker's Faust agent for every batch it takes from
+Kafka (until stage 2 consumes the internal topic).
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ import orjson
 
 from detectors.points import Point
 from streams.config import Config
+from retrain.events import Alert
+from retrain.metrics import monitor_counter
 from streams.events import (Feedback, Limits, Prediction, Rejection, cap, parse_feedback, parse_predictions,
                             schemas_from_config)
 from streams.join import FeedbackJoin, JoinStore, LabelledPair
-from retrain.events import Alert, RetrainTrigger
-from retrain.policy import PolicyEngine
-from streams.monitor import ModelMonitor, WindowOutput
+from streams.monitor import Arrival, ModelMonitor
+from streams.partials import ModelPartial, decode, encode
+from streams.windows import Decided, JobRequest, ModelWindows, WindowOutput
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +116,19 @@ def limits_of(cfg: Config) -> Limits:
                   max_fields=v.max_fields, max_string_length=v.max_string_length, max_depth=v.max_depth)
 
 
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """A retrain trigger and the window that fired it (its evidence and offsets)."""
+@dataclass
+class SourceOutcome:
+    """What stage 1 made of one batch of one source partition."""
 
-    trigger: RetrainTrigger
-    window: WindowOutput
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    pairs: list[LabelledPair] = field(default_factory=list)
+    partials: list[ModelPartial] = field(default_factory=list)
+    """Per touched model, the batch's pane deltas (for stage 2)."""
 
 
 @dataclass
 class Outcome:
-    """Everything one batch produced."""
+    """Everything one batch produced through both stages."""
 
     points: list[Point] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -126,16 +137,22 @@ class Outcome:
     alerts: list[Alert] = field(default_factory=list)
     jobs: list[JobRequest] = field(default_factory=list)
 
+    def add(self, decided: Decided) -> None:
+        self.points.extend(decided.points)
+        self.windows.extend(w for w in decided.windows if not w.instant)
+        self.alerts.extend(decided.alerts)
+        self.jobs.extend(decided.jobs)
 
-class Pipeline:
-    """Parse → validate → join → per-model monitors, for one partition's batches."""
+
+class SourcePipeline:
+    """Stage 1 for one source partition: parse → validate → join → per-model pane deltas."""
 
     def __init__(self, cfg: Config, monitors: Mapping[str, ModelMonitor], store: JoinStore,
-                 *, policies: Mapping[str, PolicyEngine] | None = None, expire_every: int = 50_000,
+                 *, partition: int = 0, expire_every: int = 50_000,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
+        self.partition = partition
         self.monitors = dict(monitors)
-        self.policies = dict(policies or {})
         self.schemas = schemas_from_config(cfg.models, cfg.validation.type_errors)
         self.limits = limits_of(cfg)
         self.clock = clock
@@ -144,26 +161,20 @@ class Pipeline:
         self.max_past_seconds = cfg.join.ttl_seconds if past is None else past
         self.join = FeedbackJoin(store, ttl_seconds=cfg.join.ttl_seconds, max_entries=cfg.join.max_entries)
         self.expire_every = expire_every
+        self.seq = 0
+        """Batches processed: the sequence number of the next partial (stage 2 merges each once)."""
         self._since_expiry = 0
         self._since_full_sweep = 0
         self.events_seen = 0
         self.dead_letter_count = 0
         self.internal_errors = 0
 
-    def process(self, messages: Sequence[RawMessage]) -> Outcome:
+    def process(self, messages: Sequence[RawMessage]) -> SourceOutcome:
         """Process one batch of messages in order; never raises on bad input."""
-        outcome = Outcome()
-        # Per model: the batch's new predictions, and the joined pairs with, for each, how many of
-        # the model's predictions came before it in this batch (to place it in the right window).
-        segments: dict[str, _ModelBatch] = {}
-
-        def segment(model_id: str) -> _ModelBatch:
-            found = segments.get(model_id)
-            if found is None:
-                found = segments[model_id] = _ModelBatch()
-            return found
-
-        rejected_by_model: dict[str, int] = {}  # "" = rejections no model can be told for
+        outcome = SourceOutcome()
+        arrivals: dict[str, list[Arrival]] = {}  # per model, in arrival order
+        counters: dict[str, dict[str, int]] = {}
+        unattributed = 0  # rejections no model can be told for (not JSON, unknown model)
         unattributed_limits: dict[str, int] = {}
         payload_bytes = self.cfg.validation.dead_letter_payload_bytes
         now = self.clock()
@@ -171,6 +182,7 @@ class Pipeline:
         budget = {"left": payload_bytes, "first": True}  # of the message in hand; see DeadLetter
 
         def reject(message: RawMessage, rejection: Rejection) -> None:
+            nonlocal unattributed
             size = len(message.value)
             if budget["first"]:
                 keep, budget["first"] = payload_bytes, False
@@ -179,12 +191,13 @@ class Pipeline:
             budget["left"] -= min(size, keep)
             outcome.dead_letters.append(_dead_letter(message, rejection, keep))
             if rejection.model_id in self.monitors:
-                # counted in the window open when it arrived, like a pair
-                segment(rejection.model_id).add_mark("dead_letters")
+                # counted in the pane open when it arrived, like a pair
+                mine = arrivals.setdefault(rejection.model_id, [])
+                mine.append(Arrival(mark="dead_letters"))
                 if rejection.limit is not None:
-                    segment(rejection.model_id).add_mark(f"rejected_{rejection.limit}")
+                    mine.append(Arrival(mark=f"rejected_{rejection.limit}"))
             else:
-                rejected_by_model[""] = rejected_by_model.get("", 0) + 1
+                unattributed += 1
                 if rejection.limit is not None:
                     unattributed_limits[rejection.limit] = unattributed_limits.get(rejection.limit, 0) + 1
 
@@ -207,19 +220,23 @@ class Pipeline:
                 else:
                     if self.join.is_duplicate_prediction(event):
                         continue
-                    segment(event.model_id).add_prediction(event, message.offset)
+                    arrivals.setdefault(event.model_id, []).append(Arrival(prediction=event, offset=message.offset))
                     pair = self.join.add_prediction(event)
                 if pair is not None:
-                    segment(pair.prediction.model_id).add_pair(pair)
+                    arrivals.setdefault(pair.prediction.model_id, []).append(Arrival(pair=pair))
                     outcome.pairs.append(pair)
         self.dead_letter_count += len(outcome.dead_letters)
-        if rejected_by_model.get(""):
-            # Unattributable rejections (not JSON, unknown model) are counted on every monitor's
-            # worker-wide figure; see ModelMonitor.count_worker.
-            for monitor in self.monitors.values():
-                monitor.count("dead_letters_unattributed", rejected_by_model[""])
-                for limit, count in unattributed_limits.items():
-                    monitor.count(f"rejected_{limit}", count)
+
+        def count(model_id: str, name: str, value: int) -> None:
+            monitor_counter(name)
+            if model_id in self.monitors and value:
+                mine = counters.setdefault(model_id, {})
+                mine[name] = mine.get(name, 0) + value
+
+        for model_id in self.monitors:  # counted on every monitor's worker-wide figure
+            count(model_id, "dead_letters_unattributed", unattributed)
+            for limit, value in unattributed_limits.items():
+                count(model_id, f"rejected_{limit}", value)
         self._since_expiry += len(messages)
         self._since_full_sweep += len(messages)
         if self._since_expiry >= self.expire_every:
@@ -227,26 +244,25 @@ class Pipeline:
             full = self._since_full_sweep >= len(self.join.store)  # whole table every table-size messages
             if full:
                 self._since_full_sweep = 0
-            for model_id, count in self.join.expire(full=full).items():
-                if model_id in self.monitors:
-                    self.monitors[model_id].count("expired", count)
-        for model_id, count in self.join.take_evicted().items():
-            if model_id in self.monitors:
-                self.monitors[model_id].count("evicted", count)
-        for model_id, batch in segments.items():
-            monitor = self.monitors[model_id]
+            for model_id, value in self.join.expire(full=full).items():
+                count(model_id, "expired", value)
+        for model_id, value in self.join.take_evicted().items():
+            count(model_id, "evicted", value)
+        seq = self.seq
+        self.seq += 1
+        for model_id, monitor in self.monitors.items():
+            mine = arrivals.get(model_id, [])
+            extra = counters.get(model_id)
+            if not mine and not extra:
+                continue
             try:
-                windows = monitor.add_batch(batch.predictions, batch.pairs, batch.positions, batch.offsets,
-                                            batch.marks)
-                self._decide(model_id, monitor.take_log(), outcome)
-                outcome.windows.extend(windows)
+                partial = monitor.add_batch(mine, source=self.partition, seq=seq, counters=extra)
             except Exception:  # a detector bug must not stop the other models or the worker
                 self.internal_errors += 1
-                log.exception("model %s: %d predictions and %d pairs could not be evaluated", model_id,
-                              len(batch.predictions), len(batch.pairs))
-                monitor.count("internal_errors", 1)
-        for window in outcome.windows:
-            outcome.points.extend(window.points)
+                log.exception("model %s: a batch of %d items could not be evaluated", model_id, len(mine))
+                partial = monitor.add_batch([], source=self.partition, seq=seq, counters={"internal_errors": 1})
+            if partial is not None:
+                outcome.partials.append(partial)
         return outcome
 
     def _out_of_time(self, event: Prediction | Feedback, now: float) -> Rejection | None:
@@ -279,76 +295,108 @@ class Pipeline:
             limit = "max_past_seconds"
         return Rejection(reason, model_id=event.model_id, limit=limit)
 
-    def _decide(self, model_id: str, outputs: list[WindowOutput], outcome: Outcome) -> None:
-        """Run the model's policy on each closed window and each instant detection (a CUSUM
-        stream that crossed its threshold in this batch), in the order they happened; record
-        alerts and retrain requests. Instant detections' points are written at once."""
-        engine = self.policies.get(model_id)
-        for window in outputs:
-            if window.instant:
-                outcome.points.extend(window.points)
-            if engine is None:
-                continue
-            if window.instant:
-                decision = engine.evaluate_instant(model_id=model_id, model_version=window.model_version,
-                                                   time_ns=window.end_ns, points=window.points)
-            else:
-                decision = engine.evaluate(model_id=model_id, model_version=window.model_version,
-                                           window_start_ns=window.start_ns, window_end_ns=window.end_ns,
-                                           points=window.points)
-            outcome.alerts.extend(decision.alerts)
-            outcome.jobs.extend(JobRequest(trigger, window) for trigger in decision.jobs)
+    def idle(self) -> list[ModelPartial]:
+        """Every model's idle marker: this partition is caught up and has been silent, so stage 2
+        stops waiting for its watermark until it publishes again. Takes a sequence number like a
+        batch (snapshot the state before publishing, or a restart reuses the number)."""
+        seq = self.seq
+        self.seq += 1
+        return [monitor.idle(source=self.partition, seq=seq) for monitor in self.monitors.values()]
 
-    def flush(self) -> Outcome:
-        """Close every partial window (end of a replay)."""
-        outcome = Outcome()
-        for model_id, monitor in self.monitors.items():
-            windows = monitor.flush()
-            self._decide(model_id, monitor.take_log(), outcome)
-            outcome.windows.extend(windows)
-        for window in outcome.windows:
-            outcome.points.extend(window.points)
-        return outcome
+    def end_of_input(self) -> list[ModelPartial]:
+        """Every model's final partial (replay's end of input): stage 2 may close every pane."""
+        seq = self.seq
+        self.seq += 1
+        return [monitor.end_of_input(source=self.partition, seq=seq) for monitor in self.monitors.values()]
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "monitors": {model_id: m.snapshot() for model_id, m in self.monitors.items()},
             "join": {"watermark": self.join.watermark, "counts": self.join.counts.as_dict()},
-            "policies": {model_id: engine.snapshot() for model_id, engine in self.policies.items()},
+            "seq": self.seq,
+            "since_expiry": [self._since_expiry, self._since_full_sweep],
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         for model_id, snap in state.get("monitors", {}).items():
             if model_id in self.monitors:
                 self.monitors[model_id].restore(snap)
-        for model_id, snap in (state.get("policies") or {}).items():
-            if model_id in self.policies:
-                self.policies[model_id].restore(snap)
         join = state.get("join") or {}
         self.join.watermark = float(join.get("watermark", 0.0))
         for key, value in (join.get("counts") or {}).items():
             setattr(self.join.counts, key, int(value))
+        self.seq = int(state.get("seq", 0))
+        self._since_expiry, self._since_full_sweep = state.get("since_expiry", [0, 0])
 
 
-@dataclass
-class _ModelBatch:
-    predictions: list[Prediction] = field(default_factory=list)
-    pairs: list[LabelledPair] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    marks: list[tuple[int, str]] = field(default_factory=list)
-    """Counters (dead letters) with how many predictions of the batch came before each."""
+class Pipeline:
+    """Both stages in one process, for one source partition's batches: stage 1's partials go
+    through the internal topic's codec into each model's stage 2. ``replay`` runs this, so
+    recorded events give the figures of a worker whose stage 2 merges every partition."""
 
-    def add_mark(self, name: str) -> None:
-        self.marks.append((len(self.predictions), name))
+    def __init__(self, source: SourcePipeline, windows: Mapping[str, ModelWindows]) -> None:
+        self.source = source
+        self.windows = dict(windows)
 
-    def add_prediction(self, event: Prediction, offset: int) -> None:
-        self.predictions.append(event)
-        self.offsets.append(offset)
+    @property
+    def cfg(self) -> Config:
+        return self.source.cfg
 
-    def add_pair(self, pair: LabelledPair) -> None:
-        self.pairs.append(pair)
-        self.positions.append(len(self.predictions))
+    @property
+    def join(self) -> FeedbackJoin:
+        return self.source.join
+
+    @property
+    def schemas(self) -> Any:
+        return self.source.schemas
+
+    @property
+    def monitors(self) -> dict[str, ModelMonitor]:
+        return self.source.monitors
+
+    @property
+    def events_seen(self) -> int:
+        return self.source.events_seen
+
+    @property
+    def dead_letter_count(self) -> int:
+        return self.source.dead_letter_count
+
+    @property
+    def internal_errors(self) -> int:
+        return self.source.internal_errors
+
+    def process(self, messages: Sequence[RawMessage]) -> Outcome:
+        """Process one batch through both stages; never raises on bad input."""
+        first = self.source.process(messages)
+        outcome = Outcome(dead_letters=first.dead_letters, pairs=first.pairs)
+        self._merge(first.partials, outcome)
+        return outcome
+
+    def flush(self) -> Outcome:
+        """End of input: close every window that holds something."""
+        outcome = Outcome()
+        self._merge(self.source.end_of_input(), outcome)
+        return outcome
+
+    def _merge(self, partials: Sequence[ModelPartial], outcome: Outcome) -> None:
+        for partial in partials:
+            merged = decode(encode(partial))  # exactly what the internal topic carries
+            try:
+                outcome.add(self.windows[merged.model_id].merge(merged))
+            except Exception:  # a detector bug must not stop the other models or the worker
+                self.source.internal_errors += 1
+                log.exception("model %s: windows could not be merged", merged.model_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"source": self.source.snapshot(),
+                "windows": {model_id: w.snapshot() for model_id, w in self.windows.items()}}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.source.restore(state.get("source", {}))
+        for model_id, snap in (state.get("windows") or {}).items():
+            if model_id in self.windows:
+                self.windows[model_id].restore(snap)
 
 
 def _dead_letter(message: RawMessage, rejection: Rejection, payload_bytes: int) -> DeadLetter:

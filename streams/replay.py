@@ -120,7 +120,7 @@ def run_replay(config_path: str, predictions: str, feedback: str | None, output:
         if path is not None and not path.exists():
             raise ConfigError(f"input file not found: {path}")
     evaluations = load_evaluations(cfg)
-    pipeline = pipeline_factory(cfg, evaluations, clock=_EventClock())(DictStore())
+    pipeline = pipeline_factory(cfg, evaluations)(DictStore())
     from streams.actions import Actions
 
     actions = Actions(cfg, evaluations)
@@ -163,9 +163,3 @@ def run_replay(config_path: str, predictions: str, feedback: str | None, output:
                            f"{Path(output) / 'dead_letters.jsonl'}")
     return 0
 
-
-class _EventClock:
-    """Replay has no wall clock to speak of: ``lag`` is reported as 0."""
-
-    def __call__(self) -> float:
-        return float("-inf")

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from retrain.policy import PolicyEngine, PolicyError, default_rules, rules_from_config
 from streams.config import Config, ConfigError, ModelConfig
 from streams.evaluation import Evaluation
 from streams.join import JoinStore
 from streams.monitor import ModelMonitor
-from streams.pipeline import Pipeline
+from streams.pipeline import Pipeline, SourcePipeline
+from streams.windows import ModelWindows
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,34 @@ def policy_rules(cfg: Config, model_id: str) -> list[Any]:
         raise ConfigError(str(exc)) from None
 
 
-def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = None, *, registry: Any = None,
-                     **monitor_options: Any) -> Callable[[JoinStore], Pipeline]:
-    """A factory of per-partition pipelines sharing the loaded profiles."""
+def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = None, *,
+                     registry: Any = None) -> Callable[..., Pipeline]:
+    """A factory of in-process two-stage pipelines (stage 1 of one source partition, whose
+    partials go through the internal topic's codec into each model's stage 2), sharing the
+    loaded profiles. No window figure reads a clock (the worker stamps ``throughput``/``lag``)."""
     evaluations = evaluations if evaluations is not None else load_evaluations(cfg)
-
     rules = {model_id: policy_rules(cfg, model_id) for model_id in evaluations}
 
-    def build(store: JoinStore) -> Pipeline:
-        monitors = {model_id: ModelMonitor(cfg.models[model_id], evaluation, registry=registry, **monitor_options)
-                    for model_id, evaluation in evaluations.items()}
-        policies = {model_id: PolicyEngine(rules[model_id]) for model_id in evaluations}
-        return Pipeline(cfg, monitors, store, policies=policies)
+    def build(store: JoinStore, partition: int = 0) -> Pipeline:
+        return Pipeline(source_pipeline(cfg, evaluations, store, partition=partition, registry=registry),
+                        model_windows(cfg, evaluations, rules, sources=(partition,), registry=registry))
 
     return build
+
+
+def source_pipeline(cfg: Config, evaluations: dict[str, Evaluation], store: JoinStore, *, partition: int = 0,
+                    registry: Any = None) -> SourcePipeline:
+    """Stage 1 of one source partition."""
+    monitors = {model_id: ModelMonitor(cfg.models[model_id], evaluation, registry=registry)
+                for model_id, evaluation in evaluations.items()}
+    return SourcePipeline(cfg, monitors, store, partition=partition)
+
+
+def model_windows(cfg: Config, evaluations: dict[str, Evaluation], rules: dict[str, list[Any]] | None = None, *,
+                  sources: Iterable[int] = (0,), registry: Any = None) -> dict[str, ModelWindows]:
+    """Stage 2 of every model, expecting partials from ``sources`` (source partitions)."""
+    rules = rules if rules is not None else {model_id: policy_rules(cfg, model_id) for model_id in evaluations}
+    sources = tuple(sources)
+    return {model_id: ModelWindows(cfg.models[model_id], evaluation, sources=sources,
+                                   policy=PolicyEngine(rules[model_id]), registry=registry)
+            for model_id, evaluation in evaluations.items()}

@@ -1,84 +1,133 @@
 """Where points go: InfluxDB (``influxdb-client`` v2 write API) or a line-protocol file.
 
-The InfluxDB sink batches writes in the client's background thread, retries
-with exponential back-off on failure, counts what it wrote and what it lost,
-and flushes on :meth:`close`. The token is read from the configuration (which
-read it from the environment) and is never logged.
+The worker's InfluxDB sink *acknowledges*: :meth:`InfluxSink.write` only holds a
+batch's points, and :meth:`InfluxSink.delivered` returns once InfluxDB has taken
+every one of them. The worker saves a batch's state and commits its offsets only
+after that (see :mod:`streams.consumer`), so no point is ever dropped: while
+InfluxDB is unreachable the worker stalls (it stops consuming, which bounds
+memory), retries forever with a back-off capped at ``influx.retry_max_seconds``,
+and says so every ``influx.warn_every_seconds`` with the URL, how long and how
+many points wait. Only points InfluxDB *rejects* (HTTP 400/413/422: the request
+itself is bad, retrying cannot help) are lost; they are logged and counted.
+The token is read from the configuration (which read it from the environment)
+and is never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
+import time
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from detectors.points import Point
 from streams.config import InfluxConfig
 
 log = logging.getLogger(__name__)
 
+REJECTED = frozenset({400, 413, 422})
+"""HTTP statuses that say the points themselves are bad: written again they fail again."""
+
 
 class PointSink(Protocol):
-    def write(self, points: Iterable[Point]) -> None: ...
+    def write(self, points: Iterable[Point]) -> None:
+        """Take points; they are delivered by the time :meth:`delivered` returns."""
+
+    async def delivered(self) -> None:
+        """Return once every point taken so far is stored (an acknowledging sink waits for it)."""
 
     def close(self) -> None: ...
 
 
 class InfluxSink:
-    """Batched, retried writes to InfluxDB 2.x (or anything speaking its ``/api/v2/write``)."""
+    """Acknowledged writes to InfluxDB 2.x (or anything speaking its ``/api/v2/write``), retried forever.
 
-    def __init__(self, cfg: InfluxConfig) -> None:
-        from influxdb_client import InfluxDBClient, WriteOptions
-        from influxdb_client.client.write_api import WriteType
+    ``written`` counts the points stored, ``failed`` those InfluxDB rejected as bad (the stop
+    summary's ``lost``); ``outages`` and ``outage_seconds`` count the times InfluxDB was
+    unreachable and for how long. ``on_outage_end(seconds)`` is called when it answers again.
+    """
+
+    def __init__(self, cfg: InfluxConfig, *, clock: Callable[[], float] = time.monotonic,
+                 on_outage_end: Callable[[float], None] | None = None) -> None:
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.cfg = cfg
+        self.clock = clock
+        self.on_outage_end = on_outage_end
         self.written = 0
         self.failed = 0
-        self._lock = threading.Lock()
+        self.outages = 0
+        self.outage_seconds = 0.0
+        self._pending: list[str] = []
+        # one attempt per call (no urllib3 retries): the back-off is ours, so it can warn and stall
         self._client = InfluxDBClient(url=cfg.url, token=cfg.token.value if cfg.token else "", org=cfg.org,
-                                      timeout=10_000, verify_ssl=cfg.verify_ssl,
+                                      timeout=10_000, retries=False, verify_ssl=cfg.verify_ssl,
                                       ssl_ca_cert=str(cfg.ssl_ca_cert) if cfg.ssl_ca_cert else None)
-        options = WriteOptions(
-            write_type=WriteType.batching,
-            batch_size=cfg.batch_size,
-            flush_interval=cfg.flush_interval_ms,
-            retry_interval=500,
-            max_retries=cfg.max_retries,
-            max_retry_delay=10_000,
-            exponential_base=2,
-        )
-        self._write_api = self._client.write_api(
-            write_options=options, success_callback=self._on_success, error_callback=self._on_error,
-            retry_callback=self._on_retry)
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    @property
+    def waiting(self) -> int:
+        """Points taken and not yet stored."""
+        return len(self._pending)
 
     def write(self, points: Iterable[Point]) -> None:
-        lines = [line for line in (p.to_line_protocol() for p in points) if line]
-        if lines:
-            self._write_api.write(bucket=self.cfg.bucket, org=self.cfg.org, record=lines, write_precision="ns")
+        self._pending.extend(line for line in (p.to_line_protocol() for p in points) if line)
 
-    def flush(self) -> None:
-        self._write_api.flush()
+    async def delivered(self) -> None:
+        """Write every point held, in requests of ``batch_size``; return when InfluxDB has them all."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            chunk = self._pending[:self.cfg.batch_size]
+            await self._write_until_taken(loop, chunk)
+            del self._pending[:len(chunk)]
+
+    async def _write_until_taken(self, loop: asyncio.AbstractEventLoop, lines: list[str]) -> None:
+        down_since: float | None = None
+        warned_at = 0.0
+        pause = 0.5
+        while True:
+            try:
+                await loop.run_in_executor(None, self._post, lines)
+            except Exception as exc:  # noqa: BLE001 - which failures to retry is decided here
+                status = getattr(exc, "status", None)
+                if status in REJECTED:
+                    self.failed += len(lines)
+                    log.error("InfluxDB at %s rejected %d points (%s); they are lost: fix what the message "
+                              "names (points are written by driftwarden, so please report it)", self.cfg.url,
+                              len(lines), _describe(exc))
+                    return
+                now = self.clock()
+                if down_since is None:
+                    down_since = now
+                    self.outages += 1
+                if down_since == now or now - warned_at >= self.cfg.warn_every_seconds:
+                    warned_at = now
+                    log.warning("InfluxDB at %s not taking points for %.0f s (%s): %d points waiting; the worker "
+                                "holds its output and retries until it answers (check that InfluxDB is up and "
+                                "influx.url is right)", self.cfg.url, now - down_since, _describe(exc),
+                                self.waiting)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.cfg.retry_max_seconds)
+                continue
+            self.written += len(lines)
+            if down_since is not None:
+                seconds = self.clock() - down_since
+                self.outage_seconds += seconds
+                log.warning("InfluxDB at %s takes points again after %.0f s; %d points waited, none lost",
+                            self.cfg.url, seconds, self.waiting)
+                if self.on_outage_end is not None:
+                    self.on_outage_end(seconds)
+            return
+
+    def _post(self, lines: list[str]) -> None:
+        self._write_api.write(bucket=self.cfg.bucket, org=self.cfg.org, record=lines, write_precision="ns")
 
     def close(self) -> None:
-        """Flush what is buffered and release the client."""
-        try:
-            self._write_api.close()
-        finally:
-            self._client.close()
-
-    def _on_success(self, conf: tuple[str, str, str], data: str | bytes) -> None:
-        with self._lock:
-            self.written += _count_lines(data)
-
-    def _on_error(self, conf: tuple[str, str, str], data: str | bytes, exc: BaseException) -> None:
-        with self._lock:
-            self.failed += _count_lines(data)
-        log.error("InfluxDB write to %s failed after retries, %d points lost: %s", self.cfg.url,
-                  _count_lines(data), _describe(exc))
-
-    def _on_retry(self, conf: tuple[str, str, str], data: str | bytes, exc: BaseException) -> None:
-        log.warning("InfluxDB write to %s failed, retrying: %s", self.cfg.url, _describe(exc))
+        """Release the client (points not delivered by then were never acknowledged: the batch they
+        came from was not committed, and is read again)."""
+        self._client.close()
 
 
 class LineProtocolFile:
@@ -99,6 +148,9 @@ class LineProtocolFile:
                 self.written += 1
         self._file.flush()
 
+    async def delivered(self) -> None:
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
 
@@ -114,6 +166,15 @@ class FanOutSink:
         for sink in self.sinks:
             sink.write(batch)
 
+    async def delivered(self) -> None:
+        """Return once every sink has stored what it was given (InfluxDB last to answer wins)."""
+        await asyncio.gather(*(sink.delivered() for sink in self.sinks))
+
+    @property
+    def primary(self) -> PointSink:
+        """The first sink (InfluxDB when there is one): its figures are the run's summary."""
+        return self.sinks[0]
+
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
@@ -128,17 +189,18 @@ class DiscardSink:
     def write(self, points: Iterable[Point]) -> None:
         self.written += sum(1 for _ in points)
 
+    async def delivered(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
-def _count_lines(data: str | bytes) -> int:
-    if isinstance(data, bytes):
-        return data.count(b"\n") + 1 if data else 0
-    return data.count("\n") + 1 if data else 0
-
-
 def _describe(exc: BaseException) -> str:
+    """One line naming what went wrong: the HTTP status and reason, else the exception's first line
+    (urllib3 wraps a refused connection in exceptions whose ``reason`` is another exception)."""
     status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None) or str(exc)
-    return f"HTTP {status}: {reason}" if status else reason.splitlines()[0] if reason else type(exc).__name__
+    reason = getattr(exc, "reason", None)
+    text = str(reason) if reason else str(exc)
+    first = text.splitlines()[0] if text.strip() else type(exc).__name__
+    return f"HTTP {status}: {first}" if status else f"{type(exc).__name__}: {first}"

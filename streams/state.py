@@ -14,8 +14,15 @@ producer batches several records (``ListOffsets`` answers fewer than were
 written), so recovery never finished. Reading to the end of the topic with a
 plain consumer does not depend on that figure.
 
-Records (see :class:`PartitionState`): per batch a delta of the join table and
-the monitors' snapshot; now and then a full snapshot of the join table.
+Records (see :class:`PartitionState`): per batch an *intent* (the batch's
+offset range per input topic, logged before any of its outputs), a delta of the
+join table and the monitors' snapshot with the batch's *progress* (the end
+offset consumed per input topic); now and then a full snapshot of the join
+table. The monitors' record is the batch's commit point: recovery applies only
+the deltas up to its sequence number, and resumes reading at its progress. An
+intent newer than it names the batch that was in doubt when the worker died;
+its range is read again, exactly, as the first batch (see :mod:`streams.consumer`).
+
 
 Every record is cut by its encoded size, never by a count of entries: a record
 is encoded once as a byte stream, which is sent in *pieces* of at most
@@ -45,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MONITORS_KEY = b"s:monitors"
 MARKER_KEY = b"m:join"
+INTENT_KEY = b"i:batch"
 DELTA_SLOTS = 1000
 """Delta records cycle through this many keys; compaction keeps the latest of each."""
 FULL_EVERY = 200
@@ -146,6 +154,10 @@ class PartitionState(JoinStore):
     seq: int = 0
     epoch: int = 0
     marker_seq: int = 0
+    progress: dict[str, int] = field(default_factory=dict)
+    """Input topic -> next offset to read, as of the last saved batch (``seq``)."""
+    intent: dict[str, Any] | None = None
+    """The last intent logged: ``{"seq": n, "ranges": {topic: [start, end]}}``."""
     _sets: dict[str, list[Any]] = field(default_factory=dict)
     _deletes: set[str] = field(default_factory=set)
     _recovery: dict[str, Any] = field(default_factory=lambda: _fresh_recovery())
@@ -180,22 +192,39 @@ class PartitionState(JoinStore):
 
     # -- logging -----------------------------------------------------------------------------
 
-    def save_snapshot(self, snapshot: dict[str, Any]) -> None:
-        """End of a batch: log its join changes and the monitors' snapshot.
+    def save_intent(self, ranges: dict[str, tuple[int, int]]) -> None:
+        """Start of a batch: log the offset range it covers per input topic (``[start, end)``),
+        before any of its outputs is sent; a recovery that finds it without the batch's state
+        reads exactly this range again."""
+        self.intent = {"seq": self.seq + 1, "ranges": {t: [int(a), int(b)] for t, (a, b) in sorted(ranges.items())}}
+        if self.send is not None:
+            self.send(self.partition, INTENT_KEY, _dumps(self.intent))
+
+    def pending(self) -> dict[str, tuple[int, int]] | None:
+        """The range of the batch in doubt (intent logged, state not), else None."""
+        if self.intent is None or int(self.intent["seq"]) != self.seq + 1:
+            return None
+        return {topic: (int(a), int(b)) for topic, (a, b) in self.intent["ranges"].items()}
+
+    def save_snapshot(self, snapshot: dict[str, Any], progress: dict[str, int] | None = None) -> None:
+        """End of a batch, once its outputs are acknowledged: log its join changes, then the
+        monitors' snapshot with the offsets consumed so far (``progress``: topic -> next offset).
 
         The delta is ``{"del": [...], "set": {...}}`` in pieces under ``d:<seq mod DELTA_SLOTS>:<part>``.
-        The monitors' snapshot is one ``s:monitors`` record ``{"seq", "snapshot"}`` when it fits in
-        :data:`RECORD_BYTES`; a larger one goes in pieces under ``s:<seq mod 2>:<part>`` (two
+        The monitors' snapshot is one ``s:monitors`` record ``{"seq", "snapshot", "progress"}`` when it
+        fits in :data:`RECORD_BYTES`; a larger one goes in pieces under ``s:<seq mod 2>:<part>`` (two
         slots, so a crash while writing one leaves the other whole), then ``s:monitors`` names
         them: ``{"seq", "parts"}``."""
         self.snapshot = snapshot
         self.seq += 1
+        if progress:
+            self.progress.update(progress)
         if self.send is not None:
             delta = itertools.chain((b'{"del":', _dumps(sorted(self._deletes)), b',"set":'),
                                     _object(_members(list(self._sets.items()))), (b"}",))
             for i, piece in enumerate(_pieces(delta, {"seq": self.seq})):
                 self.send(self.partition, b"d:%d:%d" % (self.seq % DELTA_SLOTS, i), piece)
-            record = _dumps({"seq": self.seq, "snapshot": snapshot})
+            record = _dumps({"seq": self.seq, "snapshot": snapshot, "progress": self.progress})
             if len(record) <= RECORD_BYTES:
                 self.send(self.partition, MONITORS_KEY, record)
             else:
@@ -237,8 +266,12 @@ class PartitionState(JoinStore):
                     return
                 doc = whole
             self.snapshot = doc["snapshot"]
-            self.seq = max(self.seq, int(doc["seq"]))
+            self.seq = int(doc["seq"])  # the commit point: later deltas are of a batch in doubt
+            self.progress = {str(t): int(o) for t, o in (doc.get("progress") or {}).items()}
             self._recovery["snapshots"] = {}
+            return
+        if key == INTENT_KEY:
+            self.intent = orjson.loads(value)
             return
         if key == MARKER_KEY:
             self._recovery["marker"] = orjson.loads(value)
@@ -264,10 +297,14 @@ class PartitionState(JoinStore):
         pieces[int(header["part"])] = (header, body)
 
     def finish_recovery(self) -> None:
+        """Build the join table of the last saved batch (``seq``): the newest complete snapshot up
+        to it and the deltas after it, not those of a batch whose state record never came."""
         marker = self._recovery["marker"]
         chunks, deltas = self._recovery["chunks"], self._recovery["deltas"]
         self.joins = OrderedDict()
         base = 0
+        if marker is not None and int(marker["seq"]) > self.seq:  # written after the commit point
+            marker = None
         if marker is not None:
             epoch, parts = int(marker["epoch"]), int(marker["parts"])
             pieces = self._recovery["full_pieces"].get(epoch)
@@ -290,12 +327,11 @@ class PartitionState(JoinStore):
             if whole is not None:
                 logged[(seq, 0)] = whole
         for (seq, _part), delta in sorted(logged.items()):
-            if seq <= base:
+            if seq <= base or seq > self.seq:  # before the snapshot, or of a batch in doubt
                 continue
             for name in delta["del"]:
                 self.joins.pop(name, None)
             self.joins.update(delta["set"])
-            self.seq = max(self.seq, seq)
         self._recovery = _fresh_recovery()
 
 

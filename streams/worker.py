@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
+
+from detectors.points import Point
 
 from streams.app import create_app
 from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
 from streams.kafka import client_options
+from streams.monitor import check_count_windows
 from streams.runtime import load_evaluations, pipeline_factory
 from streams.sinks import DiscardSink, FanOutSink, InfluxSink, LineProtocolFile, PointSink
-from streams.state import changelog_topic, recover
+from streams.state import changelog_topic
 from streams.updates import UpdateFollower, VersionRegistry
 
 log = logging.getLogger(__name__)
@@ -21,15 +25,29 @@ def build_sink(cfg: Config) -> PointSink:
     """InfluxDB unless ``influx.enabled`` is false, plus ``worker.metrics_file`` when set."""
     sinks: list[PointSink] = []
     if cfg.influx.enabled:
-        if not cfg.influx.token:
-            log.warning("DRIFTWARDEN_INFLUX_TOKEN is not set: writing to %s without a token", cfg.influx.url)
-        sinks.append(InfluxSink(cfg.influx))
+        sinks.append(_influx_sink(cfg))
     if cfg.worker.metrics_file is not None:
         sinks.append(LineProtocolFile(cfg.worker.metrics_file, append=True))
     if not sinks:
         log.warning("influx.enabled is false: points are not written anywhere")
         return DiscardSink()
     return sinks[0] if len(sinks) == 1 else FanOutSink(sinks)
+
+
+def _influx_sink(cfg: Config) -> InfluxSink:
+    """The InfluxDB sink; an outage it lived through becomes a figure on the dashboard too:
+    ``monitor{stat=influx_outage_seconds}`` per model, stamped with the time InfluxDB answered again."""
+    if not cfg.influx.token:
+        log.warning("DRIFTWARDEN_INFLUX_TOKEN is not set: writing to %s without a token", cfg.influx.url)
+    sink = InfluxSink(cfg.influx)
+
+    def outage_ended(seconds: float) -> None:
+        now_ns = time.time_ns()
+        sink.write(Point("monitor", {"model_id": model_id, "stat": "influx_outage_seconds"}, {"value": seconds},
+                         now_ns) for model_id in cfg.models)
+
+    sink.on_outage_end = outage_ended
+    return sink
 
 
 def with_source_partitions(cfg: Config) -> Config:
@@ -60,6 +78,7 @@ def run_worker(config_path: str) -> int:
     evaluations = load_evaluations(cfg)
     create_topics(cfg.kafka.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions, **client_options(cfg))
     cfg = with_source_partitions(cfg)
+    check_count_windows(cfg.models, cfg.kafka.partitions)
     sink = build_sink(cfg)
     from streams.actions import Actions
 
@@ -70,9 +89,9 @@ def run_worker(config_path: str) -> int:
     actions = Actions(cfg, evaluations, echo=echo, registry=registry)
     changelog = changelog_topic(cfg.kafka.group_id)
     create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True, **client_options(cfg))
-    recovered = recover(cfg.kafka.bootstrap, changelog, **client_options(cfg))
+    # partitions' state is read from the changelog when they are assigned (streams.app)
     app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations, registry=registry), sink=sink,
-                     recovered=recovered, on_outcome=actions.handle, echo=echo)
+                     on_outcome=actions.handle, echo=echo)
     actions.bind(app)
     follower.attach(app)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -85,10 +104,12 @@ def run_worker(config_path: str) -> int:
         code = 0
     finally:
         sink.close()
+        summary = sink.primary if isinstance(sink, FanOutSink) else sink
         actions.close()
         done = app.driftwarden_totals()
         echo(f"driftwarden worker stopped: {done['events']} events, {done['pairs']} labelled pairs, "
              f"{done['dead_letters']} dead letters, {actions.alerts_sent} alerts, "
-             f"{actions.jobs_sent} retrain jobs; points written {getattr(sink, 'written', 0)}, "
-             f"lost {getattr(sink, 'failed', 0)}")
+             f"{actions.jobs_sent} retrain jobs; points written {getattr(summary, 'written', 0)}, "
+             f"lost {getattr(summary, 'failed', 0)}; InfluxDB unreachable {getattr(summary, 'outages', 0)} times "
+             f"({getattr(summary, 'outage_seconds', 0.0):.0f} s)")
     return code

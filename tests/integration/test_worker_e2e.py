@@ -226,8 +226,9 @@ def test_a_second_worker_takes_over_a_partition_with_its_state(broker, victoria,
     changelog, so feedback for predictions the first worker saw still joins — every pair is
     published to ``labelled`` exactly once."""
     model_id = f"m-{unique}"
+    # count windows need one source partition (the worker refuses them with two): event time here
     config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique,
-                                           window=WINDOW, partitions=2)
+                                           window={"seconds": 60}, partitions=2)
     rng = np.random.default_rng(3)
     predictions = _events(model_id, 1200, 0, rng)
     feedback = [{"prediction_id": p["prediction_id"], "model_id": model_id, "timestamp": time.time() - 60,
@@ -267,3 +268,16 @@ def test_a_second_worker_takes_over_a_partition_with_its_state(broker, victoria,
     assert sum(int(line.split(" events")[0].rsplit(" ", 1)[1]) for line in summaries) == len(predictions) + len(feedback)
     # and each worker's summary counts the pairs it made, not those restored with a partition
     assert sum(int(line.split(" labelled pairs")[0].rsplit(" ", 1)[1]) for line in summaries) == len(feedback)
+
+
+def test_count_windows_over_two_source_partitions_are_refused_at_start(broker, victoria, worker_factory, tmp_path,
+                                                                       unique):
+    """Count windows are N predictions of one partition's order: with two source partitions the
+    worker stops at start-up with the key to change, instead of windowing each partition alone."""
+    config, _ = integration_workspace(tmp_path, broker, victoria, model_id=f"m-{unique}", unique=unique,
+                                      window=WINDOW, partitions=2)
+    worker = worker_factory(config).start()
+    assert worker.process is not None
+    code = worker.process.wait(timeout=120)
+    assert code != 0
+    assert f"models[m-{unique}].window.events: count windows need a single source partition" in worker.log()

@@ -32,7 +32,7 @@ def test_the_stats_a_pipeline_writes_are_all_in_the_table(monkeypatch: pytest.Mo
     stats of the table (and writes those counters: the test would not see a missing one)."""
     cfg = Config.from_mapping({"join": {"max_entries": 3}, "models": [{
         "id": "m", "task": "binary", "features": {"x": "numeric"}, "window": {"events": 5}}]}, environ={})
-    pipeline = pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], None)}, clock=lambda: 2e9)(DictStore())
+    pipeline = pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], None)})(DictStore())
     points: list[Any] = []
     for i in range(12):
         event = (b'{"prediction_id": "p%d", "model_id": "m", "model_version": "1", "timestamp": %d, '
@@ -40,7 +40,16 @@ def test_the_stats_a_pipeline_writes_are_all_in_the_table(monkeypatch: pytest.Mo
         points += pipeline.process([RawMessage(PREDICTION, event, topic="predictions", offset=i),
                                     RawMessage(FEEDBACK, b"not json", topic="feedback", offset=i)]).points
     monitor = pipeline.monitors["m"]
-    monkeypatch.setattr(monitor, "add_batch", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("boom")))
+    real = monitor.add_batch
+    calls = []
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:  # a detector bug in one batch
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(monitor, "add_batch", fails_once)
     points += pipeline.process([RawMessage(PREDICTION, b'{"prediction_id": "q", "model_id": "m", "model_version": '
                                            b'"1", "timestamp": 20, "features": {"x": 1.0}, "prediction": 1}',
                                            topic="predictions", offset=99)]).points
@@ -56,11 +65,16 @@ def test_the_stats_a_pipeline_writes_are_all_in_the_table(monkeypatch: pytest.Mo
 
 def test_a_counter_outside_the_table_is_refused() -> None:
     cfg = Config.from_mapping({"models": [{"id": "m", "features": {"x": "numeric"}}]}, environ={})
-    pipeline = pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], None)}, clock=lambda: 2e9)(DictStore())
+    pipeline = pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], None)})(DictStore())
     pipeline.process([RawMessage(PREDICTION, b'{"prediction_id": "p", "model_id": "m", "model_version": "1", '
                                  b'"timestamp": 1, "features": {"x": 1.0}, "prediction": 1}', topic="predictions")])
+    from retrain.metrics import monitor_counter
+    from streams.monitor import Arrival
+
     with pytest.raises(ValueError, match="not in retrain.metrics.MONITOR_COUNTERS"):
-        pipeline.monitors["m"].count("evictions", 1)
+        monitor_counter("evictions")
+    with pytest.raises(ValueError, match="not in retrain.metrics.MONITOR_COUNTERS"):  # a mark of stage 1
+        pipeline.monitors["m"].add_batch([Arrival(mark="evictions")], source=0, seq=1)
 
 
 def test_the_readme_lists_the_monitor_counters() -> None:

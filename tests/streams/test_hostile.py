@@ -31,7 +31,8 @@ from streams.evaluation import Evaluation
 from streams.events import MAX_REASON, Limits, ModelSchema, cap, decode, parse_feedback, parse_predictions
 from streams.join import DictStore
 from streams.monitor import ModelMonitor
-from streams.pipeline import FEEDBACK, PREDICTION, Pipeline, RawMessage
+from streams.pipeline import FEEDBACK, PREDICTION, Pipeline, RawMessage, SourcePipeline
+from streams.runtime import model_windows
 from streams.state import PartitionState
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp()
@@ -146,8 +147,8 @@ def reference(cfg: Config) -> ReferenceProfile:
 
 def make_pipeline(cfg: Config, clock: float = NOW, profile: ReferenceProfile | None = None) -> Pipeline:
     evaluation = Evaluation(cfg.models["m"], profile)
-    monitors = {"m": ModelMonitor(cfg.models["m"], evaluation, clock=lambda: clock)}
-    return Pipeline(cfg, monitors, DictStore(), clock=lambda: clock)
+    source = SourcePipeline(cfg, {"m": ModelMonitor(cfg.models["m"], evaluation)}, DictStore(), clock=lambda: clock)
+    return Pipeline(source, model_windows(cfg, {"m": evaluation}))
 
 
 def raw(kind: str, value: Any, offset: int = 0) -> RawMessage:
@@ -204,7 +205,7 @@ def test_a_timestamp_ten_years_ahead_is_rejected_and_moves_nothing() -> None:
     assert letter.limit == "max_future_seconds" and "ahead of the stream" in letter.reason
     assert "validation.max_future_seconds is 300" in letter.reason
     assert pipeline.join.watermark == watermark
-    assert pipeline.monitors["m"].versions["1"].watermark <= watermark
+    assert pipeline.monitors["m"].watermark <= watermark
     outcome = pipeline.process([raw(FEEDBACK, [feedback(f"p{i}", NOW) for i in range(10)])])
     assert len(outcome.pairs) == 10  # nothing expired
 
@@ -239,7 +240,7 @@ def test_events_too_far_behind_the_watermark_are_rejected() -> None:
     [letter] = pipeline.process([raw(FEEDBACK, feedback("old", NOW - 3601))]).dead_letters
     assert letter.limit == "max_past_seconds" and "3601 s behind the stream" in letter.reason
     assert pipeline.process([raw(FEEDBACK, feedback("ok", NOW - 3599))]).dead_letters == []
-    assert make_pipeline(make_config()).max_past_seconds == cfg.join.ttl_seconds  # the default: the TTL
+    assert make_pipeline(make_config()).source.max_past_seconds == cfg.join.ttl_seconds  # the default: the TTL
 
 
 @pytest.mark.parametrize("validation, message", [
@@ -360,7 +361,7 @@ def test_the_pipeline_takes_anything(batches: list[list[tuple[str, bytes]]], mon
         parsed = 0
         for message in messages:
             parse = parse_predictions if message.kind == PREDICTION else parse_feedback
-            events, rejections = parse(message.value, pipeline.schemas, pipeline.limits)
+            events, rejections = parse(message.value, pipeline.schemas, pipeline.source.limits)
             parsed += len(events)
             expected_dead += len(rejections)
         timed = [d for d in outcome.dead_letters if d.limit in TIME_LIMITS]

@@ -275,7 +275,7 @@ def test_eviction_warns_once_per_minute_of_event_time(caplog: pytest.LogCaptureF
 def test_the_pipeline_reports_evictions_as_a_monitor_stat() -> None:
     cfg = Config.from_mapping({"join": {"max_entries": 3}, "models": [{
         "id": "m", "task": "binary", "features": {"x": "numeric"}, "window": {"events": 10}}]}, environ={})
-    build = pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], None)}, clock=lambda: 2e9)
+    build = pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], None)})
     pipeline = build(DictStore())
     assert pipeline.join.max_entries == 3
     points = []

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import errors
 from faust.exceptions import ProducerSendError
 
-from streams.app import Outbox
+from streams.outbox import Outbox
 
 
 class FakeProducer:

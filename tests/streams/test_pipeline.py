@@ -41,7 +41,7 @@ def make_config(window: int = N) -> Config:
 
 def make_builder(cfg: Config) -> Any:
     evaluations = {model_id: Evaluation(model_cfg, None) for model_id, model_cfg in cfg.models.items()}
-    return pipeline_factory(cfg, evaluations, clock=lambda: 2_000_000_000.0)
+    return pipeline_factory(cfg, evaluations)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from streams.config import Config
 from streams.evaluation import Evaluation
 from streams.events import Prediction, parse_predictions
 from streams.join import DictStore, LabelledPair
-from streams.monitor import WindowOutput
+from streams.windows import WindowOutput
 from streams.pipeline import FEEDBACK, PREDICTION, Pipeline, RawMessage
 from streams.runtime import pipeline_factory
 from streams.simulate import SimulatedStream
@@ -114,7 +114,7 @@ def time_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 def time_pipeline(cfg: Config) -> Pipeline:
-    return pipeline_factory(cfg, clock=lambda: T0)(DictStore())
+    return pipeline_factory(cfg)(DictStore())
 
 
 # -- time windows ------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def sliding(tmp_path_factory: pytest.TempPathFactory) -> SlidingCase:
 
 
 def test_sliding_windows_emit_every_slide_and_hold_the_last_window_of_events(sliding: SlidingCase) -> None:
-    pipeline = pipeline_factory(sliding.cfg, clock=lambda: T0)(DictStore())
+    pipeline = pipeline_factory(sliding.cfg)(DictStore())
     got = run(pipeline, sliding.messages, flush=False)
     # a window closes exactly at every SLIDE-th prediction
     closed_at = []
@@ -262,7 +262,7 @@ def _same_fields(got: Point, want: Point) -> None:
 
 
 def test_sliding_window_figures_equal_a_fresh_tumbling_summary_of_the_same_events(sliding: SlidingCase) -> None:
-    pipeline = pipeline_factory(sliding.cfg, clock=lambda: T0)(DictStore())
+    pipeline = pipeline_factory(sliding.cfg)(DictStore())
     pairs_by_id: dict[str, LabelledPair] = {}
     windows: list[WindowOutput] = []
     for message in sliding.messages:
@@ -271,7 +271,7 @@ def test_sliding_window_figures_equal_a_fresh_tumbling_summary_of_the_same_event
         pairs_by_id.update({pair.prediction.prediction_id: pair for pair in outcome.pairs})
     assert set(pairs_by_id) == set(sliding.pane_of_pair)
     evaluation: Evaluation = pipeline.monitors[MODEL].evaluation
-    oracle_build = pipeline_factory(sliding.tumbling_cfg, clock=lambda: T0)
+    oracle_build = pipeline_factory(sliding.tumbling_cfg)
     checked_drift = checked_perf = 0
     for j in range(1, len(windows)):
         window = windows[j]
@@ -313,7 +313,7 @@ def test_sliding_window_figures_equal_a_fresh_tumbling_summary_of_the_same_event
 
 
 def test_sliding_windows_do_not_depend_on_batching(sliding: SlidingCase) -> None:
-    build = pipeline_factory(sliding.cfg, clock=lambda: T0)
+    build = pipeline_factory(sliding.cfg)
     one_by_one = run(build(DictStore()), sliding.messages)
     batched = run(build(DictStore()), sliding.messages, [37, 1, 120, 3] * 200)
 
@@ -348,7 +348,7 @@ def tiny_config(window: int = W) -> Config:
 
 def tiny_pipeline(cfg: Config) -> Pipeline:
     evaluations = {"m": Evaluation(cfg.models["m"], None)}
-    return pipeline_factory(cfg, evaluations, clock=lambda: T0)(DictStore())
+    return pipeline_factory(cfg, evaluations)(DictStore())
 
 
 def tiny_prediction(pid: str, t: float, prediction: int) -> RawMessage:

@@ -1,0 +1,58 @@
+"""Fault injection for tests: ``DRIFTWARDEN_FAULT`` kills the worker at a named point of a batch.
+
+``DRIFTWARDEN_FAULT=kill:after-outputs:7`` SIGKILLs the process when its 7th
+batch (counted from its start) reaches that point; several faults are
+separated by commas. The points, in the order a batch passes them
+(:mod:`streams.consumer` describes the protocol):
+
+- ``after-intent``: the batch's intent records are acknowledged, no output sent;
+- ``mid-outputs``: half of the batch's output messages are acknowledged, not the rest, no points;
+- ``after-outputs``: outputs and points acknowledged, state not saved;
+- ``after-state``: state acknowledged, offsets not committed.
+
+Read once at start; an unknown point is a start-up error. Never set it in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Mapping
+
+log = logging.getLogger(__name__)
+
+ENV = "DRIFTWARDEN_FAULT"
+POINTS = ("after-intent", "mid-outputs", "after-outputs", "after-state")
+
+
+@dataclass
+class Faults:
+    """The armed faults: (point, batch number) pairs."""
+
+    armed: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Faults:
+        text = (os.environ if environ is None else environ).get(ENV, "").strip()
+        armed = set()
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            action, _, rest = item.partition(":")
+            point, _, number = rest.rpartition(":")
+            if action != "kill" or point not in POINTS or not number.isdigit():
+                raise ValueError(f"{ENV}={text!r}: expected kill:<point>:<batch number> with point one of "
+                                 f"{', '.join(POINTS)} (e.g. kill:after-outputs:7)")
+            armed.add((point, int(number)))
+        if armed:
+            log.warning("%s is set: this worker will kill itself at %s", ENV, sorted(armed))
+        return cls(frozenset(armed))
+
+    def armed_at(self, point: str, batch: int) -> bool:
+        return (point, batch) in self.armed
+
+    def check(self, point: str, batch: int) -> None:
+        """SIGKILL this process if a fault is armed at ``point`` of batch number ``batch``."""
+        if self.armed_at(point, batch):
+            print(f"FAULT kill at {point} of batch {batch}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,206 @@
+"""What stage 1 hands to stage 2: per model and batch, the deltas of every touched pane.
+
+Model-level windows run in two stages (Flink's local–global aggregation):
+
+- **stage 1**, per source partition (:class:`~streams.monitor.ModelMonitor`), turns a
+  batch's predictions and labelled pairs into, per touched (model version, event-time pane),
+  the *delta* of every mergeable summary the window needs (:class:`PaneDelta`), and runs
+  the CUSUM streams in the partition's order (their detections travel as :class:`Instant`);
+- **stage 2**, per model (:class:`~streams.windows.ModelWindows`), merges the deltas of all
+  source partitions and closes a window when the watermark (the minimum over the source
+  partitions that are not idle) passes its end plus ``allowed_lateness``.
+
+One :class:`ModelPartial` per (model, batch) carries the source partition, the batch's
+sequence number in that partition (stage 2 merges each ``(source, seq)`` once) and the
+partition's event-time watermark for the model. :func:`encode` / :func:`decode` are the
+codec of the internal topic: JSON (orjson) compressed with zlib, deterministic bytes for
+the same partial (a re-processed batch publishes the same message).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+from detectors.points import Point
+
+CODEC_VERSION = 1
+
+
+@dataclass
+class Evidence:
+    """A window's recent rows for the retrain job's report, as columns: each row's prediction id,
+    feature values, prediction and score; ``labels`` maps a prediction id to its label.
+    Bounded by the producer (stage 1 caps rows per pane delta; stage 2 per window)."""
+
+    ids: list[str] = field(default_factory=list)
+    features: dict[str, list[Any]] = field(default_factory=dict)
+    predictions: list[Any] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def extend(self, other: Evidence, *, limit: int) -> Evidence:
+        """Append ``other``'s rows (its labels too), then keep the last ``limit`` rows."""
+        seen = set(self.ids)
+        for i, pid in enumerate(other.ids):
+            if pid in seen:
+                continue
+            seen.add(pid)
+            self.ids.append(pid)
+            for name, values in other.features.items():
+                self.features.setdefault(name, [None] * (len(self.ids) - 1)).append(values[i])
+            self.predictions.append(other.predictions[i])
+            self.scores.append(other.scores[i])
+        self.labels.update(other.labels)
+        if len(self.ids) > limit:
+            cut = len(self.ids) - limit
+            dropped = self.ids[:cut]
+            self.ids = self.ids[cut:]
+            self.features = {k: v[cut:] for k, v in self.features.items()}
+            self.predictions = self.predictions[cut:]
+            self.scores = self.scores[cut:]
+            for pid in dropped:
+                self.labels.pop(pid, None)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ids": self.ids, "features": self.features, "predictions": self.predictions,
+                "scores": self.scores, "labels": self.labels}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Evidence:
+        return cls(list(doc["ids"]), {k: list(v) for k, v in doc["features"].items()}, list(doc["predictions"]),
+                   list(doc["scores"]), dict(doc["labels"]))
+
+
+@dataclass
+class PaneDelta:
+    """What one batch of one source partition added to one pane of one model version.
+
+    ``pane`` is the pane index (event time: ``floor(t / pane_size)``; count windows: the
+    partition's pane counter). ``summaries`` is the :class:`~streams.evaluation.WindowSummaries`
+    snapshot of the batch's share of the pane; ``means`` the per-feed stream means and
+    ``errors`` the pairs' errors in arrival order (the model-level sequential detectors are
+    fed from them when the pane closes); ``cusum`` per CUSUM stream ``[detections, largest
+    ratio at a detection, observations, statistic/threshold after the stream's last
+    observation in the pane (None: none)]``; ``counters`` the worker
+    counters (late, dead letters, expired, ...) that fell in this pane; ``complete`` marks a
+    count pane that this batch filled.
+    """
+
+    version: str
+    pane: int
+    n: int = 0
+    pairs: int = 0
+    start: float = math.inf
+    end: float = -math.inf
+    first_offset: int | None = None
+    last_offset: int | None = None
+    summaries: dict[str, Any] | None = None
+    means: list[dict[str, tuple[float, int]]] = field(default_factory=list)
+    errors: list[float] = field(default_factory=list)
+    cusum: list[list[float]] | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    evidence: Evidence | None = None
+    complete: bool = False
+
+    def count(self, name: str, value: int = 1) -> None:
+        if value:
+            self.counters[name] = self.counters.get(name, 0) + value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": self.version, "p": self.pane, "n": self.n, "pairs": self.pairs,
+                "start": _finite(self.start), "end": _finite(self.end),
+                "offsets": [self.first_offset, self.last_offset], "summaries": self.summaries,
+                "means": [{k: list(v) for k, v in m.items()} for m in self.means], "errors": self.errors,
+                "cusum": self.cusum, "counters": self.counters,
+                "evidence": self.evidence.to_dict() if self.evidence is not None else None,
+                "complete": self.complete}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> PaneDelta:
+        first, last = doc["offsets"]
+        return cls(
+            version=doc["v"], pane=int(doc["p"]), n=int(doc["n"]), pairs=int(doc["pairs"]),
+            start=doc["start"] if doc["start"] is not None else math.inf,
+            end=doc["end"] if doc["end"] is not None else -math.inf,
+            first_offset=first, last_offset=last, summaries=doc["summaries"],
+            means=[{k: (float(v[0]), int(v[1])) for k, v in m.items()} for m in doc["means"]],
+            errors=[float(e) for e in doc["errors"]], cusum=doc["cusum"], counters=dict(doc["counters"]),
+            evidence=Evidence.from_dict(doc["evidence"]) if doc["evidence"] is not None else None,
+            complete=bool(doc["complete"]))
+
+
+@dataclass(frozen=True)
+class Instant:
+    """A CUSUM stream's detection in stage 1, at the detecting event's time (ns)."""
+
+    version: str
+    time_ns: int
+    point: Point
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.point
+        return {"v": self.version, "t": self.time_ns, "point": [p.measurement, p.tags, p.fields, p.time_ns]}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Instant:
+        measurement, tags, fields, time_ns = doc["point"]
+        return cls(doc["v"], int(doc["t"]), Point(measurement, dict(tags), dict(fields), int(time_ns)))
+
+
+@dataclass
+class ModelPartial:
+    """One model's share of one batch of one source partition (the internal topic's message,
+    keyed by ``model_id``).
+
+    ``watermark`` is the largest event time the partition has seen for the model (``None``
+    before any); ``idle`` says the partition is caught up and silent (it stops holding the watermark back
+    until its next non-idle partial);
+    ``final`` is the end of input (replay): every pane of this source may close.
+    """
+
+    model_id: str
+    source: int
+    seq: int
+    watermark: float | None
+    panes: list[PaneDelta] = field(default_factory=list)
+    instants: list[Instant] = field(default_factory=list)
+    idle: bool = False
+    final: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"codec": CODEC_VERSION, "model_id": self.model_id, "source": self.source, "seq": self.seq,
+                "watermark": self.watermark, "idle": self.idle, "final": self.final,
+                "panes": [p.to_dict() for p in self.panes], "instants": [i.to_dict() for i in self.instants]}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ModelPartial:
+        if doc.get("codec") != CODEC_VERSION:
+            raise ValueError(f"partial codec {doc.get('codec')!r} is not {CODEC_VERSION}: "
+                             "stage 1 and stage 2 run different driftwarden versions")
+        return cls(doc["model_id"], int(doc["source"]), int(doc["seq"]), doc["watermark"],
+                   [PaneDelta.from_dict(p) for p in doc["panes"]], [Instant.from_dict(i) for i in doc["instants"]],
+                   bool(doc["idle"]), bool(doc["final"]))
+
+
+def encode(partial: ModelPartial) -> bytes:
+    """The internal topic's bytes for ``partial`` (orjson, then zlib level 1: JSON of counts and
+    bin edges compresses 4-8x and level 1 costs little CPU)."""
+    return zlib.compress(orjson.dumps(partial.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY), 1)
+
+
+def decode(data: bytes) -> ModelPartial:
+    """Inverse of :func:`encode`."""
+    return ModelPartial.from_dict(orjson.loads(zlib.decompress(data)))
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

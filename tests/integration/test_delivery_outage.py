@@ -1,0 +1,133 @@
+"""A TSDB outage mid-stream: the worker stalls, warns, retries, and every window's points arrive.
+
+VictoriaMetrics (real, on its own port and data directory so it can be stopped
+and started again) is stopped for 60 s while the worker has a backlog; the
+points of every window must be there afterwards, and the stop summary says
+``lost 0``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from streams.broker import free_port, wait_for_port
+from tests.conftest import VictoriaMetrics, integration_workspace
+from tests.integration.test_worker_e2e import WINDOW, _accuracy_points, _events, _expected, _send, _totals, \
+    _wait_consumed
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_SECONDS = 60
+
+
+class RestartableVictoria(VictoriaMetrics):
+    """A VictoriaMetrics that can be stopped and started again on the same port and data directory."""
+
+    def __init__(self, binary: str, port: int, data_dir: Path) -> None:
+        self.binary, self.port, self.data_dir = binary, port, data_dir
+        super().__init__(f"http://127.0.0.1:{port}", self._spawn())
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with open(self.data_dir / "victoria.log", "ab") as log:
+            process = subprocess.Popen(
+                [self.binary, f"-storageDataPath={self.data_dir / 'data'}", f"-httpListenAddr=127.0.0.1:{self.port}",
+                 "-retentionPeriod=100y", "-search.latencyOffset=0s", "-dedup.minScrapeInterval=0s"],
+                stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port("127.0.0.1", self.port, 20)
+        return process
+
+    def stop(self) -> None:
+        """SIGTERM (VictoriaMetrics flushes what it acknowledged), by PID."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def start(self) -> None:
+        self.process = self._spawn()
+
+
+@pytest.fixture
+def own_victoria(tmp_path: Path) -> Iterator[RestartableVictoria]:
+    binary = shutil.which("victoria-metrics")
+    if binary is None:
+        pytest.fail("victoria-metrics is not installed: apt-get install victoria-metrics (.ci/run does this)")
+    data_dir = tmp_path / "victoria"
+    data_dir.mkdir()
+    victoria = RestartableVictoria(binary, free_port(), data_dir)
+    try:
+        yield victoria
+    finally:
+        victoria.stop()
+
+
+def _wait_for_line(worker: object, text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in worker.log():  # type: ignore[attr-defined]
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.timeout(420)
+def test_tsdb_outage_stalls_output_and_loses_no_point(broker, own_victoria, worker_factory, tmp_path, unique):
+    victoria = own_victoria
+    model_id = f"m-{unique}"
+    config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique,
+                                           window=WINDOW)
+    rng = np.random.default_rng(17)
+    predictions = _events(model_id, 2000, 0, rng)
+    feedback = [{"prediction_id": p["prediction_id"], "model_id": model_id, "timestamp": p["timestamp"] + 1,
+                 "label": int(rng.integers(0, 2))} for p in predictions if rng.random() < 0.8]
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    group = f"driftwarden-{unique}"
+    source = [topics["predictions"], topics["feedback"]]
+
+    first = {p["prediction_id"] for p in predictions[:1000]}
+    _send(producer, topics["predictions"], predictions[:1000])
+    _send(producer, topics["feedback"], [f for f in feedback if f["prediction_id"] in first])
+    worker = worker_factory(config).start()
+    assert _wait_consumed(broker.bootstrap, group, source, timeout=120), worker.log()[-3000:]
+    assert _totals(victoria, model_id, "events") == 1000, worker.log()[-3000:]
+
+    victoria.stop()
+    down_at = time.monotonic()
+    _send(producer, topics["predictions"], predictions[1000:])
+    _send(producer, topics["feedback"], [f for f in feedback if f["prediction_id"] not in first])
+    # the worker notices, says where and how much waits, and holds its output
+    assert _wait_for_line(worker, "not taking points", timeout=60), worker.log()[-3000:]
+    warning = next(line for line in worker.log().splitlines() if "not taking points" in line)
+    assert victoria.url in warning and "points waiting" in warning, warning
+    time.sleep(max(OUTAGE_SECONDS - (time.monotonic() - down_at), 0))  # the outage itself, not a wait for a result
+    assert worker.process is not None and worker.process.poll() is None, worker.log()[-3000:]
+    victoria.start()
+
+    assert _wait_consumed(broker.bootstrap, group, source, timeout=120), worker.log()[-3000:]
+    _send(producer, topics["predictions"], _events(model_id, WINDOW, 10_000, rng))  # closes the last window
+    victoria.wait_for(lambda: _totals(victoria, model_id, "events") >= 2200, timeout=90)
+    assert worker.stop() == 0, worker.log()[-3000:]
+
+    log = worker.log()
+    assert "takes points again after" in log, log[-3000:]
+    assert _totals(victoria, model_id, "events") == 2200, log[-3000:]  # eleven windows of 200, none missing
+    assert len(victoria.series("monitor_value", model_id=model_id, stat="events")[0]["timestamps"]) == 11
+    n, accuracy = _accuracy_points(victoria, model_id)
+    exp_n, exp_accuracy = _expected(predictions, feedback)
+    assert n == exp_n
+    assert accuracy == pytest.approx(exp_accuracy, abs=1e-9)
+    outage = victoria.series("monitor_value", model_id=model_id, stat="influx_outage_seconds")
+    assert outage and max(outage[0]["values"]) >= OUTAGE_SECONDS - 5, outage
+    summary = next(line for line in log.splitlines() if "driftwarden worker stopped:" in line)
+    assert "lost 0;" in summary and "unreachable 1 times" in summary, summary
