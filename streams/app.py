@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import faust
@@ -37,6 +38,17 @@ from streams.sinks import PointSink
 from streams.state import PartitionState, changelog_topic, recover
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _PartitionWork:
+    """What one partition's part of a batch produced, and its snapshot right after it (saved once
+    the outputs are acknowledged)."""
+
+    partition: int
+    state: PartitionState
+    outcome: Outcome
+    snapshot: dict[str, Any]
 
 
 class _WithoutFaustConsumer(BootStrategy):
@@ -139,8 +151,7 @@ def create_app(
             recovered.pop(partition, None)
         (echo or log.info)(f"PARTITIONS revoked {partitions} (committed; state in {changelog_name})")
 
-    Work = list[tuple[int, Pipeline, PartitionState, Outcome, dict[str, Any]]]
-    """Per partition of a batch: its pipeline, state, what it produced and its snapshot after it."""
+    Work = list[_PartitionWork]
 
     class WorkerStage:
         """The source stage: predictions and feedback in, pipeline per partition, outputs out."""
@@ -159,7 +170,7 @@ def create_app(
                     log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
                     stats["failed_batches"] += 1
                     outcome = Outcome()
-                work.append((partition, pipeline, state, outcome, pipeline.snapshot()))
+                work.append(_PartitionWork(partition, state, outcome, pipeline.snapshot()))
             if not stats["batches"]:
                 last["at"] = stats["first_at"] = started  # rates count from the first batch, not from start-up
             stats["events"] += sum(len(messages) for messages in batch.values())
@@ -167,7 +178,8 @@ def create_app(
             return work
 
         async def emit(self, work: Work) -> None:
-            for _, _, _, outcome, _ in work:
+            for part in work:
+                outcome = part.outcome
                 sink.write(outcome.points)
                 sink.write(_processing_points(outcome, stats))
                 for dead in outcome.dead_letters:
@@ -175,12 +187,12 @@ def create_app(
                 for key, value, stamp in labelled_messages(outcome.pairs):  # arrays of pairs: a few per batch
                     outbox.put(topics.labelled, key, value, timestamp=stamp)
             if on_outcome is not None:
-                for _, _, _, outcome, _ in work:
-                    await _maybe_await(on_outcome(outcome))
+                for part in work:
+                    await _maybe_await(on_outcome(part.outcome))
 
         def save(self, work: Work, ends: dict[int, dict[str, int]]) -> None:
-            for partition, _, state, _, snapshot in work:
-                state.save_snapshot(snapshot, ends.get(partition))
+            for part in work:
+                part.state.save_snapshot(part.snapshot, ends.get(part.partition))
 
         def resume(self, partition: int) -> Resume | None:
             state = pipeline_for(partition)[1]
