@@ -256,10 +256,11 @@ class LabelShift:
         self._counts.merge(other._counts)
         return self
 
-    def result(self) -> LabelShiftResult:
-        """Test and class shares for the window so far."""
+    def result(self, *, alpha: float | None = None) -> LabelShiftResult:
+        """Test and class shares for the window so far; ``alpha``: the significance a distance test
+        also requires (:func:`detectors.stattests.psi`)."""
         keys, ref, cur = self._counts.vectors(list(self.reference_counts.values()))
-        test: TestResult = STATTESTS[self.method](ref, cur, self.threshold)
+        test: TestResult = STATTESTS[self.method](ref, cur, self.threshold, alpha=alpha)
         n_ref, n_cur = int(ref.sum()), int(cur.sum())
         classes = tuple(
             ClassShare(
