@@ -26,9 +26,11 @@ Streams and their increments (``δ`` runs over :data:`DELTAS`, one column each;
 every stream has an up and a down direction unless said otherwise):
 
 - numeric feature — split in two. Its **point masses** (values holding at least
-  :data:`ATOM_SHARE` of the reference sample: the zeros of a zero-inflated amount,
-  each level of a small count) and the share of the *rest* are tested like the
-  categories of a categorical feature (below). On the rest, the **normal score**
+  :data:`ATOM_SHARE` of the reference sample: the zeros of a zero-inflated amount) and the share of the *rest* are tested like the
+  categories of a categorical feature (below); a feature with at most
+  :data:`DISCRETE_LEVELS` distinct reference values is all point masses, and a value
+  the reference never held counts in the rest's share (half a value's share when the
+  reference has none: a constant column watches for any other value). On the rest, the **normal score**
   ``y = Φ⁻¹(F_ref(x))`` of each value (``F_ref`` the mid-rank CDF of the reference
   values outside the point masses), which is N(0, 1) before the change for a
   continuous distribution, skewed or heavy-tailed (z-scores of a log-normal
@@ -37,7 +39,6 @@ every stream has an up and a down direction unless said otherwise):
   time, and the variance-down streams fired on every few hundred events — hence
   the split. Mean: ``±δ·(y ∓ μ₀) − δ²/2`` (the Gaussian LLR of a ``δ`` shift); variance:
   ``½·y²/v₀·(1 − 1/σ₁²) − ln σ₁`` with ``σ₁ = 1+δ`` (up) or ``1/(1+δ)`` (down);
-  a constant column has no stream;
 - categorical feature — per category, the Bernoulli LLR of its indicator,
   ``x·ln(p₁/p₀) + (1−x)·ln((1−p₁)/(1−p₀))`` with ``p₁ = p₀ ± δ·√(p₀(1−p₀))``;
 - predicted class — the same on the indicator of the positive class (binary)
@@ -71,9 +72,11 @@ Gaussian mean columns Siegmund's corrected approximation is used instead:
 and the thresholds are conservative.
 
 Points. ``value`` is the detecting column's statistic over its threshold (≥ 1 at a
-detection), ``threshold`` 1, ``change`` the change that column is tuned to
-(``mean +0.5 sd``, ``sd ×1.5``, ``share of 0 +0.25 sd``, ``error rate +1 sd``). A
-stream that observed nothing in a window writes no window point.
+detection), ``threshold`` 1, ``delta`` the signed change size that column is tuned to
+(reference sds of the mean, a share or the error rate) and, for a variance column,
+``sd_ratio`` (σ₁/σ₀). :attr:`NewDetection.change` says it in words (``mean +0.5 sd``,
+``sd ×1.5``, ``share of 0 +0.25 sd``, ``error rate +1 sd``). A stream that observed
+nothing in a window writes no window point.
 
 Detections. Each stream reports its first detection in the current reporting
 window (:meth:`ReferenceCUSUM.start_window` begins a new one) as a new
@@ -123,10 +126,16 @@ METHOD = "cusum"
 MIN_REFERENCE = 100
 """Reference observations a stream needs (sample values, group rows, labelled rows)."""
 
-ATOM_SHARE = 0.01
-"""A numeric value holding at least this share of the reference sample is a point mass: its share
-is tested like a category's, and normal scores are taken on the values outside the point masses only
-(a mass of 90 % zeros gave normal scores a point mass too, and the variance streams fired constantly)."""
+ATOM_SHARE = 0.05
+"""A numeric value holding at least this share of the reference sample (of the values outside the
+point masses found before it) is a point mass: its share is tested like a category's, and normal
+scores are taken on the values outside the point masses only (a mass of 90 % zeros gave normal
+scores a point mass too, and the variance streams fired constantly). See ``_point_masses``."""
+
+DISCRETE_LEVELS = 20
+"""A numeric feature with at most this many distinct reference values is all point masses (a count,
+a rating, a small integer code): every value's share is tested, with no normal scores (the profile
+bins such a feature per value too: :data:`detectors.profile.DISCRETE_MAX_UNIQUE`)."""
 
 REST = "rest"
 """Name of the share of a numeric feature's values outside its point masses."""
@@ -136,6 +145,31 @@ _P_EDGE = 1e-6
 OVERSHOOT = 1.166
 """Siegmund's correction for a Gaussian mean CUSUM: ``b = h + 1.166·δ`` on the LLR scale
 (``2 × 0.583``, the expected overshoot at the two boundaries, in standard deviations)."""
+
+
+def _point_masses(counts: np.ndarray, share: float) -> np.ndarray:
+    """Which distinct values (their sample ``counts``, in value order) are point masses.
+
+    A feature with at most :data:`DISCRETE_LEVELS` distinct values is all point masses (a count, a
+    rating). Otherwise a value is one when it holds at least ``share`` of the values not already
+    point masses, repeated until no value qualifies (90 % zeros, then a 4 % spike that is 40 % of the
+    rest). The share is large on purpose: ties of ~1 % leave normal scores close to N(0, 1), while
+    choosing some of many values of ~1 % each by their sample share would pick those the sample
+    over-counts and make the rest's share look too low (a winner's curse that raised false alarms).
+
+    >>> _point_masses(np.array([900, 40, 1, 1, 1] + [1] * 57), 0.05).nonzero()[0].tolist()
+    [0, 1]
+    """
+    heavy = np.zeros(counts.size, dtype=bool)
+    if counts.size <= DISCRETE_LEVELS:
+        heavy[:] = True
+        return heavy
+    while True:
+        remaining = counts[~heavy].sum()
+        new = ~heavy & (counts >= share * remaining) & (remaining > 0)
+        if not new.any():
+            return heavy
+        heavy |= new
 
 
 def _label(value: Any) -> str:
@@ -293,6 +327,8 @@ class StreamStatus:
     n: int
     n_total: int
     change: str = ""
+    delta: float = 0.0
+    sd_ratio: float = 0.0
 
     @property
     def drift(self) -> bool:
@@ -310,6 +346,8 @@ class NewDetection:
     ratio: float
     n: int
     change: str = ""
+    delta: float = 0.0
+    sd_ratio: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +362,8 @@ class CUSUMResult:
 @dataclass
 class _Spec:
     """Columns of a block: increment_j = alpha_j * source[:, src_j] + beta_j * observed[:, obs_j];
-    ``change_j`` says in words which change column ``j`` is tuned to (``mean +0.5 sd``)."""
+    ``change_j`` says in words which change column ``j`` is tuned to (``mean +0.5 sd``), ``delta_j``
+    its signed size in reference sds and ``sd_ratio_j`` σ₁/σ₀ for a variance column (else 0)."""
 
     src: list[int]
     obs: list[int]
@@ -334,13 +373,15 @@ class _Spec:
     group: list[int]
     overshoot: list[float]
     change: list[str]
+    delta: list[float]
+    sd_ratio: list[float]
 
     @classmethod
     def empty(cls) -> _Spec:
-        return cls([], [], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [], [], [], [])
 
     def add(self, src: int, obs: int, alpha: float, beta: float, kl: float, group: int,
-            overshoot: float = 0.0, change: str = "") -> None:
+            overshoot: float = 0.0, change: str = "", delta: float = 0.0, sd_ratio: float = 0.0) -> None:
         self.src.append(src)
         self.obs.append(obs)
         self.alpha.append(alpha)
@@ -349,6 +390,8 @@ class _Spec:
         self.group.append(group)
         self.overshoot.append(overshoot)
         self.change.append(change)
+        self.delta.append(delta)
+        self.sd_ratio.append(sd_ratio)
 
     def thresholds(self, arl: float) -> list[float]:
         """Each column's ``h``: ``ARL₀ = arl`` with ``b = h + overshoot`` (see the module docstring)."""
@@ -415,7 +458,7 @@ class ReferenceCUSUM:
         self._window_ratio = np.zeros(g, dtype=np.float64)
         self._window_n = np.zeros(g, dtype=np.int64)
         self._n_total = np.zeros(g, dtype=np.int64)
-        self._window_change = [""] * g
+        self._window_change: list[tuple[str, float, float]] = [("", 0.0, 0.0)] * g
         # observation column -> stream (for the per-stream counts)
         self._obs_group = self._observation_groups()
         # the observations a stream counts: a numeric feature with point masses counts its values
@@ -465,7 +508,8 @@ class ReferenceCUSUM:
                         coef = _bernoulli(p0, n_ref, direction, d, margin)
                         if coef is not None:
                             spec.add(src, obs, coef[0], coef[1], coef[2], g,
-                                     change=f"{what.format(value=_label(value))} {'+' if direction > 0 else '-'}{d:g} sd")
+                                     change=f"{what.format(value=_label(value))} {'+' if direction > 0 else '-'}{d:g} sd",
+                                     delta=direction * d)
 
         def bernoulli_stream(stream: Stream, shares: Mapping[str, float], n_ref: int, obs: int,
                              up_only: bool = False) -> None:
@@ -478,17 +522,19 @@ class ReferenceCUSUM:
                 continue
             g = len(streams)
             marks = (len(observed), len(sources))
-            # point masses (values holding at least atom_share of the sample): their shares and the
-            # rest's, tested like the categories of a categorical feature; normal scores on the rest
+            # point masses: their shares and the rest's, tested like the categories of a categorical
+            # feature; normal scores on the rest (see _point_masses)
             values, counts = np.unique(full, return_counts=True)
-            heavy = counts >= atom_share * full.size
+            heavy = _point_masses(counts, atom_share)
             sample = full[~np.isin(full, values[heavy])]
-            if heavy.any() and 0 < heavy.sum() + (sample.size > 0) >= 2:
+            if heavy.any():
                 atoms[name] = values[heavy].tolist()
                 obs = len(observed)
                 observed.append(("atoms", name))
                 shares: dict[Any, float] = {v: c / full.size for v, c in zip(atoms[name], counts[heavy].tolist())}
-                shares[REST] = sample.size / full.size
+                # the rest's share; half a value when the sample has none, so that values never seen
+                # (a count feature moving past its reference range) are watched too
+                shares[REST] = max(sample.size, 0.5) / full.size
                 bernoulli_columns(g, shares, full.size, obs, up_only=True)
             if sample.size >= min_reference:
                 scores = _NormalScores(sample)
@@ -507,7 +553,7 @@ class ReferenceCUSUM:
                     for d in deltas:
                         # Gaussian LLR of N(dir·(mu+d), 1) vs N(dir·mu, 1) on y
                         pspec.add(y, obs, direction * d, -(d * mu + d * d / 2.0), d * d / 2.0, g, OVERSHOOT * d,
-                                  change=f"mean{rest} {'+' if direction > 0 else '-'}{d:g} sd")
+                                  change=f"mean{rest} {'+' if direction > 0 else '-'}{d:g} sd", delta=direction * d)
                     for d in (deltas if direction > 0 else deltas[-1:]):
                         ratio = (1.0 + d) ** 2 if direction > 0 else 1.0 / (1.0 + d) ** 2  # σ₁² / σ₀²
                         v0 = 1.0 + direction * dv
@@ -515,10 +561,11 @@ class ReferenceCUSUM:
                             continue
                         kl = 0.5 * (1.0 / ratio - 1.0 + math.log(ratio))
                         pspec.add(y2, obs, 0.5 * (1.0 - 1.0 / ratio) / v0, -0.5 * math.log(ratio), kl, g,
-                                  change=f"sd{rest} {'×' if direction > 0 else '÷'}{1 + d:g}")
+                                  change=f"sd{rest} {'×' if direction > 0 else '÷'}{1 + d:g}", delta=direction * d,
+                                  sd_ratio=(1.0 + d) ** direction)
             if any(grp == g for grp in pspec.group):
                 streams.append(Stream("feature", name))
-            else:  # e.g. a constant column: nothing to watch
+            else:  # nothing to watch
                 atoms.pop(name, None)
                 numeric.pop(name, None)
                 del observed[marks[0]:], sources[marks[1]:]
@@ -579,7 +626,7 @@ class ReferenceCUSUM:
                     for d in deltas:
                         coef = _bernoulli(e0, int(both.sum()), 1, d, margin)
                         if coef is not None:
-                            espec.add(0, 0, coef[0], coef[1], coef[2], g, change=f"error rate +{d:g} sd")
+                            espec.add(0, 0, coef[0], coef[1], coef[2], g, change=f"error rate +{d:g} sd", delta=d)
                     if not any(grp == g for grp in espec.group):
                         streams.pop()
 
@@ -721,17 +768,17 @@ class ReferenceCUSUM:
 
     def _record(self, bank: PageCUSUM, seen: np.ndarray, *, cumulative: np.ndarray, error: bool = False) -> None:
         new = []
-        changes = (self._espec if error else self._pspec).change
+        spec = self._espec if error else self._pspec
         for d in bank.detections:
             g = d.group
-            change = changes[d.column] if d.column < len(changes) else ""
+            change = (spec.change[d.column], spec.delta[d.column], spec.sd_ratio[d.column])
             # the stream's observations up to and including the detecting row
             if error:
                 upto = int(cumulative[d.row, 0])
             else:
                 upto = int(cumulative[d.row, np.flatnonzero((self._obs_group == g) & self._obs_counted)].sum())
             if self._window_detections[g] == 0:
-                new.append(NewDetection(self.streams[g], d.row, d.ratio, int(self._window_n[g]) + upto, change))
+                new.append(NewDetection(self.streams[g], d.row, d.ratio, int(self._window_n[g]) + upto, *change))
                 self._window_ratio[g] = d.ratio
                 self._window_change[g] = change
             elif d.ratio > self._window_ratio[g]:
@@ -747,7 +794,7 @@ class ReferenceCUSUM:
         self._window_detections[:] = 0
         self._window_ratio[:] = 0.0
         self._window_n[:] = 0
-        self._window_change = [""] * len(self.streams)
+        self._window_change = [("", 0.0, 0.0)] * len(self.streams)
         return self
 
     def merge(self, other: ReferenceCUSUM) -> Self:
@@ -767,7 +814,8 @@ class ReferenceCUSUM:
         streams = tuple(
             StreamStatus(stream=s, detections=int(self._window_detections[g]),
                          ratio=float(self._window_ratio[g] if self._window_detections[g] else current[g]),
-                         n=int(self._window_n[g]), n_total=int(self._n_total[g]), change=self._window_change[g])
+                         n=int(self._window_n[g]), n_total=int(self._n_total[g]), change=self._window_change[g][0],
+                         delta=self._window_change[g][1], sd_ratio=self._window_change[g][2])
             for g, s in enumerate(self.streams))
         return CUSUMResult(streams=streams, columns=self.columns,
                            false_alarms_per_million=self.false_alarms_per_million)
@@ -781,14 +829,14 @@ class ReferenceCUSUM:
         profile (:meth:`restore` with ``template``)."""
         def spec(s: _Spec) -> dict[str, list[Any]]:
             return {"src": s.src, "obs": s.obs, "alpha": s.alpha, "beta": s.beta, "kl": s.kl, "group": s.group,
-                    "overshoot": s.overshoot, "change": s.change}
+                    "overshoot": s.overshoot, "change": s.change, "delta": s.delta, "sd_ratio": s.sd_ratio}
 
         state: dict[str, Any] = {
             "kind": "reference_cusum", "version": 1, "columns": self.columns,
             "prediction_bank": self._pbank.snapshot(), "error_bank": self._ebank.snapshot(),
             "window_detections": self._window_detections.tolist(), "window_ratio": self._window_ratio.tolist(),
             "window_n": self._window_n.tolist(), "n_total": self._n_total.tolist(),
-            "window_change": list(self._window_change),
+            "window_change": [list(c) for c in self._window_change],
         }
         if reference:
             state["reference"] = {
@@ -810,7 +858,8 @@ class ReferenceCUSUM:
         def spec(d: Mapping[str, Any]) -> _Spec:
             return _Spec(list(d["src"]), list(d["obs"]), list(d["alpha"]), list(d["beta"]), list(d["kl"]),
                          list(d["group"]), list(d.get("overshoot") or [0.0] * len(d["src"])),
-                         list(d.get("change") or [""] * len(d["src"])))
+                         list(d.get("change") or [""] * len(d["src"])), list(d.get("delta") or [0.0] * len(d["src"])),
+                         list(d.get("sd_ratio") or [0.0] * len(d["src"])))
 
         pbank, ebank = state["prediction_bank"], state["error_bank"]
         ref = state.get("reference")
@@ -840,7 +889,8 @@ class ReferenceCUSUM:
         out._window_ratio = np.asarray(state["window_ratio"], dtype=np.float64)
         out._window_n = np.asarray(state["window_n"], dtype=np.int64)
         out._n_total = np.asarray(state["n_total"], dtype=np.int64)
-        out._window_change = list(state.get("window_change") or [""] * len(out.streams))
+        out._window_change = [(str(c[0]), float(c[1]), float(c[2])) for c in state.get("window_change") or ()] \
+            or [("", 0.0, 0.0)] * len(out.streams)
         return out
 
 
@@ -879,13 +929,16 @@ class _NormalScores:
 # -------------------------------------------------------------------------------- points
 
 
-def _point(stream: Stream, *, drift: bool, ratio: float, n: int, change: str, tags: Mapping[str, str],
-           time_ns: int) -> Point:
+def _point(stream: Stream, *, drift: bool, ratio: float, n: int, delta: float, sd_ratio: float,
+           tags: Mapping[str, str], time_ns: int) -> Point:
     """``value`` = statistic / threshold, ``threshold`` 1 (the statistic's own threshold, on that scale);
-    ``change`` (when a column detected) what it is tuned to."""
+    when a column detected, ``delta`` the signed change size it is tuned to (reference sds) and, for a
+    variance column, ``sd_ratio`` (σ₁/σ₀)."""
     fields: dict[str, float | int | bool | str] = {"value": float(ratio), "drift": drift, "threshold": 1.0, "n": int(n)}
-    if change:
-        fields["change"] = change
+    if delta:
+        fields["delta"] = float(delta)
+    if sd_ratio:
+        fields["sd_ratio"] = float(sd_ratio)
     if stream.kind == "feature":
         return Point("feature_drift", {**tags, "feature": stream.name, "method": METHOD}, fields, time_ns)
     if stream.kind == "prediction":
@@ -906,9 +959,12 @@ def cusum_detection_points(detection: NewDetection, *, tags: Mapping[str, str], 
     >>> d = NewDetection(Stream("feature", "age"), row=3, ratio=1.02, n=140)
     >>> cusum_detection_points(d, tags={"model_id": "m"}, time_ns=7).to_line_protocol()
     'feature_drift,feature=age,method=cusum,model_id=m drift=true,n=140i,threshold=1.0,value=1.02 7'
+    >>> d = NewDetection(Stream("feature", "age"), row=3, ratio=1.02, n=140, change="sd ×2", delta=1.0, sd_ratio=2.0)
+    >>> cusum_detection_points(d, tags={"model_id": "m"}, time_ns=7).to_line_protocol()
+    'feature_drift,feature=age,method=cusum,model_id=m delta=1.0,drift=true,n=140i,sd_ratio=2.0,threshold=1.0,value=1.02 7'
     """
-    return _point(detection.stream, drift=True, ratio=detection.ratio, n=detection.n, change=detection.change,
-                  tags=tags, time_ns=time_ns)
+    return _point(detection.stream, drift=True, ratio=detection.ratio, n=detection.n, delta=detection.delta,
+                  sd_ratio=detection.sd_ratio, tags=tags, time_ns=time_ns)
 
 
 def cusum_points(result: CUSUMResult, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
@@ -925,9 +981,10 @@ def cusum_points(result: CUSUMResult, *, tags: Mapping[str, str], time_ns: int) 
         if s.stream.kind == "prediction":
             prediction.append(s)
             continue
-        out.append(_point(s.stream, drift=s.drift, ratio=s.ratio, n=s.n, change=s.change, tags=tags, time_ns=time_ns))
+        out.append(_point(s.stream, drift=s.drift, ratio=s.ratio, n=s.n, delta=s.delta, sd_ratio=s.sd_ratio, tags=tags,
+                          time_ns=time_ns))
     if prediction:
         top = max(prediction, key=lambda s: (s.drift, s.ratio))
         out.append(_point(top.stream, drift=any(s.drift for s in prediction), ratio=top.ratio, n=top.n,
-                          change=top.change, tags=tags, time_ns=time_ns))
+                          delta=top.delta, sd_ratio=top.sd_ratio, tags=tags, time_ns=time_ns))
     return out

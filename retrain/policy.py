@@ -203,6 +203,7 @@ class Condition:
             score=score,
             point_threshold=_number(point.fields.get("threshold")),
             n=n,
+            change=_change(point),
         )
 
     def breaches(self, observation: Observation) -> bool:
@@ -768,11 +769,13 @@ class PolicyEngine:
         metric = primary.measurement if primary is not None else rule.conditions[0].measurement
         threshold = primary.number_threshold if primary is not None else _number(rule.conditions[0].threshold)
         breaching = tuple(o for r in results for o in r.breaching) if firing else ()
+        detail = primary.detail() if primary is not None else {}
         if message is None:
+            crossed = f": {describe_crossing(detail)}" if detail else ""
             if firing:
-                message = f"{rule.name} firing: {rule.describe()} ({len(breaching)} breaching point(s))"
+                message = f"{rule.name} firing{crossed} ({len(breaching)} breaching point(s); rule: {rule.describe()})"
             else:
-                message = f"{rule.name} resolved after {rule.clear_after} clear window(s)"
+                message = f"{rule.name} resolved after {rule.clear_after} clear window(s){crossed}"
         this_id = alert_id(
             model_id=model_id,
             model_version=state.model_version,
@@ -798,6 +801,7 @@ class PolicyEngine:
             retrain=rule.retrain,
             message=message,
             values=breaching,
+            detail=detail,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -840,6 +844,48 @@ class PolicyEngine:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+
+def _change(point: Point) -> str | None:
+    """What a CUSUM column that detected is tuned to, from its point's ``delta``/``sd_ratio``."""
+    ratio, delta = _number(point.fields.get("sd_ratio")), _number(point.fields.get("delta"))
+    if ratio:
+        return f"sd ×{ratio:.3g}" if ratio > 1 else f"sd ÷{1 / ratio:.3g}"
+    if delta:
+        return f"{delta:+g} sd"
+    return None
+
+
+def describe_crossing(detail: Mapping[str, Any]) -> str:
+    """One line saying what was crossed, from :meth:`Observation.detail`.
+
+    >>> describe_crossing({"series": "feature_drift.drift{feature=age,method=cusum}", "method": "cusum",
+    ...                    "value": 1.031, "threshold": 1.0, "n": 140, "change": "+0.5 sd",
+    ...                    "condition": "drift == true"})
+    'feature_drift.drift{feature=age,method=cusum} CUSUM statistic 1.031× its threshold (change +0.5 sd, n 140)'
+    >>> describe_crossing({"series": "feature_drift.drift{feature=age,method=psi}", "method": "psi",
+    ...                    "value": 0.31, "threshold": 0.1, "n": 1000, "condition": "drift == true"})
+    'feature_drift.drift{feature=age,method=psi} value 0.31 (threshold 0.1, n 1000)'
+    >>> describe_crossing({"series": "performance.value{metric=accuracy}", "value": 0.71, "threshold": 0.8,
+    ...                    "n": 400, "condition": "value < 0.8"})
+    'performance.value{metric=accuracy} value 0.71 < 0.8 (n 400)'
+    """
+    series = detail.get("series", "")
+    value, threshold, n = detail.get("value"), detail.get("threshold"), detail.get("n")
+    extra = [f"change {detail['change']}"] if detail.get("change") else []
+    if n is not None:
+        extra.append(f"n {n}")
+    if detail.get("method") == "cusum" and value is not None:
+        return f"{series} CUSUM statistic {value:.4g}× its threshold" + (f" ({', '.join(extra)})" if extra else "")
+    condition = str(detail.get("condition", ""))
+    if value is None:
+        return f"{series} {condition}" + (f" ({', '.join(extra)})" if extra else "")
+    if condition.startswith(("drift ", "value == ")) or threshold is None:
+        # a boolean test: the statistic and the point's own threshold
+        shown = [f"threshold {threshold:.4g}"] if threshold is not None else [condition]
+        return f"{series} value {value:.4g} ({', '.join(shown + extra)})"
+    op = condition.split(" ")[1] if condition.count(" ") >= 2 else ""
+    return f"{series} value {value:.4g} {op} {threshold:.4g}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _is_int(value: Any) -> bool:

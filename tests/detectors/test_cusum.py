@@ -277,7 +277,7 @@ def test_point_masses_are_shares_and_normal_scores_take_the_rest() -> None:
             "counts": rng.poisson(3.0, n).astype(float), "constant": np.full(n, 7.0)}
     prof = ReferenceProfile.from_frame(pd.DataFrame(cols), model_id="m", features={k: "numeric" for k in cols})
     cusum = ReferenceCUSUM.from_profile(prof)
-    assert [s.name for s in cusum.streams] == ["money", "counts"]  # a constant column has nothing to watch
+    assert [s.name for s in cusum.streams] == ["money", "counts", "constant"]
     sample = np.asarray(prof.numeric["money"].sample)
     assert cusum.atoms["money"].tolist() == [0.0]
     # the normal scores are those of the non-zero values, against the non-zero reference values
@@ -285,22 +285,26 @@ def test_point_masses_are_shares_and_normal_scores_take_the_rest() -> None:
     fresh = np.where(rng.random(n) < 0.9, 0.0, rng.lognormal(7.0, 1.5, n))
     y, seen = cusum._ptables["money"].scores(np.where(fresh == 0, np.nan, fresh))
     assert abs(y[seen].mean()) < 0.05 and abs(y[seen].var() - 1.0) < 0.1
-    # counts: every value with >= 1 % of the sample is a point mass; the few above are the rest
-    values, counts = np.unique(np.asarray(prof.numeric["counts"].sample), return_counts=True)
-    assert cusum.atoms["counts"].tolist() == values[counts >= 0.01 * counts.sum()].tolist()
-    assert "counts" not in cusum._ptables  # too few values outside the masses for normal scores
+    # counts (at most 20 distinct values): every value is a point mass, no normal scores
+    assert cusum.atoms["counts"].tolist() == np.unique(np.asarray(prof.numeric["counts"].sample)).tolist()
+    assert "counts" not in cusum._ptables
+    # a constant column watches for any other value: the rest's share, half a value in the reference
+    assert cusum.atoms["constant"].tolist() == [7.0] and "constant" not in cusum._ptables
+    assert {c for c, g in zip(cusum._pspec.change, cusum._pspec.group) if g == 2} == {
+        f"share of rest +{d:g} sd" for d in DELTAS}
     # the zero share's column: Bernoulli LLR of "is zero" (0.9 -> 0.9 + 0.25 sd), by hand
     p0 = float((sample == 0).mean())
     q0 = p0 + math.sqrt(p0 * (1 - p0) / sample.size)
     p1 = p0 + 0.25 * math.sqrt(p0 * (1 - p0))
     x = cusum.increments(FeatureFrame.build(numeric={"money": np.array([0.0, 12.5, np.nan]),
                                                      "counts": np.array([1.0, 2.0, 3.0])}))
+    assert (x[:, [j for j, g in enumerate(cusum._pspec.group) if g == 2]] == 0).all()  # no constant values given
     assert cusum._pspec.change[0] == "share of 0 +0.25 sd"
     assert x[:, 0].tolist() == pytest.approx([math.log(p1 / q0), math.log((1 - p1) / (1 - q0)), 0.0], abs=1e-12)
     # a missing value, a zero and a non-zero each count once in the stream's n
     cusum.update(FeatureFrame.build(numeric={"money": np.array([0.0, 12.5, np.nan]),
                                              "counts": np.array([1.0, 2.0, 3.0])}))
-    assert [s.n for s in cusum.result().streams] == [2, 3]
+    assert [s.n for s in cusum.result().streams] == [2, 3, 0]
 
 
 def test_false_alarm_rate_on_stationary_traffic_is_within_the_target(profile: ReferenceProfile) -> None:
@@ -364,7 +368,7 @@ def test_window_points_and_reset(profile: ReferenceProfile) -> None:
     points = {p.tags.get("feature"): p for p in cusum_points(cusum.result(), tags={}, time_ns=2)
               if p.measurement == "feature_drift"}
     assert points["x"].fields["drift"] is True and points["x"].fields["value"] >= 1.0
-    assert points["x"].fields["threshold"] == 1.0 and points["x"].fields["change"].startswith("mean +")
+    assert points["x"].fields["threshold"] == 1.0 and points["x"].fields["delta"] > 0
     assert points["cat"].fields["drift"] is False
     cusum.start_window()
     assert not any(s.drift for s in cusum.result().streams)

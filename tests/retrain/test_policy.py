@@ -668,7 +668,7 @@ def cusum_point(kind: str, *, drift: bool, n: int = 1000, at: int = 0, name: str
     """A CUSUM point: ``value`` = statistic / threshold, ``threshold`` 1 (detectors.cusum)."""
     fields = {"value": 1.05 if drift else 0.2, "drift": drift, "threshold": 1.0, "n": n}
     if drift:
-        fields["change"] = "mean +0.5 sd"
+        fields["delta"] = 0.5
     if kind == "feature":
         return Point("feature_drift", tags(feature=name, method="cusum"), fields, at)
     return Point("concept_drift", tags(detector="cusum"), fields, at)
