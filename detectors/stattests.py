@@ -38,7 +38,8 @@ only when the distance reaches its threshold *and* the change is significant at
 ``alpha``: the two-sample Pearson chi-square test of :func:`pooled_chisquare`, on
 the bins after pooling those expected to hold fewer than :data:`MIN_EXPECTED`
 current values (rare categories and bins of a small window), so that the
-chi-square approximation holds. ``p_value`` is then that test's. The distance
+chi-square approximation holds. ``p_value`` is then that test's (computed only when
+the distance reaches its threshold, ``None`` otherwise). The distance
 itself stays Evidently's (the threshold says how large a change matters; the
 test says whether it is noise). :class:`detectors.drift.DriftSuite` sets ``alpha``
 per window from its false-alarm budget.
@@ -215,8 +216,9 @@ def pooled_chisquare(reference: ArrayLike, current: ArrayLike, *, min_expected: 
 def _significant(value: float, threshold: float, reference: ArrayLike, current: ArrayLike,
                  alpha: float | None) -> tuple[bool, float | None]:
     """(drifted, p-value): the distance reaches its threshold and, when ``alpha`` is given, the
-    pooled chi-square test rejects at ``alpha``."""
-    if alpha is None:
+    pooled chi-square test rejects at ``alpha``. The test runs only for a distance at or over its
+    threshold (else the p-value is ``None``): most windows pay for the distance alone."""
+    if alpha is None or not value >= threshold:
         return bool(value >= threshold), None
     p_value = pooled_chisquare(reference, current)[2]
     return bool(value >= threshold and p_value <= alpha), p_value
