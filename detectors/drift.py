@@ -41,7 +41,8 @@ from detectors.label_shift import CategoryCounts, LabelShift, LabelShiftResult, 
 from detectors.points import Point
 from detectors.profile import NumericProfile, ReferenceProfile, as_class_labels
 from detectors.quality import DataQualitySummary, QualityResult, quality_points
-from detectors.stattests import STATTESTS, TestResult, auto_method, get_stattest, undefined, wasserstein
+from detectors.stattests import (STATTESTS, WINDOWED_FALSE_ALARMS_PER_MILLION, TestResult, auto_method, get_stattest,
+                                 undefined, wasserstein, window_alpha)
 
 DEFAULT_CAPACITY = 10_000
 """Default bound on the current-window sample kept per numeric feature for KS/Wasserstein."""
@@ -52,20 +53,6 @@ MethodSpec = tuple[str, float | None]
 
 DEFAULT_METHOD: MethodSpec = ("psi", None)
 """The suite's default test: PSI on the reference bins at Evidently's 0.1 (see :class:`DriftSuite`)."""
-WINDOWED_FALSE_ALARMS_PER_MILLION = 0.5
-"""Default false-alarm budget of a suite's windowed distance tests, per million events, for all of
-them together (see :class:`DriftSuite`)."""
-
-
-def window_alpha(n_events: int, tests: int, false_alarms_per_million: float) -> float:
-    """Significance level of each of ``tests`` tests on a window of ``n_events`` events so that they
-    raise at most ``false_alarms_per_million`` false alarms per million events together (Bonferroni:
-    a window of ``n`` events may spend ``n`` events' worth of the budget).
-
-    >>> window_alpha(1000, 10, 0.5)
-    5e-05
-    """
-    return min(false_alarms_per_million * 1e-6 * max(n_events, 1) / max(tests, 1), 0.05)
 
 
 @dataclass(frozen=True, slots=True)

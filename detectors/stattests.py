@@ -362,6 +362,22 @@ STATTESTS: dict[str, StatTest] = {
 """Method name -> test. ``chisquare`` on a numeric feature runs on its reference bins."""
 
 
+WINDOWED_FALSE_ALARMS_PER_MILLION = 0.5
+"""Default false-alarm budget of a model's windowed distance tests, per million events, for all of
+them together (see :class:`detectors.drift.DriftSuite`)."""
+
+
+def window_alpha(n_events: int, tests: int, false_alarms_per_million: float) -> float:
+    """Significance level of each of ``tests`` tests on a window of ``n_events`` events so that they
+    raise at most ``false_alarms_per_million`` false alarms per million events together (Bonferroni:
+    a window of ``n`` events may spend ``n`` events' worth of the budget).
+
+    >>> window_alpha(1000, 10, 0.5)
+    5e-05
+    """
+    return min(false_alarms_per_million * 1e-6 * max(n_events, 1) / max(tests, 1), 0.05)
+
+
 def get_stattest(method: str, feature_type: str) -> StatTest:
     """The test called ``method``, checked to apply to ``feature_type``."""
     test = STATTESTS.get(method)
