@@ -9,7 +9,7 @@ It is a pure constant module: no imports beyond the standard library.
 >>> sorted(tags)
 ['feature', 'method', 'model_id', 'model_version']
 >>> sorted(fields)
-['drift', 'n', 'threshold', 'value']
+['delta', 'drift', 'n', 'sd_ratio', 'threshold', 'value']
 >>> is_known("performance", tags={"metric": "accuracy"}, fields=("value",))
 True
 >>> is_known("performance", tags={"metric": "accuarcy"})
