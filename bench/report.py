@@ -379,8 +379,9 @@ def _quality(q: dict[str, Any]) -> list[str]:
                   f"`x0 + x1 > 8`, 10 % label noise; the concept moves to `x0 + x1 > 9.5` at row "
                   f"{sea['change_at']:,}; error rate {sea['error_before']:.3f} → {sea['error_after']:.3f}; every row "
                   "labelled): driftwarden's `detectors.concept.ConceptDrift` fed windows of 1,000 errors, as the "
-                  "worker does, and read as the shipped `concept-drift` policy reads it (its `adwin` detector, at "
-                  "the window's end), against River's ADWIN per error.", ""]
+                  "worker does, and read as a policy on its `adwin` detector reads it (at the window's end; the "
+                  "shipped `concept-drift` policy reads the CUSUM on the error rate instead), against River's ADWIN "
+                  "per error.", ""]
         lines += _table(["monitor", "delay (rows after the change)", f"false alarms on {sea['stationary']:,} "
                          "stationary rows", "per million"],
                         [["driftwarden ConceptDrift, windows of 1,000 (alert at window end)",
@@ -411,7 +412,10 @@ def _say_quality(q: dict[str, Any]) -> str:
     if detected:
         worst = max(s["driftwarden_delay"] for s in detected)
         text += f", every one within {worst:,} events (at most {math.ceil(worst / 1000)} windows)"
-    cusum = [n for n, s in sc.items() if (s.get("driftwarden_rule") or "").endswith("-cusum")]
+    # fired by a CUSUM detection: stamped between window closes (windows of 1,000 events end on a
+    # multiple of 1,000; the shipped rules hold the windowed test and the CUSUM of a change together)
+    cusum = [n for n, s in sc.items() if s.get("driftwarden_delay") is not None
+             and (s["driftwarden_delay"] + q["change_at"]) % 1000 != 0]
     if cusum:
         text += (f". {len(cusum)} of {len(sc)} were first alerted by the CUSUM rules, between window closes: the "
                  "CUSUM streams compare every event with the reference profile and are checked on every "

@@ -25,12 +25,19 @@ Two classes:
 Streams and their increments (``δ`` runs over :data:`DELTAS`, one column each;
 every stream has an up and a down direction unless said otherwise):
 
-- numeric feature — the **normal score** ``y = Φ⁻¹(F_ref(x))`` of each value
-  (``F_ref`` the mid-rank CDF of the feature's reference sample), which is
-  N(0, 1) before the change *whatever the feature's distribution*, so the
-  thresholds below hold for skewed and discrete features too (z-scores of a
-  log-normal feature would make the variance streams fire constantly).
-  Mean: ``±δ·(y ∓ μ₀) − δ²/2`` (the Gaussian LLR of a ``δ`` shift); variance:
+- numeric feature — split in two. Its **point masses** (values holding at least
+  :data:`ATOM_SHARE` of the reference sample: the zeros of a zero-inflated amount) and the share of the *rest* are tested like the
+  categories of a categorical feature (below); a feature with at most
+  :data:`DISCRETE_LEVELS` distinct reference values is all point masses, and a value
+  the reference never held counts in the rest's share (half a value's share when the
+  reference has none: a constant column watches for any other value). On the rest, the **normal score**
+  ``y = Φ⁻¹(F_ref(x))`` of each value (``F_ref`` the mid-rank CDF of the reference
+  values outside the point masses), which is N(0, 1) before the change for a
+  continuous distribution, skewed or heavy-tailed (z-scores of a log-normal
+  feature would make the variance streams fire constantly). A point mass would
+  give ``y`` a point mass too — with 90 % zeros ``y`` is one value 90 % of the
+  time, and the variance-down streams fired on every few hundred events — hence
+  the split. Mean: ``±δ·(y ∓ μ₀) − δ²/2`` (the Gaussian LLR of a ``δ`` shift); variance:
   ``½·y²/v₀·(1 − 1/σ₁²) − ln σ₁`` with ``σ₁ = 1+δ`` (up) or ``1/(1+δ)`` (down);
 - categorical feature — per category, the Bernoulli LLR of its indicator,
   ``x·ln(p₁/p₀) + (1−x)·ln((1−p₁)/(1−p₀))`` with ``p₁ = p₀ ± δ·√(p₀(1−p₀))``;
@@ -63,6 +70,13 @@ Gaussian mean columns Siegmund's corrected approximation is used instead:
 ``e^h`` becomes ``e^b`` with ``b = h + 1.166·δ`` (:data:`OVERSHOOT`; Siegmund
 1985, eq. 2.56), which is accurate there; elsewhere the overshoot is left out
 and the thresholds are conservative.
+
+Points. ``value`` is the detecting column's statistic over its threshold (≥ 1 at a
+detection), ``threshold`` 1, ``delta`` the signed change size that column is tuned to
+(reference sds of the mean, a share or the error rate) and, for a variance column,
+``sd_ratio`` (σ₁/σ₀). :attr:`NewDetection.change` says it in words (``mean +0.5 sd``,
+``sd ×1.5``, ``share of 0 +0.25 sd``, ``error rate +1 sd``). A stream that observed
+nothing in a window writes no window point.
 
 Detections. Each stream reports its first detection in the current reporting
 window (:meth:`ReferenceCUSUM.start_window` begins a new one) as a new
@@ -112,11 +126,56 @@ METHOD = "cusum"
 MIN_REFERENCE = 100
 """Reference observations a stream needs (sample values, group rows, labelled rows)."""
 
+ATOM_SHARE = 0.05
+"""A numeric value holding at least this share of the reference sample (and :data:`MIN_MASS` values)
+is a point mass: its share is tested like a category's, and normal
+scores are taken on the values outside the point masses only (a mass of 90 % zeros gave normal
+scores a point mass too, and the variance streams fired constantly). See ``_point_masses``."""
+
+MIN_MASS = 50
+"""Reference values a point mass needs (its share is estimated from them)."""
+
+DISCRETE_LEVELS = 20
+"""A numeric feature with at most this many distinct reference values is all point masses (a count,
+a rating, a small integer code): every value's share is tested, with no normal scores (the profile
+bins such a feature per value too: :data:`detectors.profile.DISCRETE_MAX_UNIQUE`)."""
+
+REST = "rest"
+"""Name of the share of a numeric feature's values outside its point masses."""
+
 _P_EDGE = 1e-6
 
 OVERSHOOT = 1.166
 """Siegmund's correction for a Gaussian mean CUSUM: ``b = h + 1.166·δ`` on the LLR scale
 (``2 × 0.583``, the expected overshoot at the two boundaries, in standard deviations)."""
+
+
+def _point_masses(counts: np.ndarray, share: float) -> np.ndarray:
+    """Which distinct values (their sample ``counts``, in value order) are point masses.
+
+    A feature with at most :data:`DISCRETE_LEVELS` distinct values is all point masses (a count, a
+    rating): nothing is chosen, so nothing is biased. Otherwise a value is one when it holds at least
+    ``share`` of the sample and :data:`MIN_MASS` values. Choosing values by their sample count picks
+    those the sample over-counts (a winner's curse), which makes the rest's share look too low and
+    its stream false-alarm; a large share and count keep the chosen values' errors small (values of
+    ~1 % each were chosen by chance in a uniform integer feature, and choosing again among the rest
+    compounded it in a zero-inflated count), while ties of a few per cent leave normal scores close
+    to N(0, 1).
+
+    >>> counts = np.array([900, 60, 40] + [1] * 60)   # 1,060 values: 85 %, 5.7 %, 3.8 %, ...
+    >>> _point_masses(counts, 0.05).nonzero()[0].tolist()
+    [0, 1]
+    """
+    if counts.size <= DISCRETE_LEVELS:
+        return np.ones(counts.size, dtype=bool)
+    return (counts >= share * counts.sum()) & (counts >= MIN_MASS)
+
+
+def _label(value: Any) -> str:
+    """A category, class or point mass as it reads in a change description (``0`` for ``0.0``)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def threshold_for(arl: float, kl: float) -> float:
@@ -258,13 +317,17 @@ class Stream:
 class StreamStatus:
     """A stream in the current window: ``detections`` since :meth:`ReferenceCUSUM.start_window`,
     ``ratio`` the largest statistic/threshold at a detection in the window, else the current
-    largest (< 1); ``n`` observations in the window; ``n_total`` since the start."""
+    largest (< 1); ``n`` observations in the window; ``n_total`` since the start; ``change``
+    the change the column with that ratio is tuned to (``mean +0.5 sd``)."""
 
     stream: Stream
     detections: int
     ratio: float
     n: int
     n_total: int
+    change: str = ""
+    delta: float = 0.0
+    sd_ratio: float = 0.0
 
     @property
     def drift(self) -> bool:
@@ -273,12 +336,17 @@ class StreamStatus:
 
 @dataclass(frozen=True, slots=True)
 class NewDetection:
-    """A stream's first detection in the current window: ``row`` of the batch that raised it."""
+    """A stream's first detection in the current window: ``row`` of the batch that raised it,
+    ``ratio`` the detecting column's statistic over its threshold (>= 1), ``change`` the change
+    that column is tuned to (``mean +0.5 sd``, ``share of 0 +0.25 sd``, ``error rate +1 sd``)."""
 
     stream: Stream
     row: int
     ratio: float
     n: int
+    change: str = ""
+    delta: float = 0.0
+    sd_ratio: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +360,9 @@ class CUSUMResult:
 
 @dataclass
 class _Spec:
-    """Columns of a block: increment_j = alpha_j * source[:, src_j] + beta_j * observed[:, obs_j]."""
+    """Columns of a block: increment_j = alpha_j * source[:, src_j] + beta_j * observed[:, obs_j];
+    ``change_j`` says in words which change column ``j`` is tuned to (``mean +0.5 sd``), ``delta_j``
+    its signed size in reference sds and ``sd_ratio_j`` σ₁/σ₀ for a variance column (else 0)."""
 
     src: list[int]
     obs: list[int]
@@ -301,13 +371,16 @@ class _Spec:
     kl: list[float]
     group: list[int]
     overshoot: list[float]
+    change: list[str]
+    delta: list[float]
+    sd_ratio: list[float]
 
     @classmethod
     def empty(cls) -> _Spec:
-        return cls([], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [], [], [], [])
 
     def add(self, src: int, obs: int, alpha: float, beta: float, kl: float, group: int,
-            overshoot: float = 0.0) -> None:
+            overshoot: float = 0.0, change: str = "", delta: float = 0.0, sd_ratio: float = 0.0) -> None:
         self.src.append(src)
         self.obs.append(obs)
         self.alpha.append(alpha)
@@ -315,6 +388,9 @@ class _Spec:
         self.kl.append(kl)
         self.group.append(group)
         self.overshoot.append(overshoot)
+        self.change.append(change)
+        self.delta.append(delta)
+        self.sd_ratio.append(sd_ratio)
 
     def thresholds(self, arl: float) -> list[float]:
         """Each column's ``h``: ``ARL₀ = arl`` with ``b = h + overshoot`` (see the module docstring)."""
@@ -344,7 +420,7 @@ class ReferenceCUSUM:
     """
 
     def __init__(self, *, streams: Sequence[Stream], numeric: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                 categories: Mapping[str, Sequence[str]], classes: Sequence[str], attributes: Mapping[str, Sequence[str]],
+                 atoms: Mapping[str, Sequence[float]], categories: Mapping[str, Sequence[str]], classes: Sequence[str], attributes: Mapping[str, Sequence[str]],
                  positive_label: str | None, prediction_spec: _Spec, error_spec: _Spec,
                  layout: tuple[Sequence[tuple[str, Any]], Sequence[tuple[str, Any]]],
                  false_alarms_per_million: float, thresholds: tuple[Sequence[float], Sequence[float]] | None = None
@@ -353,6 +429,7 @@ class ReferenceCUSUM:
         self._sources, self._observed = list(layout[0]), list(layout[1])
         self._numeric_obs = {key: j for j, (kind, key) in enumerate(self._observed) if kind == "numeric"}
         self.numeric = {k: (np.asarray(v[0], np.float64), np.asarray(v[1], np.float64)) for k, v in numeric.items()}
+        self.atoms = {k: np.asarray(v, np.float64) for k, v in atoms.items()}
         self.categories = {k: list(v) for k, v in categories.items()}
         self.classes = list(classes)
         self.attributes = {k: list(v) for k, v in attributes.items()}
@@ -380,8 +457,13 @@ class ReferenceCUSUM:
         self._window_ratio = np.zeros(g, dtype=np.float64)
         self._window_n = np.zeros(g, dtype=np.int64)
         self._n_total = np.zeros(g, dtype=np.int64)
+        self._window_change: list[tuple[str, float, float]] = [("", 0.0, 0.0)] * g
         # observation column -> stream (for the per-stream counts)
         self._obs_group = self._observation_groups()
+        # the observations a stream counts: a numeric feature with point masses counts its values
+        # once, in the point-mass family (which sees every value), not again in the rest's
+        self._obs_counted = np.array([not (kind == "numeric" and key in self.atoms) for kind, key in self._observed],
+                                     dtype=bool)[: self._obs_group.size]
         self.new: tuple[NewDetection, ...] = ()
 
     # -- construction --------------------------------------------------------------------------
@@ -390,14 +472,15 @@ class ReferenceCUSUM:
     def from_profile(cls, profile: ReferenceProfile, *, positive_label: str | None = None,
                      attributes: Sequence[str] = (), false_alarms_per_million: float = 1.0,
                      deltas: Sequence[float] = DELTAS, margin: float = 1.0,
-                     min_reference: int = MIN_REFERENCE) -> ReferenceCUSUM:
+                     min_reference: int = MIN_REFERENCE, atom_share: float = ATOM_SHARE) -> ReferenceCUSUM:
         """Streams for every numeric and categorical feature, the predicted class and, for a
         binary model with ``positive_label``, each group of ``attributes`` and the error rate.
 
         ``false_alarms_per_million``: target false alarms per million prediction events for all
         streams together; ``deltas``: the change sizes (reference sds) each stream is tuned to;
         ``margin``: reference standard errors the in-control value is moved towards each
-        alternative; streams with fewer than ``min_reference`` reference observations are left out.
+        alternative; streams with fewer than ``min_reference`` reference observations are left out;
+        a numeric value holding at least ``atom_share`` of the reference sample is a point mass.
         """
         if not (false_alarms_per_million > 0 and math.isfinite(false_alarms_per_million)):
             raise DetectorError(f"false_alarms_per_million must be positive, got {false_alarms_per_million!r}")
@@ -407,44 +490,15 @@ class ReferenceCUSUM:
         pspec, espec = _Spec.empty(), _Spec.empty()
         numeric: dict[str, tuple[list[float], list[float]]] = {}
         categories: dict[str, list[str]] = {}
+        atoms: dict[str, list[float]] = {}
         # source columns of the prediction block: numeric y, numeric y², then 0/1 indicators;
         # observed columns: one per numeric feature, then one per Bernoulli source family
         sources: list[tuple[str, Any]] = []
         observed: list[tuple[str, Any]] = []
 
-        for name, p in profile.numeric.items():
-            sample = np.sort(np.asarray(p.sample, dtype=np.float64))
-            if sample.size < min_reference:
-                continue
-            scores = _NormalScores(sample)
-            numeric[name] = (sample.tolist(), [scores.mean, scores.var])
-            g = len(streams)
-            streams.append(Stream("feature", name))
-            obs = len(observed)
-            observed.append(("numeric", name))
-            y = len(sources)
-            sources.append(("y", name))
-            y2 = len(sources)
-            sources.append(("y2", name))
-            n_ref = sample.size
-            mu = margin / math.sqrt(n_ref)
-            dv = margin * math.sqrt(2.0 / n_ref)
-            for direction in (1, -1):
-                for d in deltas:
-                    # Gaussian LLR of N(dir·(mu+d), 1) vs N(dir·mu, 1) on y
-                    pspec.add(y, obs, direction * d, -(d * mu + d * d / 2.0), d * d / 2.0, g, OVERSHOOT * d)
-                for d in (deltas if direction > 0 else deltas[-1:]):
-                    ratio = (1.0 + d) ** 2 if direction > 0 else 1.0 / (1.0 + d) ** 2  # σ₁² / σ₀²
-                    v0 = 1.0 + direction * dv
-                    if v0 <= 0:
-                        continue
-                    kl = 0.5 * (1.0 / ratio - 1.0 + math.log(ratio))
-                    pspec.add(y2, obs, 0.5 * (1.0 - 1.0 / ratio) / v0, -0.5 * math.log(ratio), kl, g)
-
-        def bernoulli_stream(stream: Stream, shares: Mapping[str, float], n_ref: int, obs: int,
-                             up_only: bool = False, spec: _Spec = pspec) -> None:
-            g = len(streams)
-            streams.append(stream)
+        def bernoulli_columns(g: int, shares: Mapping[Any, float], n_ref: int, obs: int, *, up_only: bool = False,
+                              spec: _Spec = pspec, what: str = "share of {value}") -> None:
+            """One indicator source per value of ``shares`` and its Bernoulli columns, in stream ``g``."""
             for value, p0 in shares.items():
                 src = len(sources)
                 sources.append(("indicator", (obs, value)))
@@ -452,7 +506,68 @@ class ReferenceCUSUM:
                     for d in deltas:
                         coef = _bernoulli(p0, n_ref, direction, d, margin)
                         if coef is not None:
-                            spec.add(src, obs, coef[0], coef[1], coef[2], g)
+                            spec.add(src, obs, coef[0], coef[1], coef[2], g,
+                                     change=f"{what.format(value=_label(value))} {'+' if direction > 0 else '-'}{d:g} sd",
+                                     delta=direction * d)
+
+        def bernoulli_stream(stream: Stream, shares: Mapping[str, float], n_ref: int, obs: int,
+                             up_only: bool = False) -> None:
+            streams.append(stream)
+            bernoulli_columns(len(streams) - 1, shares, n_ref, obs, up_only=up_only)
+
+        for name, p in profile.numeric.items():
+            full = np.sort(np.asarray(p.sample, dtype=np.float64))
+            if full.size < min_reference:
+                continue
+            g = len(streams)
+            marks = (len(observed), len(sources))
+            # point masses: their shares and the rest's, tested like the categories of a categorical
+            # feature; normal scores on the rest (see _point_masses)
+            values, counts = np.unique(full, return_counts=True)
+            heavy = _point_masses(counts, atom_share)
+            sample = full[~np.isin(full, values[heavy])]
+            if heavy.any():
+                atoms[name] = values[heavy].tolist()
+                obs = len(observed)
+                observed.append(("atoms", name))
+                shares: dict[Any, float] = {v: c / full.size for v, c in zip(atoms[name], counts[heavy].tolist())}
+                # the rest's share; half a value when the sample has none, so that values never seen
+                # (a count feature moving past its reference range) are watched too
+                shares[REST] = max(sample.size, 0.5) / full.size
+                bernoulli_columns(g, shares, full.size, obs, up_only=True)
+            if sample.size >= min_reference:
+                scores = _NormalScores(sample)
+                numeric[name] = (sample.tolist(), [scores.mean, scores.var])
+                obs = len(observed)
+                observed.append(("numeric", name))
+                y = len(sources)
+                sources.append(("y", name))
+                y2 = len(sources)
+                sources.append(("y2", name))
+                n_ref = sample.size
+                mu = margin / math.sqrt(n_ref)
+                dv = margin * math.sqrt(2.0 / n_ref)
+                rest = " of the rest" if name in atoms else ""
+                for direction in (1, -1):
+                    for d in deltas:
+                        # Gaussian LLR of N(dir·(mu+d), 1) vs N(dir·mu, 1) on y
+                        pspec.add(y, obs, direction * d, -(d * mu + d * d / 2.0), d * d / 2.0, g, OVERSHOOT * d,
+                                  change=f"mean{rest} {'+' if direction > 0 else '-'}{d:g} sd", delta=direction * d)
+                    for d in (deltas if direction > 0 else deltas[-1:]):
+                        ratio = (1.0 + d) ** 2 if direction > 0 else 1.0 / (1.0 + d) ** 2  # σ₁² / σ₀²
+                        v0 = 1.0 + direction * dv
+                        if v0 <= 0:
+                            continue
+                        kl = 0.5 * (1.0 / ratio - 1.0 + math.log(ratio))
+                        pspec.add(y2, obs, 0.5 * (1.0 - 1.0 / ratio) / v0, -0.5 * math.log(ratio), kl, g,
+                                  change=f"sd{rest} {'×' if direction > 0 else '÷'}{1 + d:g}", delta=direction * d,
+                                  sd_ratio=(1.0 + d) ** direction)
+            if any(grp == g for grp in pspec.group):
+                streams.append(Stream("feature", name))
+            else:  # nothing to watch
+                atoms.pop(name, None)
+                numeric.pop(name, None)
+                del observed[marks[0]:], sources[marks[1]:]
 
         for name, c in profile.categorical.items():
             total = c.n_valid
@@ -510,11 +625,12 @@ class ReferenceCUSUM:
                     for d in deltas:
                         coef = _bernoulli(e0, int(both.sum()), 1, d, margin)
                         if coef is not None:
-                            espec.add(0, 0, coef[0], coef[1], coef[2], g)
+                            espec.add(0, 0, coef[0], coef[1], coef[2], g, change=f"error rate +{d:g} sd", delta=d)
                     if not any(grp == g for grp in espec.group):
                         streams.pop()
 
-        return cls(streams=streams, numeric=numeric, categories=categories, classes=classes, attributes=groups_of,
+        return cls(streams=streams, numeric=numeric, atoms=atoms, categories=categories, classes=classes,
+                   attributes=groups_of,
                    positive_label=positive_label, prediction_spec=pspec, error_spec=espec, layout=(sources, observed),
                    false_alarms_per_million=false_alarms_per_million)
 
@@ -555,13 +671,30 @@ class ReferenceCUSUM:
         src = np.zeros((n, len(self._sources)), dtype=np.float64)
         obs = np.zeros((n, len(self._observed)), dtype=np.float64)
         labels = None if predictions is None else np.asarray(predictions, dtype=object)
+        masses: dict[str, np.ndarray] = {}
         for j, (kind, key) in enumerate(self._observed):
             lo, hi = self._blocks[j]
-            if kind == "numeric":
+            if kind == "atoms":
                 values = frame.numeric.get(key)
                 if values is None:
                     continue
-                y, seen = self._ptables[key].scores(np.asarray(values, dtype=np.float64))
+                x = np.asarray(values, dtype=np.float64)
+                atoms = self.atoms[key]
+                at = np.minimum(np.searchsorted(atoms, x), atoms.size - 1)
+                hit = atoms[at] == x
+                masses[key] = hit
+                seen = ~np.isnan(x)
+                codes = np.where(hit, at, atoms.size)  # the rest's indicator is the last source
+                src[:, lo:hi] = (codes[:, None] == np.arange(hi - lo)) & seen[:, None]
+            elif kind == "numeric":
+                values = frame.numeric.get(key)
+                if values is None:
+                    continue
+                x = np.asarray(values, dtype=np.float64)
+                hit = masses.get(key)
+                if hit is not None:
+                    x = np.where(hit, np.nan, x)
+                y, seen = self._ptables[key].scores(x)
                 src[:, lo] = y
                 np.multiply(y, y, out=src[:, lo + 1])
             elif kind == "categorical":
@@ -613,7 +746,8 @@ class ReferenceCUSUM:
         self._pbank.update_cumulative(c)
         seen = np.zeros(len(self.streams), dtype=np.int64)
         if obs.shape[0]:
-            np.add.at(seen, self._obs_group, cobs[-1, : self._obs_group.size].astype(np.int64))
+            counted = cobs[-1, : self._obs_group.size] * self._obs_counted
+            np.add.at(seen, self._obs_group, counted.astype(np.int64))
         self._record(self._pbank, seen, cumulative=cobs)
         return self
 
@@ -633,18 +767,22 @@ class ReferenceCUSUM:
 
     def _record(self, bank: PageCUSUM, seen: np.ndarray, *, cumulative: np.ndarray, error: bool = False) -> None:
         new = []
+        spec = self._espec if error else self._pspec
         for d in bank.detections:
             g = d.group
+            change = (spec.change[d.column], spec.delta[d.column], spec.sd_ratio[d.column])
             # the stream's observations up to and including the detecting row
             if error:
                 upto = int(cumulative[d.row, 0])
             else:
-                upto = int(cumulative[d.row, np.flatnonzero(self._obs_group == g)].sum())
+                upto = int(cumulative[d.row, np.flatnonzero((self._obs_group == g) & self._obs_counted)].sum())
             if self._window_detections[g] == 0:
-                new.append(NewDetection(self.streams[g], d.row, d.ratio, int(self._window_n[g]) + upto))
+                new.append(NewDetection(self.streams[g], d.row, d.ratio, int(self._window_n[g]) + upto, *change))
                 self._window_ratio[g] = d.ratio
-            else:
-                self._window_ratio[g] = max(self._window_ratio[g], d.ratio)
+                self._window_change[g] = change
+            elif d.ratio > self._window_ratio[g]:
+                self._window_ratio[g] = d.ratio
+                self._window_change[g] = change
             self._window_detections[g] += 1
         self._window_n += seen
         self._n_total += seen
@@ -655,6 +793,7 @@ class ReferenceCUSUM:
         self._window_detections[:] = 0
         self._window_ratio[:] = 0.0
         self._window_n[:] = 0
+        self._window_change = [("", 0.0, 0.0)] * len(self.streams)
         return self
 
     def merge(self, other: ReferenceCUSUM) -> Self:
@@ -674,7 +813,8 @@ class ReferenceCUSUM:
         streams = tuple(
             StreamStatus(stream=s, detections=int(self._window_detections[g]),
                          ratio=float(self._window_ratio[g] if self._window_detections[g] else current[g]),
-                         n=int(self._window_n[g]), n_total=int(self._n_total[g]))
+                         n=int(self._window_n[g]), n_total=int(self._n_total[g]), change=self._window_change[g][0],
+                         delta=self._window_change[g][1], sd_ratio=self._window_change[g][2])
             for g, s in enumerate(self.streams))
         return CUSUMResult(streams=streams, columns=self.columns,
                            false_alarms_per_million=self.false_alarms_per_million)
@@ -688,18 +828,20 @@ class ReferenceCUSUM:
         profile (:meth:`restore` with ``template``)."""
         def spec(s: _Spec) -> dict[str, list[Any]]:
             return {"src": s.src, "obs": s.obs, "alpha": s.alpha, "beta": s.beta, "kl": s.kl, "group": s.group,
-                    "overshoot": s.overshoot}
+                    "overshoot": s.overshoot, "change": s.change, "delta": s.delta, "sd_ratio": s.sd_ratio}
 
         state: dict[str, Any] = {
             "kind": "reference_cusum", "version": 1, "columns": self.columns,
             "prediction_bank": self._pbank.snapshot(), "error_bank": self._ebank.snapshot(),
             "window_detections": self._window_detections.tolist(), "window_ratio": self._window_ratio.tolist(),
             "window_n": self._window_n.tolist(), "n_total": self._n_total.tolist(),
+            "window_change": [list(c) for c in self._window_change],
         }
         if reference:
             state["reference"] = {
                 "streams": [[s.kind, s.name, s.attribute, s.group] for s in self.streams],
                 "numeric": {k: [v[0].tolist(), v[1].tolist()] for k, v in self.numeric.items()},
+                "atoms": {k: v.tolist() for k, v in self.atoms.items()},
                 "categories": self.categories, "classes": self.classes, "attributes": self.attributes,
                 "positive_label": self.positive_label, "false_alarms_per_million": self.false_alarms_per_million,
                 "sources": [[kind, list(key) if isinstance(key, tuple) else key] for kind, key in self._sources],
@@ -714,7 +856,9 @@ class ReferenceCUSUM:
         instance built from the same profile and settings (its statistics are replaced)."""
         def spec(d: Mapping[str, Any]) -> _Spec:
             return _Spec(list(d["src"]), list(d["obs"]), list(d["alpha"]), list(d["beta"]), list(d["kl"]),
-                         list(d["group"]), list(d.get("overshoot") or [0.0] * len(d["src"])))
+                         list(d["group"]), list(d.get("overshoot") or [0.0] * len(d["src"])),
+                         list(d.get("change") or [""] * len(d["src"])), list(d.get("delta") or [0.0] * len(d["src"])),
+                         list(d.get("sd_ratio") or [0.0] * len(d["src"])))
 
         pbank, ebank = state["prediction_bank"], state["error_bank"]
         ref = state.get("reference")
@@ -723,6 +867,7 @@ class ReferenceCUSUM:
             observed = [(kind, tuple(key) if kind == "group" else key) for kind, key in ref["observed"]]
             out = cls(streams=[Stream(*s) for s in ref["streams"]],
                       numeric={k: (v[0], v[1]) for k, v in ref["numeric"].items()},
+                      atoms=ref.get("atoms") or {},
                       categories=ref["categories"], classes=ref["classes"], attributes=ref["attributes"],
                       positive_label=ref["positive_label"], prediction_spec=spec(ref["prediction_spec"]),
                       error_spec=spec(ref["error_spec"]), layout=(sources, observed),
@@ -743,6 +888,8 @@ class ReferenceCUSUM:
         out._window_ratio = np.asarray(state["window_ratio"], dtype=np.float64)
         out._window_n = np.asarray(state["window_n"], dtype=np.int64)
         out._n_total = np.asarray(state["n_total"], dtype=np.int64)
+        out._window_change = [(str(c[0]), float(c[1]), float(c[2])) for c in state.get("window_change") or ()] \
+            or [("", 0.0, 0.0)] * len(out.streams)
         return out
 
 
@@ -781,17 +928,25 @@ class _NormalScores:
 # -------------------------------------------------------------------------------- points
 
 
-def _point(stream: Stream, *, drift: bool, ratio: float, n: int, tags: Mapping[str, str], time_ns: int) -> Point:
+def _point(stream: Stream, *, drift: bool, ratio: float, n: int, delta: float, sd_ratio: float,
+           tags: Mapping[str, str], time_ns: int) -> Point:
+    """``value`` = statistic / threshold, ``threshold`` 1 (the statistic's own threshold, on that scale);
+    when a column detected, ``delta`` the signed change size it is tuned to (reference sds) and, for a
+    variance column, ``sd_ratio`` (σ₁/σ₀)."""
+    fields: dict[str, float | int | bool | str] = {"value": float(ratio), "drift": drift, "threshold": 1.0, "n": int(n)}
+    if delta:
+        fields["delta"] = float(delta)
+    if sd_ratio:
+        fields["sd_ratio"] = float(sd_ratio)
     if stream.kind == "feature":
-        return Point("feature_drift", {**tags, "feature": stream.name, "method": METHOD},
-                     {"value": float(ratio), "drift": drift, "threshold": 1.0, "n": int(n)}, time_ns)
+        return Point("feature_drift", {**tags, "feature": stream.name, "method": METHOD}, fields, time_ns)
     if stream.kind == "prediction":
-        return Point("prediction_drift", {**tags, "method": METHOD, "target": "prediction"},
-                     {"value": float(ratio), "drift": drift, "n": int(n)}, time_ns)
+        return Point("prediction_drift", {**tags, "method": METHOD, "target": "prediction"}, fields, time_ns)
     if stream.kind == "concept":
-        return Point("concept_drift", {**tags, "detector": METHOD}, {"drift": drift, "n": int(n)}, time_ns)
+        return Point("concept_drift", {**tags, "detector": METHOD}, fields, time_ns)
+    del fields["drift"]
     return Point("fairness", {**tags, "attribute": stream.attribute, "group": stream.group, "metric": FAIRNESS_METRIC},
-                 {"value": float(ratio), "n": int(n)}, time_ns)
+                 fields, time_ns)
 
 
 def cusum_detection_points(detection: NewDetection, *, tags: Mapping[str, str], time_ns: int) -> Point:
@@ -803,23 +958,32 @@ def cusum_detection_points(detection: NewDetection, *, tags: Mapping[str, str], 
     >>> d = NewDetection(Stream("feature", "age"), row=3, ratio=1.02, n=140)
     >>> cusum_detection_points(d, tags={"model_id": "m"}, time_ns=7).to_line_protocol()
     'feature_drift,feature=age,method=cusum,model_id=m drift=true,n=140i,threshold=1.0,value=1.02 7'
+    >>> d = NewDetection(Stream("feature", "age"), row=3, ratio=1.02, n=140, change="sd ×2", delta=1.0, sd_ratio=2.0)
+    >>> cusum_detection_points(d, tags={"model_id": "m"}, time_ns=7).to_line_protocol()
+    'feature_drift,feature=age,method=cusum,model_id=m delta=1.0,drift=true,n=140i,sd_ratio=2.0,threshold=1.0,value=1.02 7'
     """
-    return _point(detection.stream, drift=True, ratio=detection.ratio, n=detection.n, tags=tags, time_ns=time_ns)
+    return _point(detection.stream, drift=True, ratio=detection.ratio, n=detection.n, delta=detection.delta,
+                  sd_ratio=detection.sd_ratio, tags=tags, time_ns=time_ns)
 
 
 def cusum_points(result: CUSUMResult, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
     """One point per stream at a window's close: ``drift`` whether it detected in the window,
     ``value`` its largest statistic/threshold at a detection, else its current one (< 1).
-    The predicted-class streams of a multiclass model share one ``prediction_drift`` point."""
+    The predicted-class streams of a multiclass model share one ``prediction_drift`` point.
+    A stream that observed nothing in the window writes no point: it has no evidence either way
+    (a window without labelled pairs must not count as a clear window of the error stream)."""
     out: list[Point] = []
     prediction: list[StreamStatus] = []
     for s in result.streams:
+        if s.n == 0:
+            continue
         if s.stream.kind == "prediction":
             prediction.append(s)
             continue
-        out.append(_point(s.stream, drift=s.drift, ratio=s.ratio, n=s.n, tags=tags, time_ns=time_ns))
+        out.append(_point(s.stream, drift=s.drift, ratio=s.ratio, n=s.n, delta=s.delta, sd_ratio=s.sd_ratio, tags=tags,
+                          time_ns=time_ns))
     if prediction:
         top = max(prediction, key=lambda s: (s.drift, s.ratio))
-        out.append(_point(top.stream, drift=any(s.drift for s in prediction), ratio=top.ratio, n=top.n, tags=tags,
-                          time_ns=time_ns))
+        out.append(_point(top.stream, drift=any(s.drift for s in prediction), ratio=top.ratio, n=top.n,
+                          delta=top.delta, sd_ratio=top.sd_ratio, tags=tags, time_ns=time_ns))
     return out

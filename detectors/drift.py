@@ -41,7 +41,8 @@ from detectors.label_shift import CategoryCounts, LabelShift, LabelShiftResult, 
 from detectors.points import Point
 from detectors.profile import NumericProfile, ReferenceProfile, as_class_labels
 from detectors.quality import DataQualitySummary, QualityResult, quality_points
-from detectors.stattests import STATTESTS, TestResult, auto_method, get_stattest, undefined, wasserstein
+from detectors.stattests import (STATTESTS, WINDOWED_FALSE_ALARMS_PER_MILLION, TestResult, auto_method, get_stattest,
+                                 undefined, wasserstein, window_alpha)
 
 DEFAULT_CAPACITY = 10_000
 """Default bound on the current-window sample kept per numeric feature for KS/Wasserstein."""
@@ -224,8 +225,9 @@ class NumericDriftSummary:
             self._add_sample(other._values, other._keys)
         return self
 
-    def result(self) -> FeatureDriftResult:
-        """The drift test on the window so far (no state change)."""
+    def result(self, *, alpha: float | None = None) -> FeatureDriftResult:
+        """The drift test on the window so far (no state change); ``alpha``: the significance a
+        binned distance test also requires (:func:`detectors.stattests.psi`)."""
         n = self.n
         if n == 0 or self.reference.n_valid == 0:
             test = undefined(self.method, self.threshold, p_value=self.method in ("ks", "chisquare"))
@@ -236,7 +238,7 @@ class NumericDriftSummary:
         elif self.needs_sample:
             test = STATTESTS[self.method](self._reference_sorted(), self.sample, self.threshold)
         else:
-            test = STATTESTS[self.method](self._ref_counts, self.counts, self.threshold)
+            test = STATTESTS[self.method](self._ref_counts, self.counts, self.threshold, alpha=alpha)
         return _result(self.feature, "numeric", test, n, self.n_missing)
 
     def snapshot(self, *, reference: bool = True) -> dict[str, Any]:
@@ -337,10 +339,11 @@ class CategoricalDriftSummary:
         self.counts.merge(other.counts)
         return self
 
-    def result(self) -> FeatureDriftResult:
-        """The drift test on the window so far; unseen categories are bins with reference count 0."""
+    def result(self, *, alpha: float | None = None) -> FeatureDriftResult:
+        """The drift test on the window so far; unseen categories are bins with reference count 0;
+        ``alpha`` as for :meth:`NumericDriftSummary.result`."""
         _, ref, cur = self.counts.vectors(self._ref_counts)
-        test = STATTESTS[self.method](ref, cur, self.threshold)
+        test = STATTESTS[self.method](ref, cur, self.threshold, alpha=alpha)
         return _result(self.feature, "categorical", test, int(cur.sum()), self.counts.n_missing, self.counts.n_unseen)
 
     def snapshot(self) -> dict[str, Any]:
@@ -433,8 +436,12 @@ class DriftSuite:
         capacity: int = DEFAULT_CAPACITY,
         max_unseen: int = DEFAULT_MAX_UNSEEN,
         seed: int = 0,
+        false_alarms_per_million: float = WINDOWED_FALSE_ALARMS_PER_MILLION,
     ) -> None:
         methods = dict(methods or {})
+        if not (false_alarms_per_million > 0 and np.isfinite(false_alarms_per_million)):
+            raise DetectorError(f"false_alarms_per_million must be positive, got {false_alarms_per_million!r}")
+        self.false_alarms_per_million = float(false_alarms_per_million)
         unknown = sorted(set(methods) - set(profile.numeric) - set(profile.categorical))
         if unknown:
             raise DetectorError(f"drift methods given for features not in the profile: {', '.join(unknown)}")
@@ -588,13 +595,17 @@ class DriftSuite:
         return self
 
     def result(self) -> DriftReport:
-        """Run every test on the window so far (no state change)."""
+        """Run every test on the window so far (no state change), each binned distance test at the
+        significance :func:`window_alpha` gives this window's size and the suite's tests."""
+        summaries = [*self._numeric.values(), *self._categorical.values()]
+        tests = len(summaries) + sum(x is not None for x in (self._prediction, self._score, self._label_shift))
+        alpha = window_alpha(self.n, tests, self.false_alarms_per_million)
         return DriftReport(
             n=self.n,
-            features={s.feature: s.result() for s in [*self._numeric.values(), *self._categorical.values()]},
-            prediction=None if self._prediction is None else self._prediction.result(),
-            score=None if self._score is None else self._score.result(),
-            label_shift=None if self._label_shift is None else self._label_shift.result(),
+            features={s.feature: s.result(alpha=alpha) for s in summaries},
+            prediction=None if self._prediction is None else self._prediction.result(alpha=alpha),
+            score=None if self._score is None else self._score.result(alpha=alpha),
+            label_shift=None if self._label_shift is None else self._label_shift.result(alpha=alpha),
             quality=self._quality.result(),
         )
 
@@ -611,6 +622,7 @@ class DriftSuite:
                 "capacity": self.capacity,
                 "max_unseen": self.max_unseen,
                 "seed": self.seed,
+                "false_alarms_per_million": self.false_alarms_per_million,
             },
             "n": self.n,
             "rng": _rng_state(self._rng),
@@ -651,6 +663,7 @@ class DriftSuite:
             capacity=int(config["capacity"]),
             max_unseen=int(config["max_unseen"]),
             seed=int(config["seed"]),
+            false_alarms_per_million=float(config.get("false_alarms_per_million", WINDOWED_FALSE_ALARMS_PER_MILLION)),
         )
         out.n = int(state["n"])
         out._rng = _rng_from_state(state["rng"])

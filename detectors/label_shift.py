@@ -33,7 +33,7 @@ import pandas as pd
 from detectors.base import DetectorError
 from detectors.points import Point
 from detectors.profile import as_class_labels
-from detectors.stattests import STATTESTS, TestResult, get_stattest
+from detectors.stattests import STATTESTS, WINDOWED_FALSE_ALARMS_PER_MILLION, TestResult, get_stattest, window_alpha
 
 OVERFLOW = "__overflow__"
 """Key under which unseen categories beyond the tracking capacity are counted."""
@@ -279,10 +279,14 @@ class LabelShift:
         self._counts.merge(other._counts)
         return self
 
-    def result(self) -> LabelShiftResult:
-        """Test and class shares for the window so far."""
+    def result(self, *, alpha: float | None = None) -> LabelShiftResult:
+        """Test and class shares for the window so far; ``alpha``: the significance a distance test
+        also requires (:func:`detectors.stattests.psi`); by default, this one test's share of the
+        windowed budget (:func:`detectors.stattests.window_alpha`) on the window's values."""
         keys, ref, cur = self._counts.vectors(list(self.reference_counts.values()))
-        test: TestResult = STATTESTS[self.method](ref, cur, self.threshold)
+        if alpha is None:
+            alpha = window_alpha(int(cur.sum()), 1, WINDOWED_FALSE_ALARMS_PER_MILLION)
+        test: TestResult = STATTESTS[self.method](ref, cur, self.threshold, alpha=alpha)
         n_ref, n_cur = int(ref.sum()), int(cur.sum())
         classes = tuple(
             ClassShare(

@@ -146,7 +146,9 @@ def bin_edges_for(values: np.ndarray, bins: int) -> np.ndarray:
     """Inner bin edges for finite ``values`` (the outer ``±inf`` edges are implied).
 
     Continuous features (more than :data:`DISCRETE_MAX_UNIQUE` distinct values)
-    get the deduplicated reference quantiles at ``1/bins, ..., (bins-1)/bins``.
+    get the deduplicated reference quantiles at ``1/bins, ..., (bins-1)/bins``, except
+    that a value holding at least ``1/bins`` of them (a point mass) gets a bin of its
+    own and the other values ``max(bins − masses, 2)`` quantile bins.
     Discrete features get a bin for each distinct value plus an empty bin below
     the smallest and above the largest, so that any new value outside the
     reference range falls in a bin of its own.
@@ -155,6 +157,8 @@ def bin_edges_for(values: np.ndarray, bins: int) -> np.ndarray:
     [0.0, 0.5, 1.5, 2.0000000000000004]
     >>> bin_edges_for(np.arange(100.0), 4).tolist()
     [24.0, 49.0, 74.0]
+    >>> bin_edges_for(np.r_[np.zeros(90), np.arange(1.0, 31.0)], 4).tolist()   # 75 % zeros
+    [0.0, 5e-324, 10.0, 20.0]
     """
     if values.size == 0:
         return np.empty(0, dtype=np.float64)
@@ -163,6 +167,19 @@ def bin_edges_for(values: np.ndarray, bins: int) -> np.ndarray:
         mids = (unique[:-1] + unique[1:]) / 2.0
         edges = np.concatenate(([unique[0]], mids, [np.nextafter(unique[-1], np.inf)]))
         return np.unique(edges)
+    # a value holding a bin's share or more (the zeros of a zero-inflated amount) would collapse the
+    # quantile edges around it and leave the rest of the distribution in one bin: it gets a bin of its
+    # own, [value, next float), and the other values get quantile bins of their own
+    values_u, counts = np.unique(values, return_counts=True)
+    heavy = values_u[counts * bins >= values.size]
+    if heavy.size:
+        rest = values[~np.isin(values, heavy)]
+        own = np.concatenate((heavy, np.nextafter(heavy, np.inf)))
+        if rest.size == 0:
+            return np.unique(own)
+        k = max(bins - int(heavy.size), 2)
+        qs = np.quantile(rest, np.linspace(0.0, 1.0, k + 1)[1:-1], method="inverted_cdf")
+        return np.unique(np.concatenate((own, qs.astype(np.float64))))
     qs = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1], method="inverted_cdf")
     return np.unique(qs.astype(np.float64))
 

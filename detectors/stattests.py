@@ -29,6 +29,21 @@ Conventions copied from Evidently 0.7 (``evidently/legacy/calculations/stattests
   ``chi_stat_test``); bins empty on both sides are left out, as Evidently
   only builds categories seen on either side.
 
+Where driftwarden adds to Evidently: a fixed distance threshold is not a false-alarm
+rate. PSI at 0.1 flags most stationary windows of 50 events (the expected PSI of
+pure sampling noise is about ``(bins − 1)/n``) and every window of a categorical
+with hundreds of levels (PSI ~0.4 on 1,000 events of 500 Zipf-distributed levels,
+nothing changed). With ``alpha`` given, ``psi`` and ``jensenshannon`` flag drift
+only when the distance reaches its threshold *and* the change is significant at
+``alpha``: the two-sample Pearson chi-square test of :func:`pooled_chisquare`, on
+the bins after pooling those expected to hold fewer than :data:`MIN_EXPECTED`
+current values (rare categories and bins of a small window), so that the
+chi-square approximation holds. ``p_value`` is then that test's (computed only when
+the distance reaches its threshold, ``None`` otherwise). The distance
+itself stays Evidently's (the threshold says how large a change matters; the
+test says whether it is noise). :class:`detectors.drift.DriftSuite` sets ``alpha``
+per window from its false-alarm budget.
+
 Where streaming binning differs from Evidently: Evidently bins a numeric
 feature with more than 20 distinct values into Sturges bins over the *combined*
 reference and current data, which needs the whole window; driftwarden uses
@@ -63,6 +78,8 @@ PVALUE_THRESHOLD = 0.05
 """Evidently's default significance level for KS and chi-square."""
 WASSERSTEIN_MIN_NORM = 0.001
 """Evidently's floor for the reference std that normalises the Wasserstein distance."""
+MIN_EXPECTED = 5.0
+"""Expected current count a bin needs in :func:`pooled_chisquare` (Cochran's rule); sparser bins are pooled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +111,16 @@ class StatTest:
     feature_types: tuple[FeatureKind, ...]
     default_threshold: float
     func: Callable[..., TestResult]
+    takes_alpha: bool = False
+    """Whether the test accepts ``alpha`` (a significance level it requires besides its threshold)."""
 
-    def __call__(self, reference: ArrayLike, current: ArrayLike, threshold: float | None = None) -> TestResult:
-        return self.func(reference, current, self.default_threshold if threshold is None else threshold)
+    def __call__(self, reference: ArrayLike, current: ArrayLike, threshold: float | None = None, *,
+                 alpha: float | None = None) -> TestResult:
+        """Run the test; ``alpha`` is passed to tests that take it and ignored by the others."""
+        threshold = self.default_threshold if threshold is None else threshold
+        if self.takes_alpha and alpha is not None:
+            return self.func(reference, current, threshold, alpha=alpha)
+        return self.func(reference, current, threshold)
 
 
 def undefined(method: str, threshold: float, *, p_value: bool = False) -> TestResult:
@@ -142,33 +166,99 @@ def fill_zeros(shares: np.ndarray) -> np.ndarray:
     return out
 
 
-def psi(reference: ArrayLike, current: ArrayLike, threshold: float = DISTANCE_THRESHOLD) -> TestResult:
+def pooled_chisquare(reference: ArrayLike, current: ArrayLike, *, min_expected: float = MIN_EXPECTED
+                     ) -> tuple[float, int, float]:
+    """(statistic, degrees of freedom, p-value) of the two-sample Pearson chi-square test of
+    homogeneity of two count vectors, after pooling sparse bins.
+
+    Every bin whose expected current count (reference share × current total) is below
+    ``min_expected`` is pooled into one bin, with the next smallest ones while the pool's
+    expected count is still below ``min_expected``; a current value in a bin the
+    reference never saw (expected 0) counts in the pool. Pooling
+    keeps the chi-square approximation valid for rare categories and small windows.
+
+    >>> s, df, p = pooled_chisquare([500, 300, 200], [50, 30, 20])
+    >>> round(s, 12), df, round(p, 6)
+    (0.0, 2, 1.0)
+    >>> pooled_chisquare([9000, 500, 300, 200], [90, 4, 3, 3])[1]   # expected 2 and 3 pooled: 3 bins left
+    2
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    cur = np.asarray(current, dtype=np.float64)
+    n_ref, n_cur = float(ref.sum()), float(cur.sum())
+    if n_ref <= 0 or n_cur <= 0:
+        return math.nan, 0, math.nan
+    expected = ref / n_ref * n_cur
+    order = np.argsort(expected, kind="stable")
+    if expected[order[0]] < min_expected:
+        # pool every sparse bin, and more (smallest first) until the pool holds min_expected
+        ranked = expected[order]
+        cut = max(int(np.searchsorted(ranked, min_expected, side="left")),
+                  int(np.searchsorted(np.cumsum(ranked), min_expected, side="left")) + 1)
+        cut = min(cut, ref.size)
+        pooled, kept = order[:cut], order[cut:]
+        r = np.concatenate(([ref[pooled].sum()], ref[kept]))
+        c = np.concatenate(([cur[pooled].sum()], cur[kept]))
+    else:
+        r, c = ref, cur
+    keep = (r + c) > 0
+    r, c = r[keep], c[keep]
+    df = int(r.size) - 1
+    if df < 1:
+        return 0.0, 0, 1.0
+    total = n_ref + n_cur
+    pooled_share = (r + c) / total
+    e_ref, e_cur = pooled_share * n_ref, pooled_share * n_cur
+    statistic = float(np.sum((r - e_ref) ** 2 / e_ref) + np.sum((c - e_cur) ** 2 / e_cur))
+    return statistic, df, float(stats.chi2.sf(statistic, df))
+
+
+def _significant(value: float, threshold: float, reference: ArrayLike, current: ArrayLike,
+                 alpha: float | None) -> tuple[bool, float | None]:
+    """(drifted, p-value): the distance reaches its threshold and, when ``alpha`` is given, the
+    pooled chi-square test rejects at ``alpha``. The test runs only for a distance at or over its
+    threshold (else the p-value is ``None``): most windows pay for the distance alone."""
+    if alpha is None or not value >= threshold:
+        return bool(value >= threshold), None
+    p_value = pooled_chisquare(reference, current)[2]
+    return bool(value >= threshold and p_value <= alpha), p_value
+
+
+def psi(reference: ArrayLike, current: ArrayLike, threshold: float = DISTANCE_THRESHOLD, *,
+        alpha: float | None = None) -> TestResult:
     """Population stability index of two count vectors.
 
-    ``sum((r - c) * ln(r / c))`` over Evidently-smoothed shares.
+    ``sum((r - c) * ln(r / c))`` over Evidently-smoothed shares; with ``alpha``, drift also
+    needs the pooled chi-square p-value at or below it (module docstring).
 
     >>> round(psi([10, 20, 70], [20, 20, 60]).value, 6)
     0.08473
+    >>> r = psi([5000, 5000], [33, 17], alpha=1e-4)   # PSI 0.11 on 50 values: noise at this alpha
+    >>> round(r.value, 3), r.drifted, round(r.p_value, 3)
+    (0.106, False, 0.024)
     """
     shares = _shares(reference, current)
     if shares is None:
-        return undefined("psi", threshold)
+        return undefined("psi", threshold, p_value=alpha is not None)
     ref, cur = fill_zeros(shares[0]), fill_zeros(shares[1])
     value = float(np.sum((ref - cur) * np.log(ref / cur)))
-    return TestResult("psi", value, bool(value >= threshold), float(threshold), None, value)
+    drifted, p_value = _significant(value, threshold, reference, current, alpha)
+    return TestResult("psi", value, drifted, float(threshold), p_value, value)
 
 
-def jensenshannon(reference: ArrayLike, current: ArrayLike, threshold: float = DISTANCE_THRESHOLD) -> TestResult:
-    """Jensen-Shannon *distance* (natural log) of two count vectors.
+def jensenshannon(reference: ArrayLike, current: ArrayLike, threshold: float = DISTANCE_THRESHOLD, *,
+                  alpha: float | None = None) -> TestResult:
+    """Jensen-Shannon *distance* (natural log) of two count vectors (``alpha`` as for :func:`psi`).
 
     >>> round(jensenshannon([10, 20, 70], [20, 20, 60]).value, 6)
     0.102078
     """
     shares = _shares(reference, current)
     if shares is None:
-        return undefined("jensenshannon", threshold)
+        return undefined("jensenshannon", threshold, p_value=alpha is not None)
     value = float(distance.jensenshannon(shares[0], shares[1]))
-    return TestResult("jensenshannon", value, bool(value >= threshold), float(threshold), None, value)
+    drifted, p_value = _significant(value, threshold, reference, current, alpha)
+    return TestResult("jensenshannon", value, drifted, float(threshold), p_value, value)
 
 
 def chisquare(reference: ArrayLike, current: ArrayLike, threshold: float = PVALUE_THRESHOLD) -> TestResult:
@@ -262,13 +352,30 @@ def wasserstein_1d(u_sorted: np.ndarray, v_sorted: np.ndarray) -> float:
 
 
 STATTESTS: dict[str, StatTest] = {
-    "psi": StatTest("psi", "binned", ("numeric", "categorical"), DISTANCE_THRESHOLD, psi),
-    "jensenshannon": StatTest("jensenshannon", "binned", ("numeric", "categorical"), DISTANCE_THRESHOLD, jensenshannon),
+    "psi": StatTest("psi", "binned", ("numeric", "categorical"), DISTANCE_THRESHOLD, psi, takes_alpha=True),
+    "jensenshannon": StatTest("jensenshannon", "binned", ("numeric", "categorical"), DISTANCE_THRESHOLD, jensenshannon,
+                              takes_alpha=True),
     "chisquare": StatTest("chisquare", "binned", ("numeric", "categorical"), PVALUE_THRESHOLD, chisquare),
     "ks": StatTest("ks", "sample", ("numeric",), PVALUE_THRESHOLD, ks),
     "wasserstein": StatTest("wasserstein", "sample", ("numeric",), DISTANCE_THRESHOLD, wasserstein),
 }
 """Method name -> test. ``chisquare`` on a numeric feature runs on its reference bins."""
+
+
+WINDOWED_FALSE_ALARMS_PER_MILLION = 0.5
+"""Default false-alarm budget of a model's windowed distance tests, per million events, for all of
+them together (see :class:`detectors.drift.DriftSuite`)."""
+
+
+def window_alpha(n_events: int, tests: int, false_alarms_per_million: float) -> float:
+    """Significance level of each of ``tests`` tests on a window of ``n_events`` events so that they
+    raise at most ``false_alarms_per_million`` false alarms per million events together (Bonferroni:
+    a window of ``n`` events may spend ``n`` events' worth of the budget).
+
+    >>> window_alpha(1000, 10, 0.5)
+    5e-05
+    """
+    return min(false_alarms_per_million * 1e-6 * max(n_events, 1) / max(tests, 1), 0.05)
 
 
 def get_stattest(method: str, feature_type: str) -> StatTest:

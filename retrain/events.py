@@ -29,6 +29,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
+from dataclasses import field as _field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Literal, Mapping
 
@@ -128,7 +129,8 @@ class Observation:
 
     ``value`` is the compared field's value (a bool for ``drift``); ``score`` is the
     point's ``value`` field when another field was compared (the drift statistic),
-    ``point_threshold`` the point's own ``threshold`` field when it has one.
+    ``point_threshold`` the point's own ``threshold`` field when it has one, ``change``
+    its ``change`` field (what a CUSUM column that detected is tuned to, ``mean +0.5 sd``).
     ``tags`` leaves out ``model_id`` and ``model_version``.
     """
 
@@ -141,6 +143,7 @@ class Observation:
     score: float | None = None
     point_threshold: float | None = None
     n: int | None = None
+    change: str | None = None
 
     @property
     def number(self) -> float | None:
@@ -177,6 +180,25 @@ class Observation:
             out["point_threshold"] = self.point_threshold
         if self.n is not None:
             out["n"] = self.n
+        if self.change:
+            out["change"] = self.change
+        return out
+
+    def detail(self) -> dict[str, Any]:
+        """What was crossed, for an alert: the series, its stream (feature, target, group), the
+        detector, the number and its threshold, the comparison, ``n`` and, for a CUSUM, the change
+        its detecting column is tuned to."""
+        tags = self.tags
+        stream = tags.get("feature") or (f"{tags['attribute']}={tags['group']}" if "attribute" in tags else None) \
+            or tags.get("target") or tags.get("metric") or tags.get("check")
+        out: dict[str, Any] = {"series": self.key, "stream": stream,
+                               "method": tags.get("method") or tags.get("detector"),
+                               "value": self.number, "threshold": self.number_threshold,
+                               "condition": f"{self.field} {self.op} {str(self.threshold).lower()}"}
+        if self.n is not None:
+            out["n"] = self.n
+        if self.change:
+            out["change"] = self.change
         return out
 
     @classmethod
@@ -192,6 +214,7 @@ class Observation:
             score=_opt_float(data, "score", kind),
             point_threshold=_opt_float(data, "point_threshold", kind),
             n=data.get("n"),
+            change=str(data["change"]) if data.get("change") else None,
         )
 
 
@@ -204,8 +227,11 @@ class Alert:
 
     ``metric``/``value``/``threshold`` describe the most extreme observation of the
     rule's first condition with data (``value`` is the drift statistic, not the
-    boolean, for ``drift == true`` rules); ``values`` lists every breaching
-    observation (empty on resolve). ``since_ns`` is the start of the first window
+    boolean, for ``drift == true`` rules; for a CUSUM, its statistic over its
+    threshold, with ``threshold`` 1); ``detail`` says what was crossed
+    (:meth:`Observation.detail`: series, stream, detector, value, threshold, ``n``,
+    and a CUSUM's ``change``); ``values`` lists every breaching observation (empty
+    on resolve). ``since_ns`` is the start of the first window
     of the breaching streak; ``incident_id`` is the ``alert_id`` of the firing event,
     shared by its resolve. Times are nanoseconds; the wire format is :meth:`to_dict`.
     """
@@ -226,6 +252,7 @@ class Alert:
     retrain: bool = False
     message: str = ""
     values: tuple[Observation, ...] = ()
+    detail: Mapping[str, Any] = _field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -253,6 +280,7 @@ class Alert:
             "retrain": self.retrain,
             "message": self.message,
             "values": [v.to_dict() for v in self.values],
+            "detail": {k: (_finite(v) if isinstance(v, float) else v) for k, v in self.detail.items()},
         }
 
     def to_json(self) -> str:
@@ -280,6 +308,7 @@ class Alert:
             retrain=bool(data.get("retrain", False)),
             message=str(data.get("message", "")),
             values=tuple(Observation.from_dict(v) for v in data.get("values") or ()),
+            detail=dict(data.get("detail") or {}),
         )
 
     @classmethod

@@ -9,7 +9,7 @@ It is a pure constant module: no imports beyond the standard library.
 >>> sorted(tags)
 ['feature', 'method', 'model_id', 'model_version']
 >>> sorted(fields)
-['drift', 'n', 'threshold', 'value']
+['delta', 'drift', 'n', 'sd_ratio', 'threshold', 'value']
 >>> is_known("performance", tags={"metric": "accuracy"}, fields=("value",))
 True
 >>> is_known("performance", tags={"metric": "accuarcy"})
@@ -31,8 +31,10 @@ def _m(tags: Iterable[str], fields: Iterable[str]) -> tuple[frozenset[str], froz
 
 METRICS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType(
     {
-        "feature_drift": _m({"feature", "method"}, {"value", "drift", "threshold", "n"}),
-        "prediction_drift": _m({"method", "target"}, {"value", "drift", "n"}),
+        # method=cusum also: delta (the signed change size its detecting column is tuned to, in reference
+        # sds) and, for a variance column, sd_ratio; threshold 1 (value = statistic / threshold)
+        "feature_drift": _m({"feature", "method"}, {"value", "drift", "threshold", "n", "delta", "sd_ratio"}),
+        "prediction_drift": _m({"method", "target"}, {"value", "drift", "n", "threshold", "delta"}),
         # per class: reference_share/current_share; class="all": value, drift, threshold, n
         "label_shift": _m(
             {"source", "class"},
@@ -42,8 +44,8 @@ METRICS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType(
         # cumulative_*: the same metric over all pairs of the model version so far
         "performance": _m({"metric"}, {"value", "n", "cumulative_value", "cumulative_n"}),
         "performance_estimate": _m({"metric"}, {"value", "n"}),
-        "concept_drift": _m({"detector"}, {"drift", "n"}),
-        "fairness": _m({"attribute", "group", "metric"}, {"value", "n"}),
+        "concept_drift": _m({"detector"}, {"drift", "n", "value", "threshold", "delta"}),
+        "fairness": _m({"attribute", "group", "metric"}, {"value", "n", "threshold", "delta"}),
         "monitor": _m({"stat"}, {"value"}),
     }
 )

@@ -203,6 +203,7 @@ class Condition:
             score=score,
             point_threshold=_number(point.fields.get("threshold")),
             n=n,
+            change=_change(point),
         )
 
     def breaches(self, observation: Observation) -> bool:
@@ -404,72 +405,111 @@ def rules_from_config(entries: Sequence[Mapping[str, Any]], *, where: str = "pol
     return rules
 
 
+WINDOWED_DRIFT_METHODS: tuple[str, ...] = ("psi", "jensenshannon")
+"""Windowed drift tests the default rules alert on: the distance tests that
+:class:`detectors.drift.DriftSuite` calibrates to its false-alarm budget (distance over its
+threshold *and* the pooled chi-square test significant at the window's share of the budget).
+``ks``, ``chisquare`` and ``wasserstein`` flag a fixed share of stationary windows (5 % for the
+p-value tests at 0.05) and River's sequential detectors on batch means (``adwin``, ...) have no
+stated false-alarm rate: write your own rules to alert on them."""
+
+WINDOWED_MIN_SAMPLES = 100
+"""Values a window's drift point needs before a default rule reads it (a replay's final partial
+window of a few dozen events tells little and is left out)."""
+
+
+def _drift_conditions(measurement: str, *, min_count: int = 1, count_by: str | None = None,
+                      tags: Mapping[str, str] | None = None) -> list[Condition]:
+    """``drift == true`` on the calibrated windowed tests (at least :data:`WINDOWED_MIN_SAMPLES`
+    values) and on the CUSUM streams (any number: a sequential detection is calibrated whenever
+    it happens)."""
+    extra = dict(tags or {})
+    windowed = [Condition(measurement=measurement, field="drift", tags={**extra, "method": m}, op="==", threshold=True,
+                          min_count=min_count, count_by=count_by, min_samples=WINDOWED_MIN_SAMPLES)
+                for m in WINDOWED_DRIFT_METHODS]
+    cusum = Condition(measurement=measurement, field="drift", tags={**extra, "method": "cusum"}, op="==",
+                      threshold=True, min_count=min_count, count_by=count_by)
+    return [*windowed, cusum]
+
+
 def default_rules() -> list[Rule]:
     """The documented default policies, for a model whose config names none.
 
     ===================================  =====================================================  ========
     rule                                 breaches when                                          severity
     ===================================  =====================================================  ========
-    feature-drift                        ``feature_drift.drift`` on >= 1 feature                warning
-    multi-feature-drift (retrain)        ``feature_drift.drift`` on >= 3 features, 2 windows    critical
-    label-shift                          ``label_shift{class=all}.drift``                       warning
-    prediction-drift                     ``prediction_drift.drift``                             warning
+    feature-drift                        ``feature_drift.drift`` (PSI/JS window, or CUSUM)      warning
+    multi-feature-drift (retrain)        the same on >= 3 features, 2 windows                   critical
+    label-shift                          ``label_shift{class=all}.drift`` (n >= 100)            warning
+    prediction-drift                     ``prediction_drift.drift`` (PSI/JS window, or CUSUM)   warning
     data-quality-missing                 ``data_quality{check=missing}.rate`` > 0.1             warning
-    performance-accuracy                 ``performance{metric=accuracy}`` < 0.8 (n >= 50)       critical
+    performance-accuracy                 ``performance{metric=accuracy}`` < 0.8 (n >= 200)      critical
     estimated-accuracy                   ``performance_estimate{metric=accuracy}`` < 0.8        warning
-    concept-drift                        ``concept_drift.drift``                                warning
+    concept-drift                        ``concept_drift{detector=cusum}.drift``                warning
     fairness-demographic-parity          ``demographic_parity_ratio`` < 0.8 (four-fifths)       warning
     fairness-equalized-odds              ``equalized_odds_difference`` > 0.1                    warning
     drift-and-estimated-decay (retrain)  drift on >= 3 features AND estimated accuracy < 0.8    critical
     ===================================  =====================================================  ========
 
-    Every default resolves after 2 clear windows; the retrain rules wait 10
+    Drift rules alert only on calibrated detectors (:data:`WINDOWED_DRIFT_METHODS` and the CUSUM
+    streams, whose thresholds are set for a stated false-alarm rate); the windowed test and the
+    CUSUM of one change are conditions of *one* rule, so they raise one alert. DDM, EDDM and
+    ADWIN on the error stream are not in the defaults: they have no stated false-alarm rate, and
+    DDM/EDDM alerted at the first window of a stationary real dataset. The drift rules fire on
+    one breach (a CUSUM detection fires them between window closes), stay firing while
+    detections keep coming and resolve after 3 clear windows (``concept-drift`` after 5: a small
+    rise of the error rate is detected again only every few windows of labelled pairs, as its
+    stream restarts after each detection, and 3 let it flap in the demo); the threshold rules (accuracy,
+    fairness) need 2 breaching windows and resolve after 3 clear ones, so a metric near its
+    threshold raises one alert, not one per window. Windows without a rule's data (no labels
+    yet, a stream that observed nothing) neither breach nor clear. The retrain rules wait 10
     windows after a resolve before they can fire again.
     """
-    drift_any = Condition(measurement="feature_drift", field="drift", op="==", threshold=True)
-    drift_3 = Condition(
-        measurement="feature_drift", field="drift", op="==", threshold=True, min_count=3, count_by="feature"
-    )
+    drift_3 = _drift_conditions("feature_drift", min_count=3, count_by="feature")
     est_accuracy = Condition(
-        measurement="performance_estimate", tags={"metric": "accuracy"}, op="<", threshold=0.8, min_samples=50
+        measurement="performance_estimate", tags={"metric": "accuracy"}, op="<", threshold=0.8, min_samples=200
     )
     return [
-        Rule(name="feature-drift", conditions=[drift_any], clear_after=2, severity="warning",
-             description="Input drift on at least one feature."),
-        Rule(name="multi-feature-drift", conditions=[drift_3], fire_after=2, clear_after=2, cooldown_windows=10,
+        Rule(name="feature-drift", conditions=_drift_conditions("feature_drift"), clear_after=3, severity="warning",
+             description="Input drift on at least one feature (windowed PSI, or a CUSUM stream between windows)."),
+        Rule(name="multi-feature-drift", conditions=drift_3, fire_after=2, clear_after=3, cooldown_windows=10,
              severity="critical", retrain=True,
              description="Input drift on three or more features for two windows in a row."),
         Rule(name="label-shift",
              conditions=[Condition(measurement="label_shift", field="drift", tags={"class": "all"}, op="==",
-                                   threshold=True)],
-             clear_after=2, description="The class distribution moved away from the reference."),
-        Rule(name="prediction-drift",
-             conditions=[Condition(measurement="prediction_drift", field="drift", op="==", threshold=True)],
-             clear_after=2, description="The distribution of predictions or scores drifted."),
+                                   threshold=True, min_samples=WINDOWED_MIN_SAMPLES)],
+             clear_after=3, description="The class distribution moved away from the reference."),
+        Rule(name="prediction-drift", conditions=_drift_conditions("prediction_drift"), clear_after=3,
+             description="The distribution of predictions or scores drifted (windowed, or a CUSUM stream)."),
         Rule(name="data-quality-missing",
              conditions=[Condition(measurement="data_quality", field="rate", tags={"check": "missing"}, op=">",
                                    threshold=0.1)],
-             clear_after=2, description="More than 10% of a feature's values are missing."),
+             fire_after=2, clear_after=3, description="More than 10% of a feature's values are missing."),
         Rule(name="performance-accuracy",
              conditions=[Condition(measurement="performance", tags={"metric": "accuracy"}, op="<", threshold=0.8,
-                                   min_samples=50)],
-             clear_after=2, severity="critical", description="Realised accuracy below 0.8 on >= 50 labels."),
-        Rule(name="estimated-accuracy", conditions=[est_accuracy], clear_after=2,
-             description="Label-free estimated accuracy below 0.8."),
+                                   min_samples=200)],
+             fire_after=2, clear_after=3, severity="critical",
+             description="Realised accuracy below 0.8 on >= 200 labels, two windows in a row."),
+        Rule(name="estimated-accuracy", conditions=[est_accuracy], fire_after=2, clear_after=3,
+             description="Label-free estimated accuracy below 0.8, two windows in a row."),
         Rule(name="concept-drift",
-             conditions=[Condition(measurement="concept_drift", field="drift", op="==", threshold=True)],
-             clear_after=2, description="A sequential detector flagged a change in the error rate."),
+             conditions=[Condition(measurement="concept_drift", field="drift", tags={"detector": "cusum"}, op="==",
+                                   threshold=True)],
+             clear_after=5, description="The CUSUM on the error rate of labelled pairs detected a rise."),
         Rule(name="fairness-demographic-parity",
              conditions=[Condition(measurement="fairness", tags={"group": "all", "metric": "demographic_parity_ratio"},
-                                   op="<", threshold=0.8, min_samples=50)],
-             clear_after=2, description="Selection-rate ratio below the four-fifths rule."),
+                                   op="<", threshold=0.8, min_samples=200)],
+             fire_after=2, clear_after=3, description="Selection-rate ratio below the four-fifths rule."),
         Rule(name="fairness-equalized-odds",
              conditions=[Condition(measurement="fairness", tags={"group": "all", "metric": "equalized_odds_difference"},
-                                   op=">", threshold=0.1, min_samples=50)],
-             clear_after=2, description="TPR or FPR differs by more than 0.1 between groups."),
-        Rule(name="drift-and-estimated-decay", conditions=[drift_3, est_accuracy], combine="all", clear_after=2,
-             cooldown_windows=10, severity="critical", retrain=True,
-             description="Drift on three or more features while estimated accuracy is below 0.8."),
+                                   op=">", threshold=0.1, min_samples=200)],
+             fire_after=2, clear_after=3, description="TPR or FPR differs by more than 0.1 between groups."),
+        Rule(name="drift-and-estimated-decay",
+             conditions=[Condition(measurement="feature_drift", field="drift", tags={"method": "psi"}, op="==",
+                                   threshold=True, min_count=3, count_by="feature",
+                                   min_samples=WINDOWED_MIN_SAMPLES), est_accuracy],
+             combine="all", clear_after=3, cooldown_windows=10, severity="critical", retrain=True,
+             description="Windowed drift on three or more features while estimated accuracy is below 0.8."),
     ]  # fmt: skip
 
 
@@ -731,11 +771,13 @@ class PolicyEngine:
         metric = primary.measurement if primary is not None else rule.conditions[0].measurement
         threshold = primary.number_threshold if primary is not None else _number(rule.conditions[0].threshold)
         breaching = tuple(o for r in results for o in r.breaching) if firing else ()
+        detail = primary.detail() if primary is not None else {}
         if message is None:
+            crossed = f": {describe_crossing(detail)}" if detail else ""
             if firing:
-                message = f"{rule.name} firing: {rule.describe()} ({len(breaching)} breaching point(s))"
+                message = f"{rule.name} firing{crossed} ({len(breaching)} breaching point(s); rule: {rule.describe()})"
             else:
-                message = f"{rule.name} resolved after {rule.clear_after} clear window(s)"
+                message = f"{rule.name} resolved after {rule.clear_after} clear window(s){crossed}"
         this_id = alert_id(
             model_id=model_id,
             model_version=state.model_version,
@@ -761,6 +803,7 @@ class PolicyEngine:
             retrain=rule.retrain,
             message=message,
             values=breaching,
+            detail=detail,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -803,6 +846,48 @@ class PolicyEngine:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+
+def _change(point: Point) -> str | None:
+    """What a CUSUM column that detected is tuned to, from its point's ``delta``/``sd_ratio``."""
+    ratio, delta = _number(point.fields.get("sd_ratio")), _number(point.fields.get("delta"))
+    if ratio:
+        return f"sd ×{ratio:.3g}" if ratio > 1 else f"sd ÷{1 / ratio:.3g}"
+    if delta:
+        return f"{delta:+g} sd"
+    return None
+
+
+def describe_crossing(detail: Mapping[str, Any]) -> str:
+    """One line saying what was crossed, from :meth:`Observation.detail`.
+
+    >>> describe_crossing({"series": "feature_drift.drift{feature=age,method=cusum}", "method": "cusum",
+    ...                    "value": 1.031, "threshold": 1.0, "n": 140, "change": "+0.5 sd",
+    ...                    "condition": "drift == true"})
+    'feature_drift.drift{feature=age,method=cusum} CUSUM statistic 1.031× its threshold (change +0.5 sd, n 140)'
+    >>> describe_crossing({"series": "feature_drift.drift{feature=age,method=psi}", "method": "psi",
+    ...                    "value": 0.31, "threshold": 0.1, "n": 1000, "condition": "drift == true"})
+    'feature_drift.drift{feature=age,method=psi} value 0.31 (threshold 0.1, n 1000)'
+    >>> describe_crossing({"series": "performance.value{metric=accuracy}", "value": 0.71, "threshold": 0.8,
+    ...                    "n": 400, "condition": "value < 0.8"})
+    'performance.value{metric=accuracy} value 0.71 < 0.8 (n 400)'
+    """
+    series = detail.get("series", "")
+    value, threshold, n = detail.get("value"), detail.get("threshold"), detail.get("n")
+    extra = [f"change {detail['change']}"] if detail.get("change") else []
+    if n is not None:
+        extra.append(f"n {n}")
+    if detail.get("method") == "cusum" and value is not None:
+        return f"{series} CUSUM statistic {value:.4g}× its threshold" + (f" ({', '.join(extra)})" if extra else "")
+    condition = str(detail.get("condition", ""))
+    if value is None:
+        return f"{series} {condition}" + (f" ({', '.join(extra)})" if extra else "")
+    if condition.startswith(("drift ", "value == ")) or threshold is None:
+        # a boolean test: the statistic and the point's own threshold
+        shown = [f"threshold {threshold:.4g}"] if threshold is not None else [condition]
+        return f"{series} value {value:.4g} ({', '.join(shown + extra)})"
+    op = condition.split(" ")[1] if condition.count(" ") >= 2 else ""
+    return f"{series} value {value:.4g} {op} {threshold:.4g}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _is_int(value: Any) -> bool:

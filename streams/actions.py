@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 from detectors.profile import as_class_labels
 from retrain.events import Alert, RetrainJob
+from retrain.policy import describe_crossing
 from streams.config import Config
 from streams.pipeline import Outcome
 from streams.windows import JobRequest
@@ -176,9 +177,12 @@ class Actions:
             self.publish(topic, key.encode(), body)
 
     def _echo_alert(self, alert: Alert) -> None:
+        """One line per alert saying what was crossed: the series, its value and threshold (for a
+        CUSUM: its statistic over its threshold and the change it is tuned to), ``n``."""
         if self.echo is not None:
+            crossed = describe_crossing(alert.detail) if alert.detail else alert.message
             self.echo(f"ALERT {alert.state:<8} {alert.severity:<8} {alert.model_id} v{alert.model_version} "
-                      f"{alert.rule}: {alert.metric}={_fmt(alert.value)} (threshold {_fmt(alert.threshold)})")
+                      f"{alert.rule}: {crossed}")
 
     def _echo_job(self, job: RetrainJob) -> None:
         if self.echo is not None:
@@ -225,8 +229,4 @@ def window_summary(window: Any) -> str:
 
 def _bytes(text: str | bytes) -> bytes:
     return text.encode() if isinstance(text, str) else text
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 

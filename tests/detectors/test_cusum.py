@@ -210,8 +210,8 @@ def test_increments_are_the_log_likelihood_ratios_by_hand(profile: ReferenceProf
         got = x[row, : len(expected)]
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
         # the first category's "up" columns: Bernoulli LLR of its indicator
-        first_cat = 2 * len(expected)  # after x's and skewed's columns
-        first_cat += len(expected)  # and counts'
+        cat_stream = next(g for g, s in enumerate(cusum.streams) if s.name == "cat")
+        first_cat = cusum._pspec.group.index(cat_stream)  # after x's, skewed's and counts' columns
         # (alternatives that would leave (0, 1) are left out: a share of 0.5 cannot rise by 1 sd)
         value = cols["cat"][row]
         alternatives = [p1 for d in DELTAS if 0 < (p1 := p_a + d * math.sqrt(p_a * (1 - p_a))) < 1]
@@ -258,16 +258,53 @@ def test_detections_do_not_depend_on_batching_or_restarts(profile: ReferenceProf
     np.testing.assert_allclose(cusum._pbank.statistic, want_s, rtol=0, atol=1e-9)
 
 
-def test_normal_scores_make_skewed_and_discrete_features_standard(profile: ReferenceProfile) -> None:
+def test_normal_scores_make_skewed_and_continuous_features_standard(profile: ReferenceProfile) -> None:
     cusum = monitor(profile)
     cols = draw(np.random.default_rng(9), 200_000)
-    for feature in ("x", "skewed", "counts"):
+    for feature in ("x", "skewed"):
         y, seen = cusum._ptables[feature].scores(cols[feature])
         assert seen.all()
         # (to within the reference sample's own error: 5,000 values)
         assert abs(y.mean()) < 0.03 and abs(y.var() - 1.0) < 0.08, feature
-        # the tails are those of N(0, 1) or lighter (discrete, clipped at the sample's range)
+        # the tails are those of N(0, 1) or lighter (clipped at the sample's range)
         assert (np.abs(y) > 3.0).mean() < 2 * 0.0027, feature
+
+
+def test_point_masses_are_shares_and_normal_scores_take_the_rest() -> None:
+    rng = np.random.default_rng(4)
+    n = 20_000
+    cols = {"money": np.where(rng.random(n) < 0.9, 0.0, rng.lognormal(7.0, 1.5, n)),  # 90 % zeros
+            "counts": rng.poisson(3.0, n).astype(float), "constant": np.full(n, 7.0)}
+    prof = ReferenceProfile.from_frame(pd.DataFrame(cols), model_id="m", features={k: "numeric" for k in cols})
+    cusum = ReferenceCUSUM.from_profile(prof)
+    assert [s.name for s in cusum.streams] == ["money", "counts", "constant"]
+    sample = np.asarray(prof.numeric["money"].sample)
+    assert cusum.atoms["money"].tolist() == [0.0]
+    # the normal scores are those of the non-zero values, against the non-zero reference values
+    np.testing.assert_array_equal(cusum._ptables["money"].sample, np.sort(sample[sample != 0]))
+    fresh = np.where(rng.random(n) < 0.9, 0.0, rng.lognormal(7.0, 1.5, n))
+    y, seen = cusum._ptables["money"].scores(np.where(fresh == 0, np.nan, fresh))
+    assert abs(y[seen].mean()) < 0.05 and abs(y[seen].var() - 1.0) < 0.1
+    # counts (at most 20 distinct values): every value is a point mass, no normal scores
+    assert cusum.atoms["counts"].tolist() == np.unique(np.asarray(prof.numeric["counts"].sample)).tolist()
+    assert "counts" not in cusum._ptables
+    # a constant column watches for any other value: the rest's share, half a value in the reference
+    assert cusum.atoms["constant"].tolist() == [7.0] and "constant" not in cusum._ptables
+    assert {c for c, g in zip(cusum._pspec.change, cusum._pspec.group) if g == 2} == {
+        f"share of rest +{d:g} sd" for d in DELTAS}
+    # the zero share's column: Bernoulli LLR of "is zero" (0.9 -> 0.9 + 0.25 sd), by hand
+    p0 = float((sample == 0).mean())
+    q0 = p0 + math.sqrt(p0 * (1 - p0) / sample.size)
+    p1 = p0 + 0.25 * math.sqrt(p0 * (1 - p0))
+    x = cusum.increments(FeatureFrame.build(numeric={"money": np.array([0.0, 12.5, np.nan]),
+                                                     "counts": np.array([1.0, 2.0, 3.0])}))
+    assert (x[:, [j for j, g in enumerate(cusum._pspec.group) if g == 2]] == 0).all()  # no constant values given
+    assert cusum._pspec.change[0] == "share of 0 +0.25 sd"
+    assert x[:, 0].tolist() == pytest.approx([math.log(p1 / q0), math.log((1 - p1) / (1 - q0)), 0.0], abs=1e-12)
+    # a missing value, a zero and a non-zero each count once in the stream's n
+    cusum.update(FeatureFrame.build(numeric={"money": np.array([0.0, 12.5, np.nan]),
+                                             "counts": np.array([1.0, 2.0, 3.0])}))
+    assert [s.n for s in cusum.result().streams] == [2, 3, 0]
 
 
 def test_false_alarm_rate_on_stationary_traffic_is_within_the_target(profile: ReferenceProfile) -> None:
@@ -310,6 +347,14 @@ def test_window_points_and_reset(profile: ReferenceProfile) -> None:
     cusum = monitor(profile)
     rng = np.random.default_rng(4)
     run(cusum, draw(rng, 2000), batch=2000)
+    # a window in which no stream observed anything has no evidence either way: no points
+    assert cusum_points(cusum.result(), tags={"model_id": "m"}, time_ns=1) == []
+    cols = draw(rng, 2000)
+    cusum.update(frame(cols), cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
+    quiet = cusum_points(cusum.result(), tags={"model_id": "m"}, time_ns=1)
+    # the error stream saw no labelled pair in this window: no concept point
+    assert {p.measurement for p in quiet} == {"feature_drift", "prediction_drift", "fairness"}
+    cusum.update_errors((cols["label"] != cols["prediction"]).astype(float))
     quiet = cusum_points(cusum.result(), tags={"model_id": "m"}, time_ns=1)
     assert {p.measurement for p in quiet} == {"feature_drift", "prediction_drift", "fairness", "concept_drift"}
     assert not any(p.fields.get("drift") for p in quiet) and all(p.fields.get("value", 0.0) < 1 for p in quiet)
@@ -318,10 +363,12 @@ def test_window_points_and_reset(profile: ReferenceProfile) -> None:
     cusum.update(part, cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
     # a persistent change is detected again after each restart, but reported once per window
     assert [d.stream.name for d in cusum.new] == ["x"]
+    assert cusum.new[0].ratio >= 1.0 and cusum.new[0].change.startswith("mean +")  # what it detected
     assert len([d for d in cusum._pbank.detections if cusum.streams[d.group].name == "x"]) > 3
     points = {p.tags.get("feature"): p for p in cusum_points(cusum.result(), tags={}, time_ns=2)
               if p.measurement == "feature_drift"}
     assert points["x"].fields["drift"] is True and points["x"].fields["value"] >= 1.0
+    assert points["x"].fields["threshold"] == 1.0 and points["x"].fields["delta"] > 0
     assert points["cat"].fields["drift"] is False
     cusum.start_window()
     assert not any(s.drift for s in cusum.result().streams)

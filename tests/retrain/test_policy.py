@@ -476,7 +476,7 @@ DEFAULT_BREACHES = {
                                    {"rate": 0.25, "count": 250}, 0)],
     "performance-accuracy": [accuracy(0.7)],
     "estimated-accuracy": EST_LOW,
-    "concept-drift": [Point("concept_drift", tags(detector="adwin"), {"drift": True, "n": 900}, 0)],
+    "concept-drift": [Point("concept_drift", tags(detector="cusum"), {"drift": True, "n": 900}, 0)],
     "fairness-demographic-parity": [fairness("demographic_parity_ratio", 0.6)],
     "fairness-equalized-odds": [fairness("equalized_odds_difference", 0.25)],
     "drift-and-estimated-decay": DRIFT3 + EST_LOW,
@@ -657,3 +657,82 @@ def test_an_instant_retrain_rule_makes_one_job() -> None:
     assert len(decision.jobs) == 1
     job = decision.jobs[0]
     assert list(job.rules) == ["drift-cusum"] and (job.window_start_ns, job.window_end_ns) == (t, t)
+
+
+# -- the defaults: calibrated detectors only, one incident = one alert --------------------------------------
+
+W = 60_000_000_000
+
+
+def cusum_point(kind: str, *, drift: bool, n: int = 1000, at: int = 0, name: str = "a") -> Point:
+    """A CUSUM point: ``value`` = statistic / threshold, ``threshold`` 1 (detectors.cusum)."""
+    fields = {"value": 1.05 if drift else 0.2, "drift": drift, "threshold": 1.0, "n": n}
+    if drift:
+        fields["delta"] = 0.5
+    if kind == "feature":
+        return Point("feature_drift", tags(feature=name, method="cusum"), fields, at)
+    return Point("concept_drift", tags(detector="cusum"), fields, at)
+
+
+def default_states(engine: PolicyEngine, steps: Sequence[tuple[str, list[Point]]]) -> list[tuple[str, str]]:
+    """Feed ``("window" | "instant", points)`` steps; the (rule, state) of every alert, in order."""
+    out = []
+    for i, (kind, points) in enumerate(steps):
+        if kind == "instant":
+            d = engine.evaluate_instant(model_id="m", model_version="1", time_ns=i * W + W // 2, points=points)
+        else:
+            d = engine.evaluate(model_id="m", model_version="1", window_start_ns=i * W, window_end_ns=(i + 1) * W,
+                                points=points)
+        out.extend((a.rule, a.state) for a in d.alerts)
+    return out
+
+
+@pytest.mark.parametrize("point", [
+    Point("concept_drift", tags(detector="ddm"), {"drift": True, "n": 900}, 0),
+    Point("concept_drift", tags(detector="eddm"), {"drift": True, "n": 900}, 0),
+    Point("concept_drift", tags(detector="adwin"), {"drift": True, "n": 900}, 0),
+    Point("feature_drift", tags(feature="a", method="adwin"), {"value": 3.0, "drift": True, "threshold": 0, "n": 900}, 0),
+    Point("feature_drift", tags(feature="a", method="ks"), {"value": 0.01, "drift": True, "threshold": 0.05, "n": 900},
+          0),
+    Point("prediction_drift", tags(method="page_hinkley", target="score"), {"value": 2.0, "drift": True, "n": 900}, 0),
+])
+def test_default_rules_do_not_alert_on_uncalibrated_detectors(point):
+    engine = PolicyEngine(default_rules())
+    assert default_states(engine, [("window", [point])] * 3) == []
+
+
+def test_a_window_smaller_than_min_samples_never_raises_a_default_alert():
+    small = drift({"a": True, "b": True, "c": True})
+    small = [Point(p.measurement, p.tags, {**p.fields, "n": 50}, 0) for p in small]
+    shift = Point("label_shift", tags(source="prediction", **{"class": "all"}),
+                  {"value": 0.3, "drift": True, "threshold": 0.1, "n": 50}, 0)
+    engine = PolicyEngine(default_rules())
+    assert default_states(engine, [("window", small + [shift])] * 3) == []
+
+
+def test_windowed_and_sequential_detections_of_one_change_give_one_alert():
+    engine = PolicyEngine(default_rules())
+    states = default_states(engine, [
+        ("window", drift({"a": False})),
+        ("instant", [cusum_point("feature", drift=True, n=400)]),      # CUSUM fires between closes
+        ("window", drift({"a": True}) + [cusum_point("feature", drift=True)]),   # PSI sees it at the close
+        ("window", drift({"a": True}) + [cusum_point("feature", drift=False)]),
+        ("window", drift({"a": False}) + [cusum_point("feature", drift=False)]),
+        ("window", drift({"a": False}) + [cusum_point("feature", drift=False)]),
+        ("window", drift({"a": False}) + [cusum_point("feature", drift=False)]),
+        ("window", drift({"a": False}) + [cusum_point("feature", drift=False)]),
+    ])
+    assert states == [("feature-drift", "firing"), ("feature-drift", "resolved")]
+
+
+def test_a_persisting_change_stays_firing_while_detections_keep_coming():
+    # a CUSUM restarts after each detection, so a persisting change is detected again every few
+    # windows; windows in which the error stream saw no labelled pair write no point (no data)
+    engine = PolicyEngine(default_rules())
+    detected = [cusum_point("concept", drift=True, n=300)]
+    quiet = [cusum_point("concept", drift=False, n=300)]
+    steps: list[tuple[str, list[Point]]] = []
+    for _ in range(6):
+        steps += [("instant", detected), ("window", detected), ("window", quiet), ("window", []), ("window", quiet)]
+    steps += [("window", quiet)] * 3 + [("window", [])] * 2
+    assert default_states(engine, steps) == [("concept-drift", "firing"), ("concept-drift", "resolved")]
