@@ -247,7 +247,7 @@ class ConceptDrift:
 
 
 def concept_points(result: ConceptDriftResult, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
-    """DESIGN.md ``concept_drift`` points: tag ``detector``; fields ``drift`` (bool), ``n`` (int).
+    """docs/design.md ``concept_drift`` points: tag ``detector``; fields ``drift`` (bool), ``n`` (int).
 
     >>> r = ConceptDrift(detectors=["adwin"]).update(np.zeros(10)).result()
     >>> [p.to_line_protocol() for p in concept_points(r, tags={"model_id": "m"}, time_ns=7)]

@@ -469,7 +469,7 @@ def worst_groups(
 
 
 def fairness_points(result: FairnessResult, *, tags: Mapping[str, str], time_ns: int) -> list[Point]:
-    """DESIGN.md ``fairness`` points: tags ``attribute``, ``group``, ``metric``; fields ``value``, ``n``.
+    """docs/design.md ``fairness`` points: tags ``attribute``, ``group``, ``metric``; fields ``value``, ``n``.
 
     One point per group and defined group metric (groups below ``min_group_size``
     included, with their ``n``), and one per defined disparity metric with

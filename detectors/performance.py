@@ -91,7 +91,7 @@ def performance_points(
     time_ns: int,
     measurement: str = "performance",
 ) -> list[Point]:
-    """DESIGN.md ``performance`` points: one per defined metric, tag ``metric``, fields ``value``, ``n``.
+    """docs/design.md ``performance`` points: one per defined metric, tag ``metric``, fields ``value``, ``n``.
 
     Undefined (non-finite) metrics are left out rather than written as 0.
 

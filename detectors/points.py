@@ -1,7 +1,7 @@
 """Metric points: the one output format of every detector, sink and policy.
 
 A :class:`Point` is an InfluxDB point (measurement, tags, fields, time). Names
-follow the metric table in DESIGN.md; dashboards and alert rules read them.
+follow the metric table in docs/design.md; dashboards and alert rules read them.
 
 >>> p = Point("performance", {"model_id": "m", "model_version": "1", "metric": "accuracy"},
 ...           {"value": 0.75, "n": 4}, time_ns=1_700_000_000_000_000_000)

@@ -1,6 +1,6 @@
 """Alert and retrain-job events: what the policy publishes and the retrain worker consumes.
 
-The JSON shapes are fixed by DESIGN.md ("Events"); extra fields sit beside the
+The JSON shapes are fixed by docs/design.md ("Events"); extra fields sit beside the
 fixed ones. Times are event times in nanoseconds inside Python and RFC 3339 UTC
 strings on the wire. Identifiers are deterministic: the same trigger (model,
 version, rules, window) yields the same id, also after a restart, so consumers
@@ -262,7 +262,7 @@ class Alert:
         object.__setattr__(self, "values", tuple(self.values))
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire format: DESIGN.md's fields first, extras beside them."""
+        """The wire format: docs/design.md's fields first, extras beside them."""
         return {
             "alert_id": self.alert_id,
             "model_id": self.model_id,

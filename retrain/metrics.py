@@ -1,4 +1,4 @@
-"""The metric table of DESIGN.md, encoded once.
+"""The metric table of docs/design.md, encoded once.
 
 Every point the worker writes is a :class:`detectors.points.Point` whose
 measurement, tags and fields appear here. Dashboards, InfluxDB checks, the
@@ -53,12 +53,12 @@ METRICS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType(
 
 PERFORMANCE_METRICS: frozenset[str] = frozenset(
     {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier", "mae", "rmse", "mape", "r2",
-     # beside DESIGN.md's names: macro averages (multiclass, and binary too) and calibration error
+     # beside docs/design.md's names: macro averages (multiclass, and binary too) and calibration error
      "precision_macro", "recall_macro", "f1_macro", "ece"}
 )
 FAIRNESS_GROUP_METRICS: frozenset[str] = frozenset(
     {"selection_rate", "tpr", "fpr", "fnr", "precision", "accuracy",
-     # beside DESIGN.md's names: the CUSUM on the group's selection rate (detectors/cusum.py);
+     # beside docs/design.md's names: the CUSUM on the group's selection rate (detectors/cusum.py);
      # value = statistic / threshold, >= 1 when it detected a change
      "selection_rate_cusum"}
 )

@@ -1,4 +1,4 @@
-"""``driftwarden``: the command line (see DESIGN.md for the stable commands).
+"""``driftwarden``: the command line (see docs/design.md for the stable commands).
 
 Every option has a help text and every command a description (``driftwarden
 COMMAND --help``); README "Commands" mirrors them. Errors are one line naming

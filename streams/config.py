@@ -1,6 +1,6 @@
 """Configuration: one YAML file, overridable from the environment.
 
-The file's layout is fixed by DESIGN.md (``kafka``, ``influx``, ``models``); the
+The file's layout is fixed by docs/design.md (``kafka``, ``influx``, ``models``); the
 rest has documented defaults. Secrets (the InfluxDB token, Kafka SASL
 password) come from the environment only: a secret written in the file is a
 configuration error, and no secret ever appears in ``repr`` or a log line.

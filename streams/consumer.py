@@ -2,7 +2,7 @@
 
 Faust's streams hand an agent one event object per Kafka message, and that
 path tops out near 11,000 messages/s on a 2-core machine whatever the agent
-does (DESIGN.md, "Numbers that matter"), while a plain aiokafka consumer reads
+does (docs/design.md, "State and its changelog"), while a plain aiokafka consumer reads
 and decodes the same messages more than 20 times faster. A stage therefore
 reads its input topics with aiokafka's ``getmany``: every fetch is handed to
 the stage as one batch of raw records, by partition (the stage keeps its state

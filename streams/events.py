@@ -493,7 +493,7 @@ def _quote(text: Any) -> str:
 
 
 def prediction_to_dict(event: Prediction) -> dict[str, Any]:
-    """The JSON form of a prediction, as DESIGN.md gives it (for producers and the simulator)."""
+    """The JSON form of a prediction, as docs/design.md gives it (for producers and the simulator)."""
     doc: dict[str, Any] = {
         "prediction_id": event.prediction_id,
         "model_id": event.model_id,

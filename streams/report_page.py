@@ -140,7 +140,7 @@ class ReportData:
         self.revision += 1
 
     def add_alert(self, alert: Mapping[str, Any]) -> None:
-        """An alert event (DESIGN.md's shape); firing ones are marked at ``window_end``."""
+        """An alert event (docs/design.md's shape); firing ones are marked at ``window_end``."""
         self._model(str(alert.get("model_id", ""))).alerts.append(dict(alert))
         self.revision += 1
 

@@ -4,7 +4,7 @@ Every Flux query in the Grafana dashboard and in the InfluxDB template is
 parsed for the measurements (``r._measurement == "..."``), fields
 (``r._field == "..."``), tag filters (``r.tag == "..."``, ``r["tag"] != "..."``),
 grouping columns and ``schema.tagValues`` tags it uses, and each must appear in
-the metric table (:data:`retrain.metrics.METRICS`, DESIGN.md's "Metric names").
+the metric table (:data:`retrain.metrics.METRICS`, docs/design.md's "Metric names").
 """
 
 from __future__ import annotations

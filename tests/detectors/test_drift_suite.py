@@ -1,5 +1,5 @@
 """DriftSuite end to end: detection of a shift, no false alarms on a long stationary stream,
-metric points exactly as DESIGN.md names them, and bad data."""
+metric points exactly as docs/design.md names them, and bad data."""
 
 from __future__ import annotations
 
