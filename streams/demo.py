@@ -120,11 +120,11 @@ def run_demo(args: Any) -> int:
         if not stop.is_set():
             code, deadline = _run(cfg, config_path, workdir, args, started, stop)
     finally:
+        page.close()  # its topic reader first: no client may see its broker vanish
         remaining = (deadline - time.monotonic()) if deadline is not None else 5.0
         broker.stop(timeout=max(0.5, remaining))
         if deadline is not None:
             print("  broker stopped", flush=True)
-        page.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     print(f"demo stopped after {time.monotonic() - started:.0f}s; files in {workdir}", flush=True)
