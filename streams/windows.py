@@ -228,6 +228,12 @@ class ModelWindows:
         self.sources: dict[int, _Source] = {s: _Source() for s in sources}
         self.versions: dict[str, _VersionWindows] = {}
         self.duplicates = 0
+        self.held: list[tuple[int, int, int, int, Instant]] = []
+        """CUSUM detections not yet decided: ``(time_ns, source, seq, index, instant)``. A detection is
+        decided once the watermark has passed its time, in that order and between the window
+        closes around it, so the policy sees every partition's detections and windows in one
+        order whatever the interleaving of partials (a detection waits at most the partitions'
+        skew plus ``allowed_lateness``)."""
 
     def evaluation_for(self, version: str) -> Evaluation:
         return version_evaluation(self.evaluation, self.registry, self.cfg.id, version)
@@ -264,15 +270,18 @@ class ModelWindows:
             self._add(delta, partial.source, partial.seq)
         # detections and closes in event-time order: a detection inside a window is decided
         # before the window's close (the policy sees them as they happened)
-        instants = sorted(partial.instants, key=lambda i: i.time_ns)
+        self.held.extend((i.time_ns, partial.source, partial.seq, k, i) for k, i in enumerate(partial.instants))
+        self.held.sort(key=lambda item: item[:4])
         for version, pane_id in self._due():
             end = version.open[pane_id].end if self.by_events else self.panes.end(pane_id)
             end_ns = int(round(end * NS)) if math.isfinite(end) else 0
-            while instants and instants[0].time_ns <= end_ns:
-                self._instant(instants.pop(0), out)
+            while self.held and self.held[0][0] <= end_ns:
+                self._instant(self.held.pop(0)[4], out)
             self._close(version, pane_id, out)
-        for instant in instants:
-            self._instant(instant, out)
+        # count windows (one source partition) decide at once; event time once the watermark passed
+        ready = math.inf if self.by_events else self.watermark * NS
+        while self.held and self.held[0][0] <= ready:
+            self._instant(self.held.pop(0)[4], out)
         return out
 
     def _add(self, delta: PaneDelta, source: int, seq: int) -> None:
@@ -387,7 +396,8 @@ class ModelWindows:
                             for k, s in self.sources.items()},
                 "versions": {v: m.snapshot() for v, m in self.versions.items()},
                 "policy": self.policy.snapshot() if self.policy is not None else None,
-                "duplicates": self.duplicates}
+                "duplicates": self.duplicates,
+                "held": [[t, source, seq, k, i.to_dict()] for t, source, seq, k, i in self.held]}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.sources = {}
@@ -400,4 +410,6 @@ class ModelWindows:
         if self.policy is not None and state.get("policy") is not None:
             self.policy.restore(state["policy"])
         self.duplicates = int(state.get("duplicates", 0))
+        self.held = [(int(t), int(source), int(seq), int(k), Instant.from_dict(doc))
+                     for t, source, seq, k, doc in state.get("held", [])]
 
