@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=_positive(float), default=None, metavar="SECONDS",
                       help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--workdir", default=None, metavar="DIR",
-                      help="where to write the config, profiles, reports and broker.log (default: a new temp dir)")
+                      help="where to write the config, profiles, reports and the logs: broker.log, worker.log and "
+                           "retrain.log hold every line the broker, the worker and the retrain worker wrote "
+                           "(default: a new temp dir)")
     demo.add_argument("--influx-url", default=None, metavar="URL",
                       help="also write points to this InfluxDB 2 or VictoriaMetrics (token from "
                            "DRIFTWARDEN_INFLUX_TOKEN); default: print only, write no points")

@@ -127,6 +127,26 @@ def faust_credentials(kafka: KafkaConfig | Config) -> CredentialsT | None:
     return faust.SSLCredentials(options["ssl_context"])
 
 
+def close_client(client: Any) -> None:
+    """Close a kafka-python consumer or admin client without racing its IO thread.
+
+    kafka-python 3 runs each client's network loop on a thread of its own, and its
+    ``close()`` closes the connections from the caller's thread while that loop still
+    runs: a response arriving at that moment (a fetch the consumer had in flight, a
+    metadata refresh) is read by the loop from a socket the caller has just taken away,
+    and it logs ``ERROR kafka.net.transport: ... Error receiving network data closing
+    socket`` with a traceback. Stopping the loop first (it finishes the task in hand and
+    exits) leaves ``close()`` to run every step on the caller's thread, as the library's
+    single-threaded mode does (an auto-commit or a group leave included). kafka-python 2
+    has no such thread; its clients are closed as they are.
+    """
+    net = getattr(client, "_net", None)  # KafkaConsumer and KafkaAdminClient (kafka-python 3)
+    stop = getattr(net, "stop", None)
+    if callable(stop):
+        stop()
+    client.close()
+
+
 # -- a first connection that says why it was refused ------------------------------------------------
 
 
@@ -275,4 +295,4 @@ def _sasl_mechanism(name: str) -> Any:
     return get_sasl_mechanism(name)
 
 
-__all__ = ("check_broker", "client_options", "faust_credentials", "ssl_context")
+__all__ = ("check_broker", "client_options", "close_client", "faust_credentials", "ssl_context")

@@ -122,6 +122,11 @@ def integration_workspace(tmp_path: Path, broker: EmbeddedBroker, victoria: Vict
     return config, topics
 
 
+STARTED = {"worker": "PARTITIONS assigned", "retrain-worker": "retrain worker: waiting for jobs"}
+"""A command's first output line after its SIGTERM handler is installed (by Faust's worker; by
+``streams.retrain_service``): a SIGTERM before it ends the process with -15, not a clean stop."""
+
+
 class WorkerProcess:
     """``driftwarden worker -c CONFIG`` (or another command) in a subprocess, stopped with SIGTERM
     like a real deployment."""
@@ -145,10 +150,27 @@ class WorkerProcess:
         log.close()
         return self
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def wait_started(self, timeout: float = 180.0) -> bool:
+        """Wait until the command has printed its start line (:data:`STARTED`), or exited, or
+        ``timeout`` s passed (generous: its imports take seconds on a loaded machine); True once
+        started."""
+        line = STARTED.get(self.command)
+        deadline = time.monotonic() + timeout
+        while True:
+            if line is None or line in self.log():
+                return True
+            if self.process is None or self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 30.0, *, started_within: float = 180.0) -> int | None:
+        """SIGTERM (once the command has started: up to ``started_within`` s; a SIGTERM while it is
+        still importing ends it with -15, not the clean exit 0 tests expect), wait ``timeout`` s,
+        then SIGKILL; return its exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:
+            self.wait_started(started_within)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
@@ -173,6 +195,6 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         return worker
 
     yield make
-    for worker in started:
+    for worker in started:  # a test that failed may leave one running (its exit code no longer matters)
         with contextlib.suppress(Exception):
-            worker.stop()
+            worker.stop(started_within=0)
