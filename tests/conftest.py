@@ -106,15 +106,17 @@ def topic_overrides(suffix: str) -> dict[str, Any]:
 
 
 def integration_workspace(tmp_path: Path, broker: EmbeddedBroker, victoria: VictoriaMetrics, *, model_id: str,
-                          unique: str, window: int | dict[str, Any], partitions: int = 1) -> tuple[Path, dict[str, str]]:
+                          unique: str, window: int | dict[str, Any], partitions: int = 1,
+                          overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, str]]:
     """A config and reference profile for ``model_id`` on this test's own topics (created, with
     ``partitions`` each), writing to VictoriaMetrics; returns the config path and topic names by key.
-    ``window``: events per count window, or a window mapping (``{"seconds": 60}``)."""
+    ``window``: events per count window, or a window mapping (``{"seconds": 60}``); ``overrides``:
+    more dotted config keys (``{"influx.retry_max_seconds": 2}``)."""
     from streams.broker import create_topics
     from streams.commands import prepare_workspace
 
     overrides = {**topic_overrides(unique),
-                 "models.*.window": window if isinstance(window, dict) else {"events": window}}
+                 "models.*.window": window if isinstance(window, dict) else {"events": window}, **(overrides or {})}
     config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
                                models=(model_id,), overrides=overrides)
     topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
