@@ -26,7 +26,7 @@ import orjson
 from streams.broker import EmbeddedBroker, all_topics, create_topics
 from streams.commands import prepare_workspace
 from streams.config import Config
-from streams.kafka import client_options, close_client
+from streams.kafka import client_options, close_client, close_producer
 from streams.live_page import LivePage, start_page
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ def _simulate(cfg: Config, args: Any, stop: threading.Event) -> None:
             producer.send(topics[kind], key=event["prediction_id"].encode(), value=orjson.dumps(event))
     finally:
         try:
-            producer.close(timeout=2.0)
+            # within the stop's share for the simulator (run_demo joins it for 2 s); the demo keeps nothing
+            if not close_producer(producer, timeout=0.8):
+                log.warning("simulator: the last predictions were not all sent within 0.8 s; dropped them")
         except KafkaError as exc:
             log.warning("simulator: the last predictions were not all sent: %s", exc)

@@ -147,6 +147,31 @@ def close_client(client: Any) -> None:
     client.close()
 
 
+def close_producer(producer: Any, timeout: float) -> bool:
+    """Send what a kafka-python producer holds for up to ``timeout`` s, then close it; return
+    whether everything was sent (records still unsent by then are dropped).
+
+    kafka-python 3's ``close(timeout)`` flushes first and, when the flush times out, raises
+    without closing: its sender thread lives on (and logs connection errors once the broker
+    has gone) and the producer's ``__del__`` tries again at exit, printing a
+    ``KafkaTimeoutError`` traceback. Here a flush that times out force-closes the sender (it
+    fails the unsent batches), so the close that follows has nothing left to wait for.
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.flush(timeout)
+        sent = True
+    except KafkaTimeoutError:
+        sent = False
+        sender = getattr(producer, "_sender", None)  # kafka-python's I/O thread
+        if sender is not None:
+            sender.force_close()
+            sender.join(timeout)
+    producer.close(timeout=0 if not sent else timeout)
+    return sent
+
+
 # -- a first connection that says why it was refused ------------------------------------------------
 
 
@@ -295,4 +320,4 @@ def _sasl_mechanism(name: str) -> Any:
     return get_sasl_mechanism(name)
 
 
-__all__ = ("check_broker", "client_options", "close_client", "faust_credentials", "ssl_context")
+__all__ = ("check_broker", "client_options", "close_client", "close_producer", "faust_credentials", "ssl_context")
