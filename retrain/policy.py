@@ -456,10 +456,10 @@ def default_rules() -> list[Rule]:
     CUSUM of one change are conditions of *one* rule, so they raise one alert. DDM, EDDM and
     ADWIN on the error stream are not in the defaults: they have no stated false-alarm rate, and
     DDM/EDDM alerted at the first window of a stationary real dataset. The drift rules fire on
-    one breach (a CUSUM detection fires them between window closes), stay firing while
-    detections keep coming and resolve after 3 clear windows (``concept-drift`` after 5: a small
-    rise of the error rate is detected again only every few windows of labelled pairs, as its
-    stream restarts after each detection, and 3 let it flap in the demo); the threshold rules (accuracy,
+    one breach (a CUSUM detection fires them between window closes), stay firing while the
+    change holds (a CUSUM stream that detected keeps reporting ``drift`` until its return test
+    shows the reference level again: :class:`detectors.cusum.PageCUSUM`) and resolve after 3
+    clear windows, so a persisting change is one alert, however weak; the threshold rules (accuracy,
     fairness) need 2 breaching windows and resolve after 3 clear ones, so a metric near its
     threshold raises one alert, not one per window. Windows without a rule's data (no labels
     yet, a stream that observed nothing) neither breach nor clear. The retrain rules wait 10
@@ -495,7 +495,7 @@ def default_rules() -> list[Rule]:
         Rule(name="concept-drift",
              conditions=[Condition(measurement="concept_drift", field="drift", tags={"detector": "cusum"}, op="==",
                                    threshold=True)],
-             clear_after=5, description="The CUSUM on the error rate of labelled pairs detected a rise."),
+             clear_after=3, description="The CUSUM on the error rate of labelled pairs detected a rise."),
         Rule(name="fairness-demographic-parity",
              conditions=[Condition(measurement="fairness", tags={"group": "all", "metric": "demographic_parity_ratio"},
                                    op="<", threshold=0.8, min_samples=200)],

@@ -360,8 +360,10 @@ class SequentialState:
         out.extend(concept_points(self.concept.result(), tags=tags, time_ns=time_ns))
         if self.cusum is not None:
             rows = cusum or [[0, 0.0, 0, 0.0] for _ in self.cusum.streams]
+            # a stream still in its changed state reports its detection's ratio (>= 1) as its current one
             streams = tuple(StreamStatus(stream=stream, detections=int(row[0]),
-                                         ratio=float(row[1] if row[0] else row[3]), n=int(row[2]), n_total=0)
+                                         ratio=float(row[1] if row[0] else row[3]), n=int(row[2]), n_total=0,
+                                         changed=not row[0] and float(row[3]) >= 1.0)
                             for stream, row in zip(self.cusum.streams, rows))
             result = CUSUMResult(streams=streams, columns=self.cusum.columns,
                                  false_alarms_per_million=self.cusum.false_alarms_per_million)

@@ -90,7 +90,8 @@ class PaneDelta:
     ``errors`` the pairs' errors in arrival order (the model-level sequential detectors are
     fed from them when the pane closes); ``cusum`` per CUSUM stream ``[detections, largest
     ratio at a detection, observations, statistic/threshold after the stream's last
-    observation in the pane (None: none)]``; ``counters`` the worker
+    observation in the pane (None: none; >= 1: the stream is still in the changed state of an
+    earlier detection, see :class:`detectors.cusum.PageCUSUM`)]``; ``counters`` the worker
     counters (late, dead letters, expired, ...) that fell in this pane; ``complete`` marks a
     count pane that this batch filled.
     """

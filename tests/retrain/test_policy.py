@@ -726,8 +726,8 @@ def test_windowed_and_sequential_detections_of_one_change_give_one_alert():
 
 
 def test_a_persisting_change_stays_firing_while_detections_keep_coming():
-    # a CUSUM restarts after each detection, so a persisting change is detected again every few
-    # windows; windows in which the error stream saw no labelled pair write no point (no data)
+    # detections every few windows (user rules, or several streams of one rule) keep the rule
+    # firing; windows in which the error stream saw no labelled pair write no point (no data)
     engine = PolicyEngine(default_rules())
     detected = [cusum_point("concept", drift=True, n=300)]
     quiet = [cusum_point("concept", drift=False, n=300)]
