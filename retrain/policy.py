@@ -441,9 +441,9 @@ threshold *and* the pooled chi-square test significant at the window's share of 
 p-value tests at 0.05) and River's sequential detectors on batch means (``adwin``, ...) have no
 stated false-alarm rate: write your own rules to alert on them."""
 
-COHORTS_REMEMBERED = 10_000
-"""Decided cohort windows a rule remembers (a window's late labels come within the join's TTL;
-more windows than this within one TTL would be decided again only if rewritten that late)."""
+COHORTS_REMEMBERED = 1000
+"""Decided cohort windows a rule remembers per model (its snapshot stays small): a window is
+decided again only if it is rewritten after this many later windows were decided."""
 
 WINDOWED_MIN_SAMPLES = 100
 """Values a window's drift point needs before a default rule reads it (a replay's final partial
