@@ -21,6 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from detectors.cohort import COHORT_FAIRNESS_METRICS as DETECTOR_COHORT_FAIRNESS
 from detectors.points import Point
+from detectors.profile import ReferenceProfile
 from retrain.metrics import COHORT_FAIRNESS_METRICS, METRICS
 from retrain.policy import rules_from_config
 from streams.config import Config
@@ -49,12 +50,13 @@ def traffic(seed: int, n: int = 1500, rate: float = 20.0) -> tuple[pd.DataFrame,
     label = np.where(rng.random(n) < 0.3, 1 - prediction, prediction)
     sex = np.where(rng.random(n) < 0.4, "F", "M")
     labelled = rng.random(n) < 0.8
+    score = np.where(prediction == 1, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 0.5, n))
     delay = rng.uniform(0.0, 45.0, n)
     messages: list[tuple[float, int, bytes]] = []
     for i in range(n):
         messages.append((times[i], 0, orjson.dumps({
             "prediction_id": f"p{i}", "model_id": "m", "model_version": "1", "timestamp": float(times[i]),
-            "features": {"x": float(rng.normal())}, "prediction": int(prediction[i]),
+            "features": {"x": float(rng.normal())}, "prediction": int(prediction[i]), "score": float(score[i]),
             "attributes": {"sex": str(sex[i])}})))
         if labelled[i]:
             messages.append((times[i] + delay[i], 1, orjson.dumps({
@@ -129,11 +131,24 @@ def check(written: dict[tuple[Any, ...], dict[str, Any]], want: dict[tuple[Any, 
             assert got["n"] == fields["n"] or got["n"] >= fields["n"], key  # group n: the pairs behind the rate
 
 
+def reference(seed: int = 9, n: int = 3000) -> ReferenceProfile:
+    """A reference with scores and labels, so the windows carry a label-free estimate (CBPE)."""
+    rng = np.random.default_rng(seed)
+    prediction = (rng.random(n) < 0.55).astype(int)
+    frame = pd.DataFrame({"x": rng.normal(size=n), "sex": np.where(rng.random(n) < 0.4, "F", "M"),
+                          "prediction": prediction,
+                          "score": np.where(prediction == 1, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 0.5, n)),
+                          "label": np.where(rng.random(n) < 0.3, 1 - prediction, prediction)})
+    return ReferenceProfile.from_frame(frame, model_id="m", features={"x": "numeric"}, target="label",
+                                       prediction="prediction", score="score", attributes=["sex"])
+
+
 def test_cohort_figures_equal_a_groupby_by_prediction_window_after_every_late_label_update() -> None:
     pairs, messages = traffic(seed=1, n=1000)
     predictions = pairs.assign(window=np.floor(pairs["time"] / WINDOW).astype(int)).groupby("window").size()
     cfg = config()
-    pipeline = pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], None)})(DictStore())
+    pipeline = pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], reference())})(DictStore())
+    estimated = 0
     written: dict[tuple[Any, ...], dict[str, Any]] = {}
     joined: set[str] = set()
     closed_ends: set[int] = set()
@@ -147,10 +162,20 @@ def test_cohort_figures_equal_a_groupby_by_prediction_window_after_every_late_la
         updates += sum(1 for k in written if k in before and written[k] != before[k])
         joined |= {p.prediction.prediction_id for p in outcome.pairs}
         closed_ends |= {w.end_ns for w in outcome.windows}
+        # at its close a cohort below 0.8 coverage carries the window's label-free estimate beside it
+        for window in outcome.windows:
+            guess = {p.tags["metric"]: p.fields["value"] for p in window.points
+                     if p.measurement == "performance_estimate"}
+            for p in window.points:
+                if p.measurement == "cohort_performance":
+                    want_estimate = guess.get(p.tags["metric"]) if p.fields["label_coverage"] < 0.8 else None
+                    assert p.fields.get("estimate") == want_estimate, p
+                    estimated += "estimate" in p.fields
         # every closed window's cohort equals the oracle on the pairs joined so far
         want = {k: v for k, v in oracle(pairs, joined, predictions).items() if k[2] in closed_ends}
         check({k: v for k, v in written.items() if k[2] in closed_ends}, want)
     assert updates > 50  # late labels did rewrite closed windows
+    assert estimated > 10
     latest(pipeline.flush().points, written)
     want = oracle(pairs, set(pairs.loc[pairs["labelled"], "id"]), predictions)
     check(written, want)

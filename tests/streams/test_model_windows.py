@@ -179,6 +179,15 @@ def test_six_partitions_merged_equal_one_partition(oracle: Decided, merged: Deci
     want = with_cohort_updates(series(window_points(oracle)), oracle)
     assert set(got) == set(want)
     assert any(k[0] == "cohort_performance" for k in want)
+    # at a close, a cohort below 0.8 label coverage carries the window's label-free estimate beside
+    # its realised value (the same figure as the window's performance_estimate point)
+    at_close = [p for p in window_points(oracle) if p.measurement == "cohort_performance"
+                and p.tags["metric"] == "accuracy"]
+    estimates = {p.time_ns: p.fields["value"] for p in window_points(oracle)
+                 if p.measurement == "performance_estimate" and p.tags["metric"] == "accuracy"}
+    assert at_close and estimates
+    for p in at_close:
+        assert p.fields.get("estimate") == (estimates[p.time_ns] if p.fields["label_coverage"] < 0.8 else None)
     compared = 0
     for key, expected in want.items():
         actual = got[key]
