@@ -17,7 +17,8 @@ Two classes:
   cumulative sum of the batch's increments, ``S_t = C_t - min(-S_0, min_{s<=t} C_s)``,
   so a whole micro-batch is one ``np.cumsum`` and one ``np.minimum.accumulate``
   (no per-event Python). A column whose statistic reaches its threshold raises
-  a detection at that row and its *stream* (a group of columns) restarts from 0.
+  a detection at that row and its *stream* (a group of columns) restarts from 0 or, with
+  ``returns``, holds its changed state until a return test crosses.
 - :class:`ReferenceCUSUM` — the streams of one model, built from its
   :class:`~detectors.profile.ReferenceProfile`, turning a micro-batch of
   predictions (or of labelled pairs) into log-likelihood-ratio increments.
@@ -80,10 +81,18 @@ nothing in a window writes no window point.
 
 Detections. Each stream reports its first detection in the current reporting
 window (:meth:`ReferenceCUSUM.start_window` begins a new one) as a new
-:class:`Detection`; it restarts from 0 after every detection, so a change
-that persists is detected again (counted) and reported again in the next
-window, not on every batch. Sequential: :meth:`merge` is not defined (order
-matters); run one per model version. Memory: one float per column.
+:class:`Detection`. A stream that detected is then **changed**: it stops testing
+for a change and tests the way back instead (the negated increments of the
+column tuned to the smallest change in the detecting direction, at that
+column's threshold; :class:`PageCUSUM`), and every window it observes in the
+meantime reports ``drift`` with the detection's ratio and change. When the
+return test crosses, the stream tests for a change again from 0. So a change
+that persists is one detection and stays reported, however weak (before, the
+stream restarted at once and a change near the detection limit was detected
+again only every few windows: the alert resolved and fired again in between),
+and a change undone clears after about ``h / KL`` observations (~500 for the
+0.25-sd column). Sequential: :meth:`merge` is not defined (order matters); run
+one per model version. Memory: two floats per column and stream.
 
 >>> import numpy as np
 >>> bank = PageCUSUM([5.0], groups=[0])
@@ -211,6 +220,16 @@ class Detection:
     ratio: float
 
 
+@dataclass(frozen=True, slots=True)
+class Return:
+    """A stream (``group``) in its changed state gave evidence of being back at the reference at
+    ``row`` of the last batch: its return statistic (on ``column``, negated) reached its threshold."""
+
+    row: int
+    group: int
+    column: int
+
+
 class PageCUSUM:
     """One-sided CUSUMs ``S_j = max(0, S_j + x_j)``, one per column, with thresholds ``h_j``.
 
@@ -218,9 +237,22 @@ class PageCUSUM:
     reaches its threshold, a :class:`Detection` is recorded for the stream at that row and
     all its columns restart from 0. An increment of 0 leaves a statistic unchanged, so a
     row a stream did not observe is a 0 in its columns.
+
+    Without ``returns`` a stream goes on testing at once (Page's classic restart: a change that
+    persists is detected again and again). With ``returns`` (per column ``j``, the column ``k``
+    whose *negated* increments test the way back after ``j`` detected), a detection puts the
+    stream in its **changed** state: its columns stop testing, and a return statistic
+    ``R = max(0, R − x_k)`` (the log-likelihood ratio of the reference against the change
+    column ``k`` is tuned to) runs instead; when ``R`` reaches ``h_k`` a :class:`Return` is
+    recorded and the stream tests for a change again, from 0. So a change that persists is
+    one detection, and a change undone is one return. Under the change ``k`` is tuned to, ``R``
+    drifts down as fast as ``S_k`` drifts down under the reference, so a false return is as
+    rare as a false detection; choosing ``k`` as the smallest change in the detecting
+    column's direction keeps a change between two sizes from looking like a return.
     """
 
-    def __init__(self, thresholds: Sequence[float], *, groups: Sequence[int] | None = None) -> None:
+    def __init__(self, thresholds: Sequence[float], *, groups: Sequence[int] | None = None,
+                 returns: Sequence[int] | None = None, watch: Sequence[bool] | None = None) -> None:
         self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
         if self.thresholds.size and not (np.isfinite(self.thresholds).all() and (self.thresholds > 0).all()):
             raise DetectorError("CUSUM thresholds must be finite and positive")
@@ -228,16 +260,31 @@ class PageCUSUM:
         self.groups = np.arange(m) if groups is None else np.asarray(groups, dtype=np.int64).reshape(-1)
         if self.groups.size != m:
             raise DetectorError(f"{self.groups.size} groups given for {m} columns")
+        self.returns = None if returns is None else np.asarray(returns, dtype=np.int64).reshape(-1)
+        if self.returns is not None and (self.returns.size != m or (m and not (
+                (self.returns >= 0).all() and (self.returns < m).all()
+                and (self.groups[self.returns] == self.groups).all()))):
+            raise DetectorError("returns must name, per column, a column of the same stream")
+        self.watch = np.ones(m, dtype=bool) if watch is None else np.asarray(watch, dtype=bool).reshape(-1)
+        """Columns that test for a change (the others only serve as return tests)."""
+        if self.watch.size != m:
+            raise DetectorError(f"{self.watch.size} watch flags given for {m} columns")
         self._reset()
 
     def _reset(self) -> None:
         self.statistic = np.zeros(self.thresholds.size, dtype=np.float64)
+        size = int(self.groups.max()) + 1 if self.groups.size else 0
+        self.changed = np.full(size, -1, dtype=np.int64)
+        """Per stream, the column whose negation tests its return while it is changed (-1: not changed)."""
+        self.back = np.zeros(size, dtype=np.float64)
+        """Per changed stream, its return statistic ``R``."""
         self.detections: tuple[Detection, ...] = ()
+        self.returned: tuple[Return, ...] = ()
         self.n = 0
 
     def update(self, increments: np.ndarray) -> Self:
         """Feed a ``(rows, columns)`` batch of increments in arrival order; :attr:`detections`
-        then holds this batch's detections (row indices into the batch)."""
+        (and :attr:`returned`) then hold this batch's events (row indices into the batch)."""
         x = np.asarray(increments, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.thresholds.size:
             raise DetectorError(f"expected increments of shape (rows, {self.thresholds.size}), got {x.shape}")
@@ -250,6 +297,7 @@ class PageCUSUM:
         if c.ndim != 2 or c.shape[1] != self.thresholds.size:
             raise DetectorError(f"expected sums of shape (rows, {self.thresholds.size}), got {c.shape}")
         found: list[Detection] = []
+        back: list[Return] = []
         s0 = self.statistic
         start, n = 0, c.shape[0]
         while start < n:
@@ -258,25 +306,54 @@ class PageCUSUM:
             np.minimum(low, -s0, out=low)
             np.subtract(part, low, out=low)  # S_t for t = start..n-1, relative to the sums at start - 1
             over = low >= self.thresholds
-            hit_rows = np.flatnonzero(over.any(axis=1))
+            over[:, ~self.watch] = False
+            changed = np.flatnonzero(self.changed >= 0)
+            if changed.size:  # a changed stream does not test for a change; its return statistic runs
+                over[:, np.isin(self.groups, changed)] = False
+                cols = self.changed[changed]
+                neg = -part[:, cols]
+                floor = np.minimum.accumulate(neg, axis=0)
+                np.minimum(floor, -self.back[changed], out=floor)
+                np.subtract(neg, floor, out=floor)  # R_t
+                home = floor >= self.thresholds[cols]
+                hit_rows = np.flatnonzero(over.any(axis=1) | home.any(axis=1))
+            else:
+                hit_rows = np.flatnonzero(over.any(axis=1))
             if not hit_rows.size:
                 s0 = low[-1].copy()
+                if changed.size:
+                    self.back[changed] = floor[-1]
                 break
             r = int(hit_rows[0])
             row = low[r]
             s0 = row.copy()
+            if changed.size:
+                self.back[changed] = floor[r]
+                for g, col in zip(changed[home[r]].tolist(), cols[home[r]].tolist()):
+                    back.append(Return(start + r, int(g), int(col)))
+                    self.changed[g] = -1
+                    self.back[g] = 0.0
+                    s0[self.groups == g] = 0.0  # tests for a change again, from 0
             for g in np.unique(self.groups[over[r]]):
                 members = np.flatnonzero(self.groups == g)
+                members = members[self.watch[members]]
                 ratios = row[members] / self.thresholds[members]
                 best = int(members[int(np.argmax(ratios))])
                 found.append(Detection(start + r, int(g), best, float(ratios.max())))
                 s0[members] = 0.0
+                if self.returns is not None:
+                    self.changed[g] = int(self.returns[best])
+                    self.back[g] = 0.0
             # continue after row r: the sums restart there
             base = c[start + r].copy()
             start += r + 1
             c[start:] -= base
+        if self.returns is not None:
+            s0[np.isin(self.groups, np.flatnonzero(self.changed >= 0))] = 0.0
+        s0[~self.watch] = 0.0
         self.statistic = s0
         self.detections = tuple(found)
+        self.returned = tuple(back)
         self.n += n
         return self
 
@@ -285,16 +362,22 @@ class PageCUSUM:
         raise DetectorError("a CUSUM is order-dependent and cannot be merged; feed one instance in arrival order")
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-able state (the statistics; the last batch's detections are not state)."""
+        """JSON-able state (the statistics and changed streams; the last batch's events are not state)."""
         return {"thresholds": self.thresholds.tolist(), "groups": self.groups.tolist(),
-                "statistic": self.statistic.tolist(), "n": self.n}
+                "returns": self.returns.tolist() if self.returns is not None else None,
+                "watch": self.watch.tolist(),
+                "statistic": self.statistic.tolist(), "n": self.n,
+                "changed": self.changed.tolist(), "back": self.back.tolist()}
 
     @classmethod
     def restore(cls, state: Mapping[str, Any]) -> Self:
         """Rebuild from :meth:`snapshot`."""
-        out = cls(state["thresholds"], groups=state["groups"])
+        out = cls(state["thresholds"], groups=state["groups"], returns=state.get("returns"), watch=state.get("watch"))
         out.statistic = np.asarray(state["statistic"], dtype=np.float64)
         out.n = int(state["n"])
+        if state.get("changed") is not None:
+            out.changed = np.asarray(state["changed"], dtype=np.int64)
+            out.back = np.asarray(state["back"], dtype=np.float64)
         return out
 
 
@@ -328,10 +411,14 @@ class StreamStatus:
     change: str = ""
     delta: float = 0.0
     sd_ratio: float = 0.0
+    changed: bool = False
+    """The stream is in its changed state (it detected, and has shown no evidence of return yet):
+    ``ratio`` and ``change`` are then the detection's."""
 
     @property
     def drift(self) -> bool:
-        return self.detections > 0
+        """It detected in the window, or a change it detected earlier still holds."""
+        return self.detections > 0 or self.changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,13 +461,16 @@ class _Spec:
     change: list[str]
     delta: list[float]
     sd_ratio: list[float]
+    watch: list[bool]
+    """False: a return column (tests the way back after a detection, never a change)."""
 
     @classmethod
     def empty(cls) -> _Spec:
-        return cls([], [], [], [], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [], [], [], [], [])
 
     def add(self, src: int, obs: int, alpha: float, beta: float, kl: float, group: int,
-            overshoot: float = 0.0, change: str = "", delta: float = 0.0, sd_ratio: float = 0.0) -> None:
+            overshoot: float = 0.0, change: str = "", delta: float = 0.0, sd_ratio: float = 0.0,
+            watch: bool = True) -> None:
         self.src.append(src)
         self.obs.append(obs)
         self.alpha.append(alpha)
@@ -391,10 +481,26 @@ class _Spec:
         self.change.append(change)
         self.delta.append(delta)
         self.sd_ratio.append(sd_ratio)
+        self.watch.append(watch)
+
+    def extend(self, other: _Spec) -> None:
+        for name in ("src", "obs", "alpha", "beta", "kl", "group", "overshoot", "change", "delta", "sd_ratio", "watch"):
+            getattr(self, name).extend(getattr(other, name))
 
     def thresholds(self, arl: float) -> list[float]:
         """Each column's ``h``: ``ARL₀ = arl`` with ``b = h + overshoot`` (see the module docstring)."""
         return [max(threshold_for(arl, kl) - o, 1e-9) for kl, o in zip(self.kl, self.overshoot)]
+
+    def returns(self) -> list[int]:
+        """Per column, the column whose negation tests a stream's return after it detected: the
+        return column of the same stream, source and direction (tuned to half the smallest
+        change; see :class:`PageCUSUM`), else the smallest change's column."""
+        out = []
+        for j, (g, src, delta) in enumerate(zip(self.group, self.src, self.delta)):
+            same = [k for k, (h, s, d) in enumerate(zip(self.group, self.src, self.delta))
+                    if h == g and s == src and (d > 0) == (delta > 0)]
+            out.append(min(same, key=lambda k: (self.watch[k], abs(self.delta[k]), k)) if same else j)
+        return out
 
 
 def _bernoulli(p0: float, n_ref: int, direction: int, delta: float, margin: float) -> tuple[float, float, float] | None:
@@ -436,12 +542,14 @@ class ReferenceCUSUM:
         self.positive_label = positive_label
         self.false_alarms_per_million = float(false_alarms_per_million)
         self._pspec, self._espec = prediction_spec, error_spec
-        m = len(prediction_spec.src) + len(error_spec.src)
+        m = sum(prediction_spec.watch) + sum(error_spec.watch)  # return columns never detect
         if thresholds is None:
             arl = m / (self.false_alarms_per_million * 1e-6) if m else 1.0
             thresholds = (prediction_spec.thresholds(arl), error_spec.thresholds(arl))
-        self._pbank = PageCUSUM(thresholds[0], groups=prediction_spec.group)
-        self._ebank = PageCUSUM(thresholds[1], groups=error_spec.group)
+        self._pbank = PageCUSUM(thresholds[0], groups=prediction_spec.group, returns=prediction_spec.returns(),
+                                watch=prediction_spec.watch)
+        self._ebank = PageCUSUM(thresholds[1], groups=error_spec.group, returns=error_spec.returns(),
+                                watch=error_spec.watch)
         self._palpha = np.asarray(prediction_spec.alpha, np.float64)
         self._pbeta = np.asarray(prediction_spec.beta, np.float64)
         self._psrc = np.asarray(prediction_spec.src, np.int64)
@@ -458,6 +566,11 @@ class ReferenceCUSUM:
         self._window_n = np.zeros(g, dtype=np.int64)
         self._n_total = np.zeros(g, dtype=np.int64)
         self._window_change: list[tuple[str, float, float]] = [("", 0.0, 0.0)] * g
+        self._held_ratio = np.zeros(g, dtype=np.float64)
+        """Per stream in its changed state, the ratio of the detection that began it (else 0)."""
+        self._held_change: list[tuple[str, float, float]] = [("", 0.0, 0.0)] * g
+        self.returned: tuple[Stream, ...] = ()
+        """The streams whose change was undone (evidence of return) in the last batch."""
         # observation column -> stream (for the per-stream counts)
         self._obs_group = self._observation_groups()
         # the observations a stream counts: a numeric feature with point masses counts its values
@@ -488,6 +601,10 @@ class ReferenceCUSUM:
             raise DetectorError(f"deltas must be positive change sizes, got {deltas!r}")
         streams: list[Stream] = []
         pspec, espec = _Spec.empty(), _Spec.empty()
+        # return columns (half the smallest change, per stream, source and direction: the way back
+        # a changed stream tests), appended after every detecting column of their block
+        back: dict[int, _Spec] = {id(pspec): _Spec.empty(), id(espec): _Spec.empty()}
+        low = min(deltas) / 2.0
         numeric: dict[str, tuple[list[float], list[float]]] = {}
         categories: dict[str, list[str]] = {}
         atoms: dict[str, list[float]] = {}
@@ -503,12 +620,17 @@ class ReferenceCUSUM:
                 src = len(sources)
                 sources.append(("indicator", (obs, value)))
                 for direction in ((1,) if up_only else (1, -1)):
+                    added = 0
                     for d in deltas:
                         coef = _bernoulli(p0, n_ref, direction, d, margin)
                         if coef is not None:
+                            added += 1
                             spec.add(src, obs, coef[0], coef[1], coef[2], g,
                                      change=f"{what.format(value=_label(value))} {'+' if direction > 0 else '-'}{d:g} sd",
                                      delta=direction * d)
+                    coef = _bernoulli(p0, n_ref, direction, low, margin) if added else None
+                    if coef is not None:
+                        back[id(spec)].add(src, obs, coef[0], coef[1], coef[2], g, delta=direction * low, watch=False)
 
         def bernoulli_stream(stream: Stream, shares: Mapping[str, float], n_ref: int, obs: int,
                              up_only: bool = False) -> None:
@@ -553,7 +675,17 @@ class ReferenceCUSUM:
                         # Gaussian LLR of N(dir·(mu+d), 1) vs N(dir·mu, 1) on y
                         pspec.add(y, obs, direction * d, -(d * mu + d * d / 2.0), d * d / 2.0, g, OVERSHOOT * d,
                                   change=f"mean{rest} {'+' if direction > 0 else '-'}{d:g} sd", delta=direction * d)
-                    for d in (deltas if direction > 0 else deltas[-1:]):
+                    back[id(pspec)].add(y, obs, direction * low, -(low * mu + low * low / 2.0), low * low / 2.0, g,
+                                        OVERSHOOT * low, delta=direction * low, watch=False)
+                    sizes = deltas if direction > 0 else deltas[-1:]
+                    d = min(sizes) / 2.0
+                    ratio = (1.0 + d) ** 2 if direction > 0 else 1.0 / (1.0 + d) ** 2
+                    v0 = 1.0 + direction * dv
+                    if v0 > 0:
+                        back[id(pspec)].add(y2, obs, 0.5 * (1.0 - 1.0 / ratio) / v0, -0.5 * math.log(ratio),
+                                            0.5 * (1.0 / ratio - 1.0 + math.log(ratio)), g, delta=direction * d,
+                                            sd_ratio=(1.0 + d) ** direction, watch=False)
+                    for d in sizes:
                         ratio = (1.0 + d) ** 2 if direction > 0 else 1.0 / (1.0 + d) ** 2  # σ₁² / σ₀²
                         v0 = 1.0 + direction * dv
                         if v0 <= 0:
@@ -626,9 +758,14 @@ class ReferenceCUSUM:
                         coef = _bernoulli(e0, int(both.sum()), 1, d, margin)
                         if coef is not None:
                             espec.add(0, 0, coef[0], coef[1], coef[2], g, change=f"error rate +{d:g} sd", delta=d)
+                    coef = _bernoulli(e0, int(both.sum()), 1, low, margin)
+                    if coef is not None and any(grp == g for grp in espec.group):
+                        back[id(espec)].add(0, 0, coef[0], coef[1], coef[2], g, delta=low, watch=False)
                     if not any(grp == g for grp in espec.group):
                         streams.pop()
 
+        pspec.extend(back[id(pspec)])
+        espec.extend(back[id(espec)])
         return cls(streams=streams, numeric=numeric, atoms=atoms, categories=categories, classes=classes,
                    attributes=groups_of,
                    positive_label=positive_label, prediction_spec=pspec, error_spec=espec, layout=(sources, observed),
@@ -653,8 +790,9 @@ class ReferenceCUSUM:
 
     @property
     def columns(self) -> int:
-        """Number of one-sided CUSUM columns (the Bonferroni divisor)."""
-        return self._pbank.thresholds.size + self._ebank.thresholds.size
+        """Number of one-sided CUSUM columns that test for a change (the Bonferroni divisor; the
+        return columns, which test only a changed stream's way back, are not among them)."""
+        return int(self._pbank.watch.sum() + self._ebank.watch.sum())
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -784,6 +922,14 @@ class ReferenceCUSUM:
                 self._window_ratio[g] = d.ratio
                 self._window_change[g] = change
             self._window_detections[g] += 1
+        # the state at the batch's end: a stream still changed holds its detection's figures
+        for d in bank.detections:
+            self._held_ratio[d.group], self._held_change[d.group] = d.ratio, (
+                spec.change[d.column], spec.delta[d.column], spec.sd_ratio[d.column])
+        mine = np.unique(bank.groups)
+        for g in mine[(bank.changed[mine] < 0) & (self._held_ratio[mine] > 0)].tolist():
+            self._held_ratio[g], self._held_change[g] = 0.0, ("", 0.0, 0.0)
+        self.returned = tuple(self.streams[r.group] for r in bank.returned)
         self._window_n += seen
         self._n_total += seen
         self.new = tuple(new)
@@ -810,12 +956,16 @@ class ReferenceCUSUM:
     def result(self) -> CUSUMResult:
         """Every stream in the current window (no state change)."""
         current = self._current_ratio()
-        streams = tuple(
-            StreamStatus(stream=s, detections=int(self._window_detections[g]),
-                         ratio=float(self._window_ratio[g] if self._window_detections[g] else current[g]),
-                         n=int(self._window_n[g]), n_total=int(self._n_total[g]), change=self._window_change[g][0],
-                         delta=self._window_change[g][1], sd_ratio=self._window_change[g][2])
-            for g, s in enumerate(self.streams))
+
+        def status(g: int, s: Stream) -> StreamStatus:
+            detected, held = bool(self._window_detections[g]), float(self._held_ratio[g])
+            ratio = self._window_ratio[g] if detected else held or current[g]
+            change = self._window_change[g] if detected else self._held_change[g]
+            return StreamStatus(stream=s, detections=int(self._window_detections[g]), ratio=float(ratio),
+                                n=int(self._window_n[g]), n_total=int(self._n_total[g]), change=change[0],
+                                delta=change[1], sd_ratio=change[2], changed=held > 0)
+
+        streams = tuple(status(g, s) for g, s in enumerate(self.streams))
         return CUSUMResult(streams=streams, columns=self.columns,
                            false_alarms_per_million=self.false_alarms_per_million)
 
@@ -828,7 +978,8 @@ class ReferenceCUSUM:
         profile (:meth:`restore` with ``template``)."""
         def spec(s: _Spec) -> dict[str, list[Any]]:
             return {"src": s.src, "obs": s.obs, "alpha": s.alpha, "beta": s.beta, "kl": s.kl, "group": s.group,
-                    "overshoot": s.overshoot, "change": s.change, "delta": s.delta, "sd_ratio": s.sd_ratio}
+                    "overshoot": s.overshoot, "change": s.change, "delta": s.delta, "sd_ratio": s.sd_ratio,
+                    "watch": s.watch}
 
         state: dict[str, Any] = {
             "kind": "reference_cusum", "version": 1, "columns": self.columns,
@@ -836,6 +987,7 @@ class ReferenceCUSUM:
             "window_detections": self._window_detections.tolist(), "window_ratio": self._window_ratio.tolist(),
             "window_n": self._window_n.tolist(), "n_total": self._n_total.tolist(),
             "window_change": [list(c) for c in self._window_change],
+            "held_ratio": self._held_ratio.tolist(), "held_change": [list(c) for c in self._held_change],
         }
         if reference:
             state["reference"] = {
@@ -858,7 +1010,8 @@ class ReferenceCUSUM:
             return _Spec(list(d["src"]), list(d["obs"]), list(d["alpha"]), list(d["beta"]), list(d["kl"]),
                          list(d["group"]), list(d.get("overshoot") or [0.0] * len(d["src"])),
                          list(d.get("change") or [""] * len(d["src"])), list(d.get("delta") or [0.0] * len(d["src"])),
-                         list(d.get("sd_ratio") or [0.0] * len(d["src"])))
+                         list(d.get("sd_ratio") or [0.0] * len(d["src"])),
+                         [bool(w) for w in d.get("watch") or [True] * len(d["src"])])
 
         pbank, ebank = state["prediction_bank"], state["error_bank"]
         ref = state.get("reference")
@@ -882,8 +1035,11 @@ class ReferenceCUSUM:
             if not same:
                 raise DetectorError("this CUSUM snapshot was taken with another reference or other settings")
             out = template  # type: ignore[assignment]
-        out._pbank = PageCUSUM.restore(pbank)
-        out._ebank = PageCUSUM.restore(ebank)
+        out._pbank = PageCUSUM.restore({**pbank, "returns": out._pspec.returns(), "watch": out._pspec.watch})
+        out._ebank = PageCUSUM.restore({**ebank, "returns": out._espec.returns(), "watch": out._espec.watch})
+        if state.get("held_ratio") is not None:
+            out._held_ratio = np.asarray(state["held_ratio"], dtype=np.float64)
+            out._held_change = [(str(c[0]), float(c[1]), float(c[2])) for c in state["held_change"]]
         out._window_detections = np.asarray(state["window_detections"], dtype=np.int64)
         out._window_ratio = np.asarray(state["window_ratio"], dtype=np.float64)
         out._window_n = np.asarray(state["window_n"], dtype=np.int64)

@@ -46,6 +46,11 @@ METRICS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType(
         "performance_estimate": _m({"metric"}, {"value", "n"}),
         "concept_drift": _m({"detector"}, {"drift", "n", "value", "threshold", "delta"}),
         "fairness": _m({"attribute", "group", "metric"}, {"value", "n", "threshold", "delta"}),
+        # by prediction time (detectors/cohort.py): the window's predictions, whatever window their labels
+        # joined in, rewritten at the window's end as labels arrive; estimate: the label-free figure,
+        # written while label_coverage < 0.8
+        "cohort_performance": _m({"metric"}, {"value", "n", "label_coverage", "predictions", "estimate"}),
+        "cohort_fairness": _m({"attribute", "group", "metric"}, {"value", "n", "label_coverage", "predictions"}),
         "monitor": _m({"stat"}, {"value"}),
     }
 )
@@ -72,6 +77,10 @@ FAIRNESS_DISPARITY_METRICS: frozenset[str] = frozenset(
     }
 )
 """Fairness metrics written with ``group="all"``."""
+COHORT_MEASUREMENTS: frozenset[str] = frozenset({"cohort_performance", "cohort_fairness"})
+"""Measurements of prediction-time windows (rewritten as labels arrive; fields ``label_coverage``)."""
+COHORT_FAIRNESS_METRICS: frozenset[str] = frozenset({"tpr", "fpr", "fnr", "precision", "accuracy"})
+"""``cohort_fairness`` metrics: the per-group ones that need labels (``detectors.cohort``)."""
 DATA_QUALITY_CHECKS: frozenset[str] = frozenset({"missing", "out_of_range", "unseen_category", "type_error"})
 """Values of the ``check`` tag of ``data_quality`` (``detectors.quality.CHECKS``)."""
 MONITOR_WINDOW_STATS: frozenset[str] = frozenset({"dead_letters", "join_rate", "events", "pairs"})
@@ -115,6 +124,8 @@ TAG_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
         ("data_quality", "check"): DATA_QUALITY_CHECKS,
         ("performance", "metric"): PERFORMANCE_METRICS,
         ("performance_estimate", "metric"): PERFORMANCE_METRICS,
+        ("cohort_performance", "metric"): PERFORMANCE_METRICS,
+        ("cohort_fairness", "metric"): COHORT_FAIRNESS_METRICS,
         ("fairness", "metric"): FAIRNESS_GROUP_METRICS | FAIRNESS_DISPARITY_METRICS,
         ("monitor", "stat"): MONITOR_STATS,
     }

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Self, Sequence
 
 from detectors.points import Point
 from retrain.events import Alert, Observation, RetrainTrigger, alert_id
-from retrain.metrics import METRICS, TAG_VALUES
+from retrain.metrics import COHORT_MEASUREMENTS, METRICS, TAG_VALUES
 
 Op = Literal[">", ">=", "<", "<=", "=="]
 Combine = Literal["any", "all"]
@@ -101,7 +101,8 @@ class ConditionResult:
         return _most_extreme(pool, self.condition.op)
 
 
-_CONDITION_KEYS = ("measurement", "field", "tags", "op", "threshold", "min_count", "min_samples", "count_by")
+_CONDITION_KEYS = ("measurement", "field", "tags", "op", "threshold", "min_count", "min_samples", "count_by",
+                   "min_coverage")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,7 +110,9 @@ class Condition:
     """A test on the points of one measurement in one window.
 
     Points match on ``measurement`` and on every tag in ``tags`` (exact; a tag not
-    named matches anything) and must carry ``field``. With ``min_samples`` > 0 a
+    named matches anything) and must carry ``field``. With ``min_coverage`` > 0 (cohort
+    measurements only) a point whose ``label_coverage`` is missing or below it is ignored,
+    so a rule waits for a prediction-time window's labels. With ``min_samples`` > 0 a
     point whose ``n`` field is missing or below it is ignored. The condition
     breaches when at least ``min_count`` matching points satisfy
     ``field <op> threshold`` (counting distinct values of the tag ``count_by`` when
@@ -132,6 +135,7 @@ class Condition:
     min_count: int = 1
     min_samples: int = 0
     count_by: str | None = None
+    min_coverage: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"condition on {self.measurement!r}"
@@ -171,6 +175,13 @@ class Condition:
             raise PolicyError(ERR_THRESHOLD.format(where=where, value=self.threshold))
         _check_int(where, "min_count", self.min_count, 1)
         _check_int(where, "min_samples", self.min_samples, 0)
+        coverage = self.min_coverage
+        if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0.0 <= coverage <= 1.0:
+            raise PolicyError(f"{where}: min_coverage must be a number from 0 to 1, got {coverage!r}")
+        if coverage and self.measurement not in COHORT_MEASUREMENTS:
+            raise PolicyError(f"{where}: min_coverage applies to the cohort measurements "
+                              f"({', '.join(sorted(COHORT_MEASUREMENTS))}), whose points carry label_coverage")
+        object.__setattr__(self, "min_coverage", float(coverage))
         if self.count_by is not None and self.count_by not in tag_keys:
             raise PolicyError(
                 ERR_TAG.format(where=where, measurement=self.measurement, value=self.count_by, choices=sorted(tag_keys))
@@ -192,6 +203,10 @@ class Condition:
         n = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and math.isfinite(n) else None
         if self.min_samples > 0 and (n is None or n < self.min_samples):
             return None
+        if self.min_coverage > 0:
+            coverage = _number(point.fields.get("label_coverage"))
+            if coverage is None or coverage < self.min_coverage:
+                return None
         score = _number(point.fields.get("value")) if self.field != "value" else None
         return Observation(
             measurement=self.measurement,
@@ -232,6 +247,8 @@ class Condition:
         text = f"{self.measurement}{'{' + tags + '}' if tags else ''}.{self.field} {self.op} {threshold}"
         if self.min_count > 1:
             text += f" on >= {self.min_count} {self.count_by + 's' if self.count_by else 'points'}"
+        if self.min_coverage:
+            text += f" at label coverage >= {self.min_coverage:g}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,6 +263,8 @@ class Condition:
         }
         if self.count_by is not None:
             out["count_by"] = self.count_by
+        if self.min_coverage:
+            out["min_coverage"] = self.min_coverage
         return out
 
     @classmethod
@@ -314,6 +333,10 @@ class Rule:
         for c in conditions:
             if not isinstance(c, Condition):
                 raise PolicyError(f"{where}: conditions must be Condition objects, got {c!r}")
+        if len({c.measurement in COHORT_MEASUREMENTS for c in conditions}) > 1:
+            raise PolicyError(f"{where}: conditions on cohort measurements ({', '.join(sorted(COHORT_MEASUREMENTS))}) "
+                              "cannot be combined with others: a cohort window is decided when its labels have "
+                              "arrived, other windows at their close; make two rules")
         object.__setattr__(self, "conditions", conditions)
         if self.combine not in COMBINES:
             raise PolicyError(ERR_CHOICE.format(where=where, key="combine", choices=COMBINES, value=self.combine))
@@ -342,6 +365,11 @@ class Rule:
         if any(v is Verdict.CLEAR for v in verdicts):
             return Verdict.CLEAR, results
         return Verdict.NO_DATA, results
+
+    @property
+    def cohort(self) -> bool:
+        """A rule on prediction-time windows (:meth:`PolicyEngine.evaluate_cohort` decides it)."""
+        return self.conditions[0].measurement in COHORT_MEASUREMENTS
 
     def describe(self) -> str:
         return f" {self.combine.upper()} ".join(c.describe() for c in self.conditions)
@@ -413,6 +441,10 @@ threshold *and* the pooled chi-square test significant at the window's share of 
 p-value tests at 0.05) and River's sequential detectors on batch means (``adwin``, ...) have no
 stated false-alarm rate: write your own rules to alert on them."""
 
+COHORTS_REMEMBERED = 1000
+"""Decided cohort windows a rule remembers per model (its snapshot stays small): a window is
+decided again only if it is rewritten after this many later windows were decided."""
+
 WINDOWED_MIN_SAMPLES = 100
 """Values a window's drift point needs before a default rule reads it (a replay's final partial
 window of a few dozen events tells little and is left out)."""
@@ -456,10 +488,10 @@ def default_rules() -> list[Rule]:
     CUSUM of one change are conditions of *one* rule, so they raise one alert. DDM, EDDM and
     ADWIN on the error stream are not in the defaults: they have no stated false-alarm rate, and
     DDM/EDDM alerted at the first window of a stationary real dataset. The drift rules fire on
-    one breach (a CUSUM detection fires them between window closes), stay firing while
-    detections keep coming and resolve after 3 clear windows (``concept-drift`` after 5: a small
-    rise of the error rate is detected again only every few windows of labelled pairs, as its
-    stream restarts after each detection, and 3 let it flap in the demo); the threshold rules (accuracy,
+    one breach (a CUSUM detection fires them between window closes), stay firing while the
+    change holds (a CUSUM stream that detected keeps reporting ``drift`` until its return test
+    shows the reference level again: :class:`detectors.cusum.PageCUSUM`) and resolve after 3
+    clear windows, so a persisting change is one alert, however weak; the threshold rules (accuracy,
     fairness) need 2 breaching windows and resolve after 3 clear ones, so a metric near its
     threshold raises one alert, not one per window. Windows without a rule's data (no labels
     yet, a stream that observed nothing) neither breach nor clear. The retrain rules wait 10
@@ -495,7 +527,7 @@ def default_rules() -> list[Rule]:
         Rule(name="concept-drift",
              conditions=[Condition(measurement="concept_drift", field="drift", tags={"detector": "cusum"}, op="==",
                                    threshold=True)],
-             clear_after=5, description="The CUSUM on the error rate of labelled pairs detected a rise."),
+             clear_after=3, description="The CUSUM on the error rate of labelled pairs detected a rise."),
         Rule(name="fairness-demographic-parity",
              conditions=[Condition(measurement="fairness", tags={"group": "all", "metric": "demographic_parity_ratio"},
                                    op="<", threshold=0.8, min_samples=200)],
@@ -539,6 +571,8 @@ class _RuleState:
     since_ns: int | None = None
     incident_id: str | None = None
     last_instant_ns: int | None = None
+    cohorts_decided: list[int] = _field(default_factory=list)
+    """A cohort rule's recently decided windows (their ends), so each is decided once."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -552,6 +586,7 @@ class _RuleState:
             "since_ns": self.since_ns,
             "incident_id": self.incident_id,
             "last_instant_ns": self.last_instant_ns,
+            "cohorts_decided": list(self.cohorts_decided),
         }
 
 
@@ -617,6 +652,8 @@ class PolicyEngine:
         alerts: list[Alert] = []
         fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]] = []
         for rule in self.rules:
+            if rule.cohort:
+                continue
             state = self._state(rule, model_id, model_version, window_start_ns, window_end_ns, alerts)
             verdict, results = rule.evaluate(own)
             if verdict is Verdict.NO_DATA:
@@ -624,38 +661,69 @@ class PolicyEngine:
             if state.last_end_ns is not None and window_end_ns <= state.last_end_ns:
                 continue
             state.last_end_ns = window_end_ns
-            cooling = state.cooldown > 0
-            if cooling:
-                state.cooldown -= 1
-            if verdict is Verdict.BREACH:
-                state.clear_streak = 0
-                if state.breach_streak == 0:
-                    state.streak_start_ns = window_start_ns
-                state.breach_streak += 1
-                if not state.firing and not cooling and state.breach_streak >= rule.fire_after:
-                    state.firing = True
-                    state.since_ns = state.streak_start_ns
-                    alert = self._alert(rule, state, "firing", model_id, window_start_ns, window_end_ns, results)
-                    state.incident_id = alert.alert_id
-                    alerts.append(alert)
-                    if rule.retrain:
-                        fired_retrain.append((rule, results))
-            else:
-                state.breach_streak = 0
-                state.streak_start_ns = None
-                if state.firing:
-                    state.clear_streak += 1
-                    if state.clear_streak >= rule.clear_after:
-                        alerts.append(
-                            self._alert(rule, state, "resolved", model_id, window_start_ns, window_end_ns, results)
-                        )
-                        state.firing = False
-                        state.clear_streak = 0
-                        state.since_ns = None
-                        state.incident_id = None
-                        state.cooldown = rule.cooldown_windows
+            self._step(rule, state, verdict, results, model_id, window_start_ns, window_end_ns, alerts, fired_retrain)
         return Decision(alerts=tuple(alerts), jobs=self._jobs(model_id, model_version, window_start_ns, window_end_ns,
                                                                fired_retrain))
+
+    def evaluate_cohort(self, *, model_id: str, model_version: str, window_start_ns: int, window_end_ns: int,
+                        points: Sequence[Point]) -> Decision:
+        """Evaluate the rules on cohort measurements on one prediction-time window's points, at its
+        close or when late labels rewrote them. Each rule decides a window once: the first time
+        its points give a verdict (a condition's ``min_coverage`` and ``min_samples`` hold back a
+        window whose labels have not arrived yet); decided windows count towards ``fire_after``,
+        ``clear_after`` and the cooldown in the order they were decided."""
+        own = [p for p in points if p.tags.get("model_id", model_id) == model_id
+               and p.tags.get("model_version", model_version) == model_version]
+        alerts: list[Alert] = []
+        fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]] = []
+        for rule in self.rules:
+            if not rule.cohort:
+                continue
+            verdict, results = rule.evaluate(own)
+            if verdict is Verdict.NO_DATA:
+                continue
+            state = self._state(rule, model_id, model_version, window_start_ns, window_end_ns, alerts)
+            if window_end_ns in state.cohorts_decided:
+                continue
+            state.cohorts_decided = [*state.cohorts_decided[-(COHORTS_REMEMBERED - 1):], window_end_ns]
+            self._step(rule, state, verdict, results, model_id, window_start_ns, window_end_ns, alerts, fired_retrain)
+        return Decision(alerts=tuple(alerts), jobs=self._jobs(model_id, model_version, window_start_ns, window_end_ns,
+                                                               fired_retrain))
+
+    def _step(self, rule: Rule, state: _RuleState, verdict: Verdict, results: tuple[ConditionResult, ...],
+              model_id: str, window_start_ns: int, window_end_ns: int, alerts: list[Alert],
+              fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]]) -> None:
+        """One decided window of one rule: streaks, cooldown, firing and resolving."""
+        cooling = state.cooldown > 0
+        if cooling:
+            state.cooldown -= 1
+        if verdict is Verdict.BREACH:
+            state.clear_streak = 0
+            if state.breach_streak == 0:
+                state.streak_start_ns = window_start_ns
+            state.breach_streak += 1
+            if not state.firing and not cooling and state.breach_streak >= rule.fire_after:
+                state.firing = True
+                state.since_ns = state.streak_start_ns
+                alert = self._alert(rule, state, "firing", model_id, window_start_ns, window_end_ns, results)
+                state.incident_id = alert.alert_id
+                alerts.append(alert)
+                if rule.retrain:
+                    fired_retrain.append((rule, results))
+        else:
+            state.breach_streak = 0
+            state.streak_start_ns = None
+            if state.firing:
+                state.clear_streak += 1
+                if state.clear_streak >= rule.clear_after:
+                    alerts.append(
+                        self._alert(rule, state, "resolved", model_id, window_start_ns, window_end_ns, results)
+                    )
+                    state.firing = False
+                    state.clear_streak = 0
+                    state.since_ns = None
+                    state.incident_id = None
+                    state.cooldown = rule.cooldown_windows
 
     def evaluate_instant(self, *, model_id: str, model_version: str, time_ns: int,
                          points: Sequence[Point]) -> Decision:
@@ -678,7 +746,7 @@ class PolicyEngine:
         alerts: list[Alert] = []
         fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]] = []
         for rule in self.rules:
-            if rule.fire_after != 1:
+            if rule.fire_after != 1 or rule.cohort:
                 continue
             verdict, results = rule.evaluate(own)
             if verdict is not Verdict.BREACH:
@@ -836,6 +904,7 @@ class PolicyEngine:
                     since_ns=_opt_int(entry.get("since_ns")),
                     incident_id=entry.get("incident_id"),
                     last_instant_ns=_opt_int(entry.get("last_instant_ns")),
+                    cohorts_decided=[int(t) for t in entry.get("cohorts_decided") or ()],
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise PolicyError(ERR_SNAPSHOT.format(problem=f"states[{i}]: {exc!r}")) from None

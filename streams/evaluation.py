@@ -16,13 +16,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from detectors.base import DetectorError, FeatureFrame
+from detectors.cohort import cohort_points
 from detectors.concept import ConceptDrift, concept_points
 from detectors.cusum import CUSUMResult, ReferenceCUSUM, StreamStatus, cusum_points
 from detectors.drift import DriftSuite, drift_points
 from detectors.estimate import ESTIMATE_MEASUREMENT, ConfidenceBasedEstimate
 from detectors.fairness import FairnessSummary, fairness_points
 from detectors.label_shift import LabelShift, label_shift_points
-from detectors.performance import ClassificationPerformance, RegressionPerformance, performance_points
+from detectors.performance import (ClassificationPerformance, PerformanceResult, RegressionPerformance,
+                                   performance_points)
 from detectors.profile import as_class_labels
 from detectors.sequential import SequentialDrift, sequential_points
 from detectors.points import Point
@@ -162,6 +164,16 @@ class Evaluation:
             fairness=FairnessSummary.restore(state["fairness"]) if state.get("fairness") else None,
             estimate=ConfidenceBasedEstimate.restore(state["estimate"]) if state.get("estimate") else None,
         )
+
+    def new_cohort(self) -> CohortSummaries:
+        """The summaries of one prediction-time cohort (its pairs' performance and group figures).
+        ROC AUC from the score histograms (within ~1e-4), so a cohort kept for the join's TTL is small."""
+        return CohortSummaries(performance=self._performance(cumulative=True), fairness=self._fairness())
+
+    def restore_cohort(self, state: Mapping[str, Any]) -> CohortSummaries:
+        perf_cls = RegressionPerformance if self.cfg.task == "regression" else ClassificationPerformance
+        return CohortSummaries(performance=perf_cls.restore(state["performance"]),
+                               fairness=FairnessSummary.restore(state["fairness"]) if state.get("fairness") else None)
 
     def new_sequential(self) -> SequentialState:
         """The model-level detectors that run across windows (stage 2)."""
@@ -322,6 +334,47 @@ class WindowSummaries:
         }
 
 
+class CohortSummaries:
+    """The mergeable summaries of one prediction-time cohort: performance and per-group figures of
+    the pairs whose *prediction* falls in the pane, whenever their label arrived (points:
+    :func:`detectors.cohort.cohort_points`)."""
+
+    def __init__(self, *, performance: ClassificationPerformance | RegressionPerformance,
+                 fairness: FairnessSummary | None) -> None:
+        self.performance = performance
+        self.fairness = fairness
+
+    def add_pairs(self, cols: PairColumns) -> None:
+        if isinstance(self.performance, RegressionPerformance):
+            self.performance.update(cols.y_true, cols.y_pred)
+        else:
+            self.performance.update(cols.y_true, cols.y_pred, cols.scores)
+        if self.fairness is not None:
+            self.fairness.update(cols.y_true, cols.y_pred, cols.attributes)
+
+    @property
+    def n(self) -> int:
+        """Labelled pairs in the cohort."""
+        return int(self.performance.result().n)
+
+    def merge(self, other: CohortSummaries) -> CohortSummaries:
+        self.performance.merge(other.performance)
+        if self.fairness is not None and other.fairness is not None:
+            self.fairness.merge(other.fairness)
+        return self
+
+    def points(self, *, predictions: int, estimate: PerformanceResult | None, tags: Mapping[str, str],
+               time_ns: int) -> list[Point]:
+        """The cohort's points at ``time_ns`` (its window's end); ``estimate`` is the window's
+        label-free estimate, written beside the realised figures while coverage is low."""
+        return cohort_points(self.performance.result(), self.fairness.result() if self.fairness is not None else None,
+                             predictions=predictions, estimate=estimate, tags=tags, time_ns=time_ns)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"performance": self.performance.snapshot(),
+                "fairness": self.fairness.snapshot() if self.fairness is not None else None}
+
+
 class SequentialState:
     """Model-level detectors that run across windows (stage 2), fed when a pane closes, in an
     order that depends only on what was merged (source partition, then batch sequence): River's
@@ -360,8 +413,10 @@ class SequentialState:
         out.extend(concept_points(self.concept.result(), tags=tags, time_ns=time_ns))
         if self.cusum is not None:
             rows = cusum or [[0, 0.0, 0, 0.0] for _ in self.cusum.streams]
+            # a stream still in its changed state reports its detection's ratio (>= 1) as its current one
             streams = tuple(StreamStatus(stream=stream, detections=int(row[0]),
-                                         ratio=float(row[1] if row[0] else row[3]), n=int(row[2]), n_total=0)
+                                         ratio=float(row[1] if row[0] else row[3]), n=int(row[2]), n_total=0,
+                                         changed=not row[0] and float(row[3]) >= 1.0)
                             for stream, row in zip(self.cusum.streams, rows))
             result = CUSUMResult(streams=streams, columns=self.cusum.columns,
                                  false_alarms_per_million=self.cusum.false_alarms_per_million)

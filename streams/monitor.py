@@ -133,6 +133,7 @@ class _Deltas:
     def __init__(self, monitor: ModelMonitor) -> None:
         self.monitor = monitor
         self.panes: dict[tuple[str, int], tuple[PaneDelta, Any]] = {}
+        self.cohorts: dict[tuple[str, int], Any] = {}
         self.instants: list[Instant] = []
 
     def get(self, version: _VersionPanes, pane: int) -> PaneDelta:
@@ -146,11 +147,22 @@ class _Deltas:
         self.get(version, pane)
         return self.panes[(version.version, pane)][1]
 
+    def cohort(self, version: _VersionPanes, pane: int) -> Any:
+        """The batch's :class:`~streams.evaluation.CohortSummaries` of the pairs predicted in ``pane``."""
+        self.get(version, pane)
+        key = (version.version, pane)
+        if key not in self.cohorts:
+            self.cohorts[key] = version.evaluation.new_cohort()
+        return self.cohorts[key]
+
     def finish(self) -> list[PaneDelta]:
         out = []
-        for delta, summaries in self.panes.values():
+        for key, (delta, summaries) in self.panes.items():
             if delta.n or delta.pairs:
                 delta.summaries = summaries.snapshot()
+            cohort = self.cohorts.get(key)
+            if cohort is not None:
+                delta.cohort = cohort.snapshot()
             out.append(delta)
         return out
 
@@ -273,6 +285,7 @@ class ModelMonitor:
                 marks.append((home(float(seen[before[i]])), arrival.mark))
         for (version_name, pane_id), chosen_pairs in sorted(pairs.items(), key=lambda item: item[0][1]):
             self._add_pairs(self._version(version_name), pane_id, chosen_pairs, deltas)
+        self._cohorts([a.pair for a in arrivals if a.pair is not None], deltas)
         self.watermark = float(seen[-1])
         self._marks(marks, deltas)
 
@@ -378,6 +391,17 @@ class ModelMonitor:
         delta.evidence.labels.update({p.prediction.prediction_id: p.label for p in pairs
                                       if p.prediction.prediction_id in kept})
         self._cusum(version, pane, delta, deltas, None, cols)
+
+    def _cohorts(self, pairs: Sequence[LabelledPair], deltas: _Deltas) -> None:
+        """Each pair also counts in its *prediction's* pane, the cohort of the window it was predicted
+        in (however late its label came: stage 2 keeps a closed window's cohort for the join's TTL)."""
+        cohorts: dict[tuple[str, int], list[LabelledPair]] = {}
+        for pair in pairs:
+            pane = int(math.floor(pair.prediction.timestamp / self.pane_size))
+            cohorts.setdefault((pair.prediction.model_version, pane), []).append(pair)
+        for (version_name, pane), chosen in sorted(cohorts.items(), key=lambda item: item[0][1]):
+            version = self._version(version_name)
+            deltas.cohort(version, pane).add_pairs(version.evaluation.pair_columns(chosen))
 
     def _evidence(self, delta: PaneDelta, events: Sequence[Prediction]) -> None:
         evidence = delta.evidence if delta.evidence is not None else Evidence()

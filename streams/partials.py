@@ -90,7 +90,11 @@ class PaneDelta:
     ``errors`` the pairs' errors in arrival order (the model-level sequential detectors are
     fed from them when the pane closes); ``cusum`` per CUSUM stream ``[detections, largest
     ratio at a detection, observations, statistic/threshold after the stream's last
-    observation in the pane (None: none)]``; ``counters`` the worker
+    observation in the pane (None: none; >= 1: the stream is still in the changed state of an
+    earlier detection, see :class:`detectors.cusum.PageCUSUM`)]``; ``cohort`` the
+    :class:`~streams.evaluation.CohortSummaries` snapshot of the batch's pairs whose *prediction*
+    is in this pane (event-time windows; it may reach a pane stage 2 has closed, until the join's
+    TTL: :mod:`detectors.cohort`); ``counters`` the worker
     counters (late, dead letters, expired, ...) that fell in this pane; ``complete`` marks a
     count pane that this batch filled.
     """
@@ -110,6 +114,7 @@ class PaneDelta:
     counters: dict[str, int] = field(default_factory=dict)
     evidence: Evidence | None = None
     complete: bool = False
+    cohort: dict[str, Any] | None = None
 
     def count(self, name: str, value: int = 1) -> None:
         if value:
@@ -122,7 +127,7 @@ class PaneDelta:
                 "means": [{k: list(v) for k, v in m.items()} for m in self.means], "errors": self.errors,
                 "cusum": self.cusum, "counters": self.counters,
                 "evidence": self.evidence.to_dict() if self.evidence is not None else None,
-                "complete": self.complete}
+                "complete": self.complete, "cohort": self.cohort}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> PaneDelta:
@@ -135,7 +140,7 @@ class PaneDelta:
             means=[{k: (float(v[0]), int(v[1])) for k, v in m.items()} for m in doc["means"]],
             errors=[float(e) for e in doc["errors"]], cusum=doc["cusum"], counters=dict(doc["counters"]),
             evidence=Evidence.from_dict(doc["evidence"]) if doc["evidence"] is not None else None,
-            complete=bool(doc["complete"]))
+            complete=bool(doc["complete"]), cohort=doc.get("cohort"))
 
 
 @dataclass(frozen=True)

@@ -104,5 +104,6 @@ def model_windows(cfg: Config, evaluations: dict[str, Evaluation], rules: dict[s
     rules = rules if rules is not None else {model_id: policy_rules(cfg, model_id) for model_id in evaluations}
     sources = tuple(sources)
     return {model_id: ModelWindows(cfg.models[model_id], evaluation, sources=sources,
-                                   policy=PolicyEngine(rules[model_id]), registry=registry)
+                                   policy=PolicyEngine(rules[model_id]), registry=registry,
+                                   label_ttl=cfg.join.ttl_seconds)
             for model_id, evaluation in evaluations.items()}

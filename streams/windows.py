@@ -14,7 +14,12 @@ from every source partition (in the worker: the internal topic ``<group_id>-pane
   its points once, feeds the model-level sequential detectors once, evaluates the policy once,
   and returns the window with its alerts and retrain requests;
 - counts a delta for a pane it has already closed as ``late`` (possible only after idleness
-  or with a partition it had never heard of).
+  or with a partition it had never heard of);
+- keeps, per event-time pane, the **cohort** of the pairs predicted in it (whenever their label
+  came: :mod:`detectors.cohort`): a window's ``cohort_performance``/``cohort_fairness`` are
+  written at its close and rewritten, same series and timestamp, whenever a later partial
+  brings more of its labels, until the window's end plus the join's TTL has passed the
+  watermark; then the cohort is dropped (memory: one small summary per pane within the TTL).
 
 Everything it returns depends only on the set of partials merged, not on the order the
 source partitions' partials interleave (the tests check every interleaving they can draw).
@@ -22,16 +27,18 @@ source partitions' partials interleave (the tests check every interleaving they 
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from detectors.performance import PerformanceResult
 from detectors.points import Point
 from retrain.events import Alert, RetrainTrigger
-from retrain.policy import PolicyEngine
+from retrain.policy import COHORT_MEASUREMENTS, PolicyEngine
 from streams.config import ModelConfig
-from streams.evaluation import Evaluation, WindowSummaries
+from streams.evaluation import CohortSummaries, Evaluation, WindowSummaries
 from streams.monitor import Panes, evidence_rows, version_evaluation
 from streams.partials import Evidence, Instant, ModelPartial, PaneDelta
 
@@ -73,17 +80,21 @@ class Decided:
     windows: list[WindowOutput] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     jobs: list[JobRequest] = field(default_factory=list)
+    updates: list[Point] = field(default_factory=list)
+    """Cohort points of windows closed earlier, rewritten with the labels this partial brought."""
 
     @property
     def points(self) -> list[Point]:
-        """Every window's and detection's points. Wall-clock figures (``monitor`` ``throughput``,
-        ``lag``) are not among them: the worker writes those stamped with processing time."""
-        return [p for w in self.windows for p in w.points]
+        """Every window's and detection's points, then the cohort updates. Wall-clock figures
+        (``monitor`` ``throughput``, ``lag``) are not among them: the worker writes those stamped
+        with processing time."""
+        return [p for w in self.windows for p in w.points] + self.updates
 
     def extend(self, other: Decided) -> Decided:
         self.windows.extend(other.windows)
         self.alerts.extend(other.alerts)
         self.jobs.extend(other.jobs)
+        self.updates.extend(other.updates)
         return self
 
 
@@ -176,6 +187,28 @@ class _Pane:
                    complete=bool(state["complete"]))
 
 
+@dataclass
+class _Cohort:
+    """The pairs predicted in one pane (whenever their labels came), and once the pane has closed
+    its predictions and, if a window ended with it, that window's label-free estimate."""
+
+    summaries: CohortSummaries
+    predictions: int = 0
+    closed: bool = False
+    """A window ended with this pane (its cohort points are written and rewritten)."""
+    estimate: dict[str, Any] | None = None
+    """That window's label-free estimate: ``{"n", "metrics"}``."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"summaries": self.summaries.snapshot(), "predictions": self.predictions, "closed": self.closed,
+                "estimate": self.estimate}
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any], evaluation: Evaluation) -> _Cohort:
+        return cls(evaluation.restore_cohort(state["summaries"]), int(state["predictions"]), bool(state["closed"]),
+                   state.get("estimate"))
+
+
 class _VersionWindows:
     """Open panes, the last closed panes (sliding windows) and the sequential state of a version."""
 
@@ -188,6 +221,17 @@ class _VersionWindows:
         self.last_closed: int | None = None
         self.sequential = self.evaluation.new_sequential()
         self.counters: dict[str, int] = {}
+        self.cohorts: dict[int, _Cohort] = {}
+        """Per event-time pane, its cohort (kept until the last window holding it is TTL old)."""
+        self.cohort_order: list[int] = []
+        """The cohorts' pane ids as a heap (oldest first, for expiry)."""
+
+    def cohort(self, pane_id: int) -> _Cohort:
+        found = self.cohorts.get(pane_id)
+        if found is None:
+            found = self.cohorts[pane_id] = _Cohort(self.evaluation.new_cohort())
+            heapq.heappush(self.cohort_order, pane_id)
+        return found
 
     def pane(self, pane_id: int) -> _Pane:
         found = self.open.get(pane_id)
@@ -202,7 +246,8 @@ class _VersionWindows:
     def snapshot(self) -> dict[str, Any]:
         return {"open": {str(k): p.snapshot() for k, p in self.open.items()},
                 "closed": [p.snapshot() for p in self.closed], "last_closed": self.last_closed,
-                "sequential": self.sequential.snapshot(), "counters": dict(self.counters)}
+                "sequential": self.sequential.snapshot(), "counters": dict(self.counters),
+                "cohorts": {str(k): c.snapshot() for k, c in sorted(self.cohorts.items())}}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.open = {int(k): _Pane.restore(v, self.evaluation) for k, v in state["open"].items()}
@@ -211,14 +256,20 @@ class _VersionWindows:
         self.last_closed = state["last_closed"]
         self.sequential = self.evaluation.restore_sequential(state["sequential"])
         self.counters = dict(state["counters"])
+        self.cohorts = {int(k): _Cohort.restore(v, self.evaluation) for k, v in (state.get("cohorts") or {}).items()}
+        self.cohort_order = sorted(self.cohorts)
 
 
 class ModelWindows:
     """Stage 2 of one model: every source partition's panes merged into model windows."""
 
     def __init__(self, cfg: ModelConfig, evaluation: Evaluation, *, sources: Iterable[int] = (0,),
-                 policy: PolicyEngine | None = None, registry: Any = None) -> None:
+                 policy: PolicyEngine | None = None, registry: Any = None,
+                 label_ttl: float = 7 * 24 * 3600.0) -> None:
         self.cfg = cfg
+        self.label_ttl = float(label_ttl)
+        """How long after a window's end its cohort takes late labels (the join's TTL: a label
+        later than that cannot join its prediction anyway)."""
         self.evaluation = evaluation
         self.registry = registry
         self.policy = policy
@@ -266,8 +317,14 @@ class ModelWindows:
             source.watermark = max(source.watermark, float(partial.watermark))
         if partial.final:
             source.watermark = math.inf
+        touched: set[tuple[str, int]] = set()
         for delta in partial.panes:
+            if delta.cohort is not None and self._add_cohort(delta):
+                touched.add((delta.version, delta.pane))
             self._add(delta, partial.source, partial.seq)
+        # the windows already closed whose cohort this partial grew (rewritten after the closes)
+        closed_before = {(name, end) for name, pane in touched for end in range(pane, pane + self.panes_per_window)
+                         if end in self.versions[name].cohorts and self.versions[name].cohorts[end].closed}
         # detections and closes in event-time order: a detection inside a window is decided
         # before the window's close (the policy sees them as they happened)
         self.held.extend((i.time_ns, partial.source, partial.seq, k, i) for k, i in enumerate(partial.instants))
@@ -282,7 +339,70 @@ class ModelWindows:
         ready = math.inf if self.by_events else self.watermark * NS
         while self.held and self.held[0][0] <= ready:
             self._instant(self.held.pop(0)[4], out)
+        self._cohort_updates(closed_before, out)
+        self._expire_cohorts()
         return out
+
+    # -- cohorts (by prediction time) ---------------------------------------------------------------
+
+    def _cohort_expired(self, pane_id: int) -> bool:
+        """Whether the last window holding ``pane_id`` ended more than the join's TTL before the
+        watermark (its cohort can get no more labels)."""
+        last_end = self.panes.end(pane_id + self.panes_per_window - 1)
+        return last_end + self.label_ttl < self.watermark
+
+    def _add_cohort(self, delta: PaneDelta) -> bool:
+        """Merge a delta's cohort share (into a closed window's cohort too); False if it expired."""
+        version = self._version(delta.version)
+        if self.by_events or (delta.pane not in version.cohorts and self._cohort_expired(delta.pane)):
+            return False
+        assert delta.cohort is not None
+        version.cohort(delta.pane).summaries.merge(version.evaluation.restore_cohort(delta.cohort))
+        return True
+
+    def _cohort_window(self, version: _VersionWindows, end_pane: int) -> tuple[int, int, list[Point]]:
+        """(start_ns, end_ns, points) of the cohort of the window that ended with ``end_pane``."""
+        ids = [k for k in range(end_pane - self.panes_per_window + 1, end_pane + 1) if k in version.cohorts]
+        merged = version.evaluation.new_cohort()
+        for k in ids:
+            merged.merge(version.cohorts[k].summaries)
+        end = version.cohorts[end_pane]
+        estimate = (PerformanceResult(n=int(end.estimate["n"]), metrics=dict(end.estimate["metrics"]))
+                    if end.estimate is not None else None)
+        start_ns = int(round((end_pane - self.panes_per_window + 1) * self.panes.pane_size * NS))
+        end_ns = int(round(self.panes.end(end_pane) * NS))
+        tags = {"model_id": self.cfg.id, "model_version": version.version}
+        points = merged.points(predictions=sum(version.cohorts[k].predictions for k in ids), estimate=estimate,
+                               tags=tags, time_ns=end_ns)
+        return start_ns, end_ns, points
+
+    def _close_cohort(self, version: _VersionWindows, pane_id: int, n: int, window: WindowSummaries) -> list[Point]:
+        """At a window's close: its last pane's predictions and the window's estimate; its cohort points."""
+        cohort = version.cohort(pane_id)
+        cohort.predictions, cohort.closed = n, True
+        if window.estimate is not None:
+            result = window.estimate.result()
+            cohort.estimate = {"n": result.n, "metrics": dict(result.metrics)}
+        return self._cohort_window(version, pane_id)[2]
+
+    def _cohort_updates(self, closed_before: set[tuple[str, int]], out: Decided) -> None:
+        """Rewrite the cohort points of every window closed before this partial whose cohort it grew."""
+        for name, end in sorted(closed_before, key=lambda item: (item[1], item[0])):
+            version = self.versions[name]
+            start_ns, end_ns, points = self._cohort_window(version, end)
+            out.updates.extend(points)
+            if self.policy is not None and points:
+                decision = self.policy.evaluate_cohort(model_id=self.cfg.id, model_version=name,
+                                                       window_start_ns=start_ns, window_end_ns=end_ns, points=points)
+                out.alerts.extend(decision.alerts)
+                out.jobs.extend(JobRequest(trigger, WindowOutput(self.cfg.id, name, start_ns, end_ns, 0, points))
+                                for trigger in decision.jobs)
+
+    def _expire_cohorts(self) -> None:
+        for version in self.versions.values():
+            heap = version.cohort_order
+            while heap and self._cohort_expired(heap[0]):
+                version.cohorts.pop(heapq.heappop(heap), None)
 
     def _add(self, delta: PaneDelta, source: int, seq: int) -> None:
         version = self._version(delta.version)
@@ -370,6 +490,8 @@ class ModelWindows:
         stats.setdefault("dead_letters", 0.0)
         points.extend(Point("monitor", {**tags, "stat": stat}, {"value": value}, end_ns)
                       for stat, value in sorted(stats.items()))
+        if not self.by_events:
+            points.extend(self._close_cohort(version, pane_id, pane.n, window))
         evidence = Evidence()
         for p in panes:
             evidence.extend(p.evidence, limit=self.evidence_limit)
@@ -387,6 +509,12 @@ class ModelWindows:
                                             window_start_ns=start_ns, window_end_ns=end_ns, points=points)
             out.alerts.extend(decision.alerts)
             out.jobs.extend(JobRequest(trigger, output) for trigger in decision.jobs)
+            cohort = [p for p in points if p.measurement in COHORT_MEASUREMENTS]
+            if cohort:
+                decision = self.policy.evaluate_cohort(model_id=self.cfg.id, model_version=version.version,
+                                                       window_start_ns=start_ns, window_end_ns=end_ns, points=cohort)
+                out.alerts.extend(decision.alerts)
+                out.jobs.extend(JobRequest(trigger, output) for trigger in decision.jobs)
 
     # -- snapshot --------------------------------------------------------------------------------
 

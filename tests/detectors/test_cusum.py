@@ -20,19 +20,38 @@ from detectors.profile import ReferenceProfile
 
 # -- oracle: Page's recursion, one event at a time ------------------------------------------------
 
-def loop_cusum(x: np.ndarray, h: np.ndarray, groups: np.ndarray, s0: np.ndarray | None = None
+def loop_cusum(x: np.ndarray, h: np.ndarray, groups: np.ndarray, s0: np.ndarray | None = None,
+               returns: np.ndarray | None = None, watch: np.ndarray | None = None
                ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """S_j = max(0, S_j + x_j) per row; a stream (group) whose column reaches h is recorded
-    (row, group) and all its columns restart from 0."""
+    (row, group) and all its columns restart from 0. With ``returns``, a stream that detected on
+    column j stops testing and runs R = max(0, R - x_k), k = returns[j]; when R reaches h_k it is
+    recorded (row, -1 - group) and tests again from 0 at the next row. Columns not in ``watch``
+    never detect (return columns)."""
     s = np.zeros(x.shape[1]) if s0 is None else s0.copy()
+    watch = np.ones(x.shape[1], dtype=bool) if watch is None else watch
+    changed: dict[int, list[float]] = {}  # group -> [column k, R]
     found = []
     for t in range(x.shape[0]):
+        back = []
+        for g, state in sorted(changed.items()):
+            state[1] = max(0.0, state[1] - x[t, int(state[0])])
+            if state[1] >= h[int(state[0])]:
+                back.append(g)
         for j in range(x.shape[1]):
-            s[j] = max(0.0, s[j] + x[t, j])
-        hit = sorted({int(groups[j]) for j in range(x.shape[1]) if s[j] >= h[j]})
+            if int(groups[j]) not in changed and watch[j]:
+                s[j] = max(0.0, s[j] + x[t, j])
+        hit = sorted({int(groups[j]) for j in range(x.shape[1]) if int(groups[j]) not in changed and s[j] >= h[j]})
+        for g in back:
+            found.append((t, -1 - g))
+            del changed[g]
         for g in hit:
             found.append((t, g))
+            members = np.flatnonzero((groups == g) & watch)
+            best = int(members[int(np.argmax(s[members] / h[members]))])
             s[groups == g] = 0.0
+            if returns is not None:
+                changed[g] = [float(returns[best]), 0.0]
     return s, found
 
 
@@ -41,7 +60,8 @@ def feed(bank: PageCUSUM, x: np.ndarray, cuts: list[int]) -> list[tuple[int, int
     edges = [0, *sorted(set(c for c in cuts if 0 < c < x.shape[0])), x.shape[0]]
     for lo, hi in zip(edges[:-1], edges[1:]):
         bank.update(x[lo:hi])
-        found.extend((lo + d.row, d.group) for d in bank.detections)
+        events = [(lo + d.row, d.group) for d in bank.detections] + [(lo + r.row, -1 - r.group) for r in bank.returned]
+        found.extend(sorted(events, key=lambda e: (e[0], e[1] >= 0, abs(e[1] + (e[1] < 0)))))
     return found
 
 
@@ -56,16 +76,20 @@ def test_bank_equals_the_per_event_recursion_exactly_across_batch_splits_and_res
     h = np.array(data.draw(st.lists(st.integers(1, 24).map(lambda k: k / 4.0), min_size=m, max_size=m)))
     groups = np.array(data.draw(st.lists(st.integers(0, 2), min_size=m, max_size=m)))
     cuts = data.draw(st.lists(st.integers(0, n), max_size=4))
-    want_s, want = loop_cusum(x, h, groups)
+    returns = watch = None
+    if data.draw(st.booleans()):  # a detection holds until the way back is tested (per column: one of its stream)
+        returns = np.array([data.draw(st.sampled_from(np.flatnonzero(groups == g).tolist())) for g in groups])
+        watch = np.array(data.draw(st.lists(st.booleans(), min_size=m, max_size=m)))
+    want_s, want = loop_cusum(x, h, groups, returns=returns, watch=watch)
 
-    bank = PageCUSUM(h, groups=groups)
+    bank = PageCUSUM(h, groups=groups, returns=returns, watch=watch)
     got = feed(bank, x, cuts)
     assert got == want
     assert bank.statistic.tolist() == want_s.tolist()  # dyadic increments: sums are exact
 
     # snapshot/restore (through JSON) in the middle gives the same continuation
     k = data.draw(st.integers(0, n))
-    first = PageCUSUM(h, groups=groups)
+    first = PageCUSUM(h, groups=groups, returns=returns, watch=watch)
     head = feed(first, x[:k], [])
     second = PageCUSUM.restore(json.loads(json.dumps(first.snapshot())))
     tail = [(k + r, g) for r, g in feed(second, x[k:], cuts)]
@@ -78,12 +102,14 @@ def test_bank_matches_the_recursion_on_random_floats_to_1e_12() -> None:
     x = rng.normal(-0.2, 1.0, (3000, 7))
     h = rng.uniform(4.0, 9.0, 7)
     groups = np.array([0, 0, 1, 2, 2, 2, 3])
-    want_s, want = loop_cusum(x, h, groups)
-    assert len(want) > 10  # the thresholds are crossed and streams restart
-    for cuts in ([], [1, 2, 500, 1777], list(range(0, 3000, 333))):
-        bank = PageCUSUM(h, groups=groups)
-        assert feed(bank, x, cuts) == want
-        np.testing.assert_allclose(bank.statistic, want_s, rtol=0, atol=1e-12)
+    for returns in (None, np.array([1, 0, 2, 4, 4, 3, 6])):
+        want_s, want = loop_cusum(x, h, groups, returns=returns)
+        assert len(want) > 10  # the thresholds are crossed and streams restart (or return)
+        assert (returns is None) == all(g >= 0 for _, g in want)
+        for cuts in ([], [1, 2, 500, 1777], list(range(0, 3000, 333))):
+            bank = PageCUSUM(h, groups=groups, returns=returns)
+            assert feed(bank, x, cuts) == want
+            np.testing.assert_allclose(bank.statistic, want_s, rtol=0, atol=1e-12)
 
 
 def test_bank_rejects_bad_shapes_and_cannot_merge() -> None:
@@ -168,7 +194,14 @@ def test_streams_and_thresholds_follow_the_reference(profile: ReferenceProfile) 
     arl = cusum.columns / 1e-6
     kls = cusum._pspec.kl + cusum._espec.kl
     overshoot = cusum._pspec.overshoot + cusum._espec.overshoot
-    assert sorted(set(overshoot)) == [0.0, 1.166 * 0.25, 1.166 * 0.5, 1.166]
+    watch = cusum._pspec.watch + cusum._espec.watch
+    assert sorted({o for o, w in zip(overshoot, watch) if w}) == [0.0, 1.166 * 0.25, 1.166 * 0.5, 1.166]
+    # the return columns (half the smallest change, one per stream, source and direction) count in no
+    # Bonferroni divisor, and their thresholds are set at the same ARL
+    assert cusum.columns == sum(watch) < len(watch)
+    # (the variance-down family tests one change, sd ÷2: its return column is at half of it)
+    assert {abs(d) for d, w in zip(cusum._pspec.delta + cusum._espec.delta, watch) if not w} == {
+        DELTAS[0] / 2, DELTAS[-1] / 2}
     for h, kl, o in zip(cusum.thresholds, kls, overshoot):
         b = h + o
         assert (math.exp(b) - b - 1) / kl == pytest.approx(arl, rel=1e-9)
@@ -220,7 +253,8 @@ def test_increments_are_the_log_likelihood_ratios_by_hand(profile: ReferenceProf
             want = 0.0 if value is None else (math.log(p1 / p_a) if value == "a" else math.log((1 - p1) / (1 - p_a)))
             assert x[row, first_cat + k] == pytest.approx(want, abs=1e-12)
         # the predicted-class stream (positive class "1"), up then down
-        pred_cols = [j for j, g in enumerate(cusum._pspec.group) if cusum.streams[g].kind == "prediction"]
+        pred_cols = [j for j, g in enumerate(cusum._pspec.group)
+                     if cusum.streams[g].kind == "prediction" and cusum._pspec.watch[j]]
         is_pos = cols["prediction"][row] == 1
         alternatives = [p1 for direction in (1, -1) for d in DELTAS
                         if 0 < (p1 := p_pos + direction * d * math.sqrt(p_pos * (1 - p_pos))) < 1]
@@ -238,7 +272,8 @@ def test_detections_do_not_depend_on_batching_or_restarts(profile: ReferenceProf
             zip(draw(rng, 1500).items(), draw(rng, 1500, shift=0.6, positive=0.75).values())}
     whole = monitor(profile)
     x = whole.increments(frame(cols), cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
-    want_s, want = loop_cusum(x, whole._pbank.thresholds, whole._pbank.groups)
+    bank = whole._pbank
+    want_s, want = loop_cusum(x, bank.thresholds, bank.groups, returns=bank.returns, watch=bank.watch)
     assert want  # the change is detected
 
     cusum = monitor(profile)
@@ -253,7 +288,9 @@ def test_detections_do_not_depend_on_batching_or_restarts(profile: ReferenceProf
                 cusum = ReferenceCUSUM.restore(state, template=monitor(profile))
         part = {k: v[lo:hi] for k, v in cols.items()}
         cusum.update(frame(part), part["prediction"].astype(str).astype(object), {"sex": part["sex"]})
-        got.extend((lo + d.row, d.group) for d in cusum._pbank.detections)
+        bank = cusum._pbank
+        events = [(lo + d.row, d.group) for d in bank.detections] + [(lo + r.row, -1 - r.group) for r in bank.returned]
+        got.extend(sorted(events, key=lambda e: (e[0], e[1] >= 0, abs(e[1] + (e[1] < 0)))))
     assert got == want
     np.testing.assert_allclose(cusum._pbank.statistic, want_s, rtol=0, atol=1e-9)
 
@@ -290,7 +327,7 @@ def test_point_masses_are_shares_and_normal_scores_take_the_rest() -> None:
     assert "counts" not in cusum._ptables
     # a constant column watches for any other value: the rest's share, half a value in the reference
     assert cusum.atoms["constant"].tolist() == [7.0] and "constant" not in cusum._ptables
-    assert {c for c, g in zip(cusum._pspec.change, cusum._pspec.group) if g == 2} == {
+    assert {c for c, g, w in zip(cusum._pspec.change, cusum._pspec.group, cusum._pspec.watch) if g == 2 and w} == {
         f"share of rest +{d:g} sd" for d in DELTAS}
     # the zero share's column: Bernoulli LLR of "is zero" (0.9 -> 0.9 + 0.25 sd), by hand
     p0 = float((sample == 0).mean())
@@ -361,15 +398,41 @@ def test_window_points_and_reset(profile: ReferenceProfile) -> None:
     cols = draw(rng, 3000, shift=1.0)
     part = frame(cols)
     cusum.update(part, cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
-    # a persistent change is detected again after each restart, but reported once per window
+    # a persistent change is detected once: the stream then holds its changed state
     assert [d.stream.name for d in cusum.new] == ["x"]
     assert cusum.new[0].ratio >= 1.0 and cusum.new[0].change.startswith("mean +")  # what it detected
-    assert len([d for d in cusum._pbank.detections if cusum.streams[d.group].name == "x"]) > 3
-    points = {p.tags.get("feature"): p for p in cusum_points(cusum.result(), tags={}, time_ns=2)
-              if p.measurement == "feature_drift"}
+    assert len([d for d in cusum._pbank.detections if cusum.streams[d.group].name == "x"]) == 1
+
+    def feature_points(time_ns: int) -> dict[str | None, object]:
+        return {p.tags.get("feature"): p for p in cusum_points(cusum.result(), tags={}, time_ns=time_ns)
+                if p.measurement == "feature_drift"}
+
+    points = feature_points(2)
     assert points["x"].fields["drift"] is True and points["x"].fields["value"] >= 1.0
     assert points["x"].fields["threshold"] == 1.0 and points["x"].fields["delta"] > 0
     assert points["cat"].fields["drift"] is False
+    held = points["x"].fields
+    cusum.start_window()
+    assert not any(s.detections for s in cusum.result().streams)
+    # the next windows of the same change: no new detection, the window still says drift (the
+    # detection's figures), until the change is undone
+    for _ in range(3):
+        cols = draw(rng, 1000, shift=1.0)
+        cusum.update(frame(cols), cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
+        assert cusum.new == () and cusum.returned == ()
+        assert feature_points(3)["x"].fields == {**held, "n": 1000}
+        cusum.start_window()
+    cols = draw(rng, 4000)  # back to the reference: one return, then quiet windows
+    cusum.update(frame(cols), cols["prediction"].astype(str).astype(object), {"sex": cols["sex"]})
+    assert [s.name for s in cusum.returned] == ["x"] and cusum.new == ()
+    way_back = next(r for r in cusum._pbank.returned)
+    # the return statistic drifts up by KL(reference ‖ +0.125 sd) = 0.125²/2 per observation (plus the
+    # margin): it reaches its threshold after about h / KL observations
+    h = cusum._pbank.thresholds[way_back.column]
+    low = DELTAS[0] / 2  # the return column: half the smallest change (hysteresis)
+    assert cusum._pspec.delta[way_back.column] == low and not cusum._pspec.watch[way_back.column]
+    assert 0.5 * h / (low ** 2 / 2) < way_back.row < 2 * h / (low ** 2 / 2), (way_back, h)
+    assert feature_points(4)["x"].fields["drift"] is False and feature_points(4)["x"].fields["value"] < 1
     cusum.start_window()
     assert not any(s.drift for s in cusum.result().streams)
     with pytest.raises(DetectorError):

@@ -251,7 +251,10 @@ def test_sigkill_at_every_point_of_a_batch_loses_and_changes_nothing(broker, vic
 
     # points: one value per series and timestamp, equal to the replay, every window there
     stored = _tsdb_points(victoria, model_id)
-    different = {k: v for k, v in stored.items() if len(set(v)) > 1}
+    # a window's cohort figures (by prediction time) are rewritten as its late labels arrive: there
+    # the final figure must be among the values stored (the export does not keep write order)
+    cohort = lambda key: key[0].startswith("cohort_")  # noqa: E731
+    different = {k: v for k, v in stored.items() if len(set(v)) > 1 and not cohort(k)}
     assert not different, list(different.items())[:5]
     rewrites = sum(len(v) - 1 for v in stored.values())
     print(f"points: {len(stored)} series-timestamps, {rewrites} rewritten with the same value")
@@ -261,8 +264,13 @@ def test_sigkill_at_every_point_of_a_batch_loses_and_changes_nothing(broker, vic
     assert not missing, (len(missing), missing[:5])
     extra = sorted(set(stored) - set(expected))
     assert not extra, (len(extra), extra[:5])
-    wrong = [(k, stored[k][0], v) for k, v in expected.items() if stored[k][0] != pytest.approx(v, rel=1e-9, abs=1e-12)]
+    wrong = [(k, stored[k][0], v) for k, v in expected.items() if not cohort(k)
+             and stored[k][0] != pytest.approx(v, rel=1e-9, abs=1e-12)]
     assert not wrong, (len(wrong), wrong[:5])
+    finals = [(k, stored[k], v) for k, v in expected.items() if cohort(k)
+              and not any(w == pytest.approx(v, rel=1e-9, abs=1e-12) for w in stored[k])]
+    assert not finals, (len(finals), finals[:5])
+    assert any(cohort(k) for k in expected)
     # and a replay of the same events (its own batches) gives the window figures that do not depend on
     # batch boundaries: counts exactly, statistics to 1e-9
     replayed = {k: v for k, v in _replay_points(config, stream, feedback, tmp_path).items()

@@ -726,8 +726,8 @@ def test_windowed_and_sequential_detections_of_one_change_give_one_alert():
 
 
 def test_a_persisting_change_stays_firing_while_detections_keep_coming():
-    # a CUSUM restarts after each detection, so a persisting change is detected again every few
-    # windows; windows in which the error stream saw no labelled pair write no point (no data)
+    # detections every few windows (user rules, or several streams of one rule) keep the rule
+    # firing; windows in which the error stream saw no labelled pair write no point (no data)
     engine = PolicyEngine(default_rules())
     detected = [cusum_point("concept", drift=True, n=300)]
     quiet = [cusum_point("concept", drift=False, n=300)]
@@ -736,3 +736,39 @@ def test_a_persisting_change_stays_firing_while_detections_keep_coming():
         steps += [("instant", detected), ("window", detected), ("window", quiet), ("window", []), ("window", quiet)]
     steps += [("window", quiet)] * 3 + [("window", [])] * 2
     assert default_states(engine, steps) == [("concept-drift", "firing"), ("concept-drift", "resolved")]
+
+
+def cohort_accuracy(value: float, coverage: float, i: int) -> list[Point]:
+    return [Point("cohort_performance", tags(metric="accuracy"),
+                  {"value": value, "n": int(1000 * coverage), "label_coverage": coverage, "predictions": 1000},
+                  bounds(i)[1])]
+
+
+def test_a_cohort_rule_decides_each_window_once_when_its_coverage_is_reached():
+    rule = Rule(name="cohort-accuracy", fire_after=2, clear_after=1,
+                conditions=[Condition(measurement="cohort_performance", tags={"metric": "accuracy"}, op="<",
+                                      threshold=0.8, min_coverage=0.8)])
+    engine = PolicyEngine([rule])
+    states = []
+
+    def rewrite(i: int, value: float, coverage: float) -> None:
+        decision = engine.evaluate_cohort(model_id="m", model_version="1", window_start_ns=bounds(i)[0],
+                                          window_end_ns=bounds(i)[1], points=cohort_accuracy(value, coverage, i))
+        states.extend((a.state, a.window_end_ns) for a in decision.alerts)
+
+    # windows 0 and 1 are rewritten as their labels arrive, out of order; below 0.8 coverage nothing moves
+    rewrite(0, 0.5, 0.3)
+    rewrite(1, 0.5, 0.5)
+    rewrite(0, 0.6, 0.85)   # window 0 decided: breach 1
+    rewrite(0, 0.6, 0.95)   # decided already: no second count
+    assert states == []
+    rewrite(1, 0.7, 0.9)    # window 1 decided: breach 2 -> fires
+    assert states == [("firing", bounds(1)[1])]
+    rewrite(2, 0.9, 0.9)    # clear -> resolves
+    assert states[-1] == ("resolved", bounds(2)[1])
+    # the window close of the ordinary windows does not move a cohort rule, and its state survives a snapshot
+    assert engine.evaluate(model_id="m", model_version="1", window_start_ns=bounds(3)[0], window_end_ns=bounds(3)[1],
+                           points=cohort_accuracy(0.1, 1.0, 3)).alerts == ()
+    restored = PolicyEngine([rule]).restore(json.loads(json.dumps(engine.snapshot())))
+    assert restored.evaluate_cohort(model_id="m", model_version="1", window_start_ns=bounds(1)[0],
+                                    window_end_ns=bounds(1)[1], points=cohort_accuracy(0.1, 1.0, 1)).alerts == ()
