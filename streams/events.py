@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
+import msgspec
 import orjson
 
 from detectors.profile import category_text as _category_text  # the one rule for class/category text
@@ -238,6 +239,176 @@ def _rejection(exc: Exception, doc: Any, index: int | None = None) -> Rejection:
 
 def _parse_many(payload: bytes | str, models: Mapping[str, ModelSchema], parse_one: Any,
                 limits: Limits) -> tuple[list[Any], list[Rejection]]:
+    """The events and rejections of one message: the typed fast path (:func:`_parse_fast`) when it
+    can tell, else the exact path (:func:`_parse_exact`), which gives every reason."""
+    fast = _parse_fast(payload, models, parse_one, limits)
+    return fast if fast is not None else _parse_exact(payload, models, parse_one, limits)
+
+
+class _PredictionDoc(msgspec.Struct, forbid_unknown_fields=True):
+    """The envelope of a prediction as the fast path decodes it: JSON types checked while decoding
+    (in C), the schema's kinds and the limits after (:func:`_fast_prediction`). Unknown fields are
+    refused (such an event takes the exact path), so a decoded message nests at most three deep
+    (array, envelope, features) and needs no depth walk."""
+
+    prediction_id: str
+    model_id: str
+    model_version: str | int
+    timestamp: float | str
+    features: dict[str, float | str | None]
+    prediction: str | int | float
+    score: float | None = None
+    scores: dict[str, float] | None = None
+    attributes: dict[str, str] | None = None
+
+
+class _FeedbackDoc(msgspec.Struct, forbid_unknown_fields=True):
+    """The envelope of a feedback event as the fast path decodes it."""
+
+    prediction_id: str
+    model_id: str
+    timestamp: float | str
+    label: str | int | float
+
+
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+def _parse_fast(payload: bytes | str, models: Mapping[str, ModelSchema], parse_one: Any,
+                limits: Limits) -> tuple[list[Any], list[Rejection]] | None:
+    """One message through typed decoding (msgspec: the envelope's JSON types are checked while
+    the bytes are read, no intermediate dicts), then the schema and the limits per event.
+
+    ``None`` when the message is not for this path — too large, holding integers beyond 64 bits, not JSON, not an object nor a non-empty array:
+    the exact path then decides it whole. An element of an array that is not a well-typed
+    envelope is decoded alone. An event of a decoded message
+    that fails a check here (a categorical value given as a number, a string timestamp, an
+    over-long id, ...) is parsed again, alone, by the exact path, so it is accepted or rejected
+    with exactly the reason it always had, and the events keep the message's order.
+    """
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if len(raw) > limits.max_message_bytes or limits.max_depth < 3 or _has_long_integer(raw):
+        return None
+    decoder, one, check = _FAST[parse_one]
+    try:
+        doc = decoder.decode(raw)
+    except msgspec.ValidationError:  # an element is not a well-typed envelope: decode element by element
+        try:
+            elements = _ELEMENTS.decode(raw)
+        except (*_DECODE_ERRORS, RecursionError):
+            return None
+        doc = []
+        for element in elements:
+            try:
+                doc.append(one.decode(element))
+            except _DECODE_ERRORS:
+                doc.append(None)  # for the exact path
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    many = type(doc) is list
+    docs = doc if many else [doc]
+    if not docs or len(docs) > limits.max_array_length:
+        return None
+    events: list[Any] = []
+    rejections: list[Rejection] = []
+    exact: Any = None
+    for i, item in enumerate(docs):
+        event = None if item is None else check(item, models, limits)
+        if event is None:  # the exact path decides this event
+            if exact is None:
+                try:
+                    exact = decode(raw, limits)
+                except EventError:
+                    return None
+                if (type(exact) is list) is not many:
+                    return None
+            element = exact[i] if many else exact
+            try:
+                if not isinstance(element, dict):
+                    raise EventError(f"expected a JSON object, got {_json_type(element)}")
+                event = parse_one(element, models, limits)
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                rejections.append(_rejection(exc, element, i if many else None))
+                continue
+        events.append(event)
+    return events, rejections
+
+
+def _fast_prediction(doc: _PredictionDoc, models: Mapping[str, ModelSchema], limits: Limits) -> Prediction | None:
+    """The :class:`Prediction` of a decoded envelope when it passes every check the exact path
+    (:func:`_prediction`) makes, with the same values; ``None`` to let the exact path decide."""
+    longest = limits.max_string_length
+    prediction_id, model_id = doc.prediction_id, doc.model_id
+    if not prediction_id or not model_id or len(prediction_id) > longest:
+        return None
+    schema = models.get(model_id)
+    if schema is None:
+        return None
+    version = doc.model_version
+    if type(version) is not str:
+        version = str(version)
+    timestamp = doc.timestamp
+    if len(version) > longest or type(timestamp) is not float or not 0.0 <= timestamp <= MAX_TIMESTAMP:
+        return None
+    raw_features = doc.features
+    if len(raw_features) > limits.max_fields:
+        return None
+    features: dict[str, float | str | None] = {}
+    for name, kind in schema.features.items():
+        value = raw_features.get(name)
+        if value is None:
+            features[name] = math.nan if kind == NUMERIC else None
+        elif kind == NUMERIC:
+            if type(value) is not float:
+                return None
+            features[name] = value
+        elif type(value) is str and len(value) <= longest:
+            features[name] = value
+        else:
+            return None
+    prediction = doc.prediction
+    if type(prediction) is not str or schema.task == "regression" or len(prediction) > longest:
+        try:
+            prediction = _label(prediction, "prediction", schema.task, limits)
+        except EventError:
+            return None
+    score = doc.score
+    if score is not None and not 0.0 <= score <= 1.0:
+        return None
+    if doc.scores is not None:
+        return None
+    attributes = doc.attributes
+    if attributes is None:
+        attributes = {}
+    elif len(attributes) > limits.max_fields:
+        return None
+    else:
+        for name, value in attributes.items():
+            if len(value) > longest or len(name) > longest:
+                return None
+    return Prediction(prediction_id=prediction_id, model_id=model_id, model_version=version, timestamp=timestamp,
+                      features=features, prediction=prediction, score=score, scores=None, attributes=attributes)
+
+
+def _fast_feedback(doc: _FeedbackDoc, models: Mapping[str, ModelSchema], limits: Limits) -> Feedback | None:
+    """The :class:`Feedback` of a decoded envelope when it passes every check of :func:`_feedback`."""
+    prediction_id, model_id, timestamp = doc.prediction_id, doc.model_id, doc.timestamp
+    if not prediction_id or not model_id or len(prediction_id) > limits.max_string_length:
+        return None
+    schema = models.get(model_id)
+    if schema is None or type(timestamp) is not float or not 0.0 <= timestamp <= MAX_TIMESTAMP:
+        return None
+    try:
+        label = _label(doc.label, "label", schema.task, limits)
+    except EventError:
+        return None
+    return Feedback(prediction_id=prediction_id, model_id=model_id, timestamp=timestamp, label=label)
+
+
+def _parse_exact(payload: bytes | str, models: Mapping[str, ModelSchema], parse_one: Any,
+                 limits: Limits) -> tuple[list[Any], list[Rejection]]:
+    """One message through orjson (or the standard library) and the per-field checks: every
+    rejection with its exact reason."""
     try:
         doc = decode(payload, limits)
     except EventError as exc:
@@ -380,6 +551,16 @@ def _feedback(doc: dict[str, Any], models: Mapping[str, ModelSchema], limits: Li
     timestamp = _timestamp(_required(doc, "timestamp"))
     label = _label(_required(doc, "label"), "label", schema.task, limits)
     return Feedback(prediction_id=prediction_id, model_id=model_id, timestamp=timestamp, label=label)
+
+
+_FAST: dict[Any, tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], Any]] = {
+    _prediction: (msgspec.json.Decoder(_PredictionDoc | list[_PredictionDoc]), msgspec.json.Decoder(_PredictionDoc),
+                  _fast_prediction),
+    _feedback: (msgspec.json.Decoder(_FeedbackDoc | list[_FeedbackDoc]), msgspec.json.Decoder(_FeedbackDoc),
+                _fast_feedback),
+}
+"""Per exact event parser, the fast path's decoders (a message, one element) and check."""
+_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def _required(doc: Mapping[str, Any], name: str) -> Any:

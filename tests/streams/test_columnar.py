@@ -53,3 +53,83 @@ def test_evidence_extend_is_the_row_by_row_merge(a: list[str], na: list[str], b:
 
     got = _evidence(a, na).extend(_evidence(b, nb), limit=limit)
     assert fields(got) == fields(_row_by_row(_evidence(a, na), _evidence(b, nb), limit))
+
+
+# -- the parser's fast path gives what the exact path gives -------------------------------------
+
+import json  # noqa: E402
+
+from streams.events import (Limits, ModelSchema, _feedback, _parse_exact, _parse_fast,  # noqa: E402
+                            _parse_many, _prediction)
+
+SCHEMAS = {"m": ModelSchema(features={"x": "numeric", "c": "categorical"}),
+           "r": ModelSchema(features={"x": "numeric"}, task="regression"),
+           "k": ModelSchema(features={"x": "numeric", "c": "categorical"}, type_errors="count")}
+LIMITS = Limits(max_string_length=8, max_fields=3, max_array_length=4, max_depth=6)
+odd = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.integers(2**62, 2**66),
+                st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.5, 1e300, -0.0, 2.0]),
+                st.text(max_size=10), st.sampled_from(["2026-12-01T00:00:00Z", "web", ""]),
+                st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+fields = {
+    "prediction_id": st.one_of(st.sampled_from(["a", "b", "a" * 9]), odd),
+    "model_id": st.one_of(st.sampled_from(["m", "r", "k", "x"]), odd),
+    "model_version": st.one_of(st.sampled_from(["1", 2]), odd),
+    "timestamp": st.one_of(st.sampled_from([1.7e9, 1_700_000_000, 9.9e9, -1.0]), odd),
+    "features": st.one_of(st.fixed_dictionaries({}, optional={"x": odd, "c": odd, "z": odd, "w": odd}), odd),
+    "prediction": st.one_of(st.sampled_from([1, "0", 0.25]), odd),
+    "score": odd, "scores": st.one_of(st.none(), st.dictionaries(st.sampled_from(["0", "1"]), odd, max_size=2)),
+    "attributes": st.one_of(st.none(), st.dictionaries(st.text(max_size=9), st.one_of(st.text(max_size=9), odd),
+                                                       max_size=4)),
+    "label": st.one_of(st.sampled_from([1, "0", 2.5]), odd),
+    "extra": st.recursive(st.integers(0, 9), lambda inner: st.lists(inner, min_size=1, max_size=2), max_leaves=12),
+}
+REQUIRED = ("prediction_id", "model_id", "model_version", "timestamp", "features", "prediction")
+good = {"prediction_id": st.sampled_from(["a", "b"]), "model_id": st.sampled_from(["m", "r", "k"]),
+        "model_version": st.sampled_from(["1", 2]), "timestamp": st.sampled_from([1.7e9, 1_700_000_000]),
+        "features": st.fixed_dictionaries({"x": st.floats(-1e3, 1e3), "c": st.sampled_from(["web", None])}),
+        "prediction": st.sampled_from([1, "0", 0.25]), "label": st.sampled_from([1, "0"])}
+envelopes = st.one_of(
+    st.fixed_dictionaries({k: good[k] for k in REQUIRED},  # valid, but for what the options hold
+                          optional={"score": st.one_of(st.sampled_from([0.5, 1, None]), fields["score"]),
+                                    "attributes": fields["attributes"], "label": good["label"],
+                                    "extra": fields["extra"]}),
+    st.fixed_dictionaries({}, optional=fields),  # anything
+    st.fixed_dictionaries({k: st.one_of(good[k], good[k], fields[k]) for k in REQUIRED},  # mostly valid
+                          optional={k: fields[k] for k in ("score", "scores", "attributes")}),
+    st.fixed_dictionaries({k: st.one_of(good[k], fields[k]) for k in ("prediction_id", "model_id", "timestamp",
+                                                                       "label")}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(envelopes, st.lists(envelopes, max_size=5), odd))
+def test_the_fast_path_parses_as_the_exact_path(doc: Any) -> None:
+    """Every message, valid or not: the same events (values and order) and the same rejections."""
+    raw = json.dumps(doc).encode()  # the standard library: integers beyond 64 bits too
+    for parse_one in (_prediction, _feedback):
+        got = _parse_many(raw, SCHEMAS, parse_one, LIMITS)
+        assert repr(got) == repr(_parse_exact(raw, SCHEMAS, parse_one, LIMITS))
+
+
+def test_valid_traffic_takes_the_fast_path_and_parses_as_the_exact_path() -> None:
+    """The benchmark model's traffic, one event per message and as arrays, with a bad element
+    in an array: decided by the fast path (the oracle above is then not only of rejections),
+    the bad element alone by the exact path, every event and reason the same."""
+    from bench.world import FEATURES, MODEL_ID, EventStream
+
+    schemas = {MODEL_ID: ModelSchema(features=dict(FEATURES))}
+    docs = [(kind, doc) for kind, doc in EventStream(seed=1).events(300)]
+    predictions = [d for k, d in docs if k == "prediction"]
+    feedback = [d for k, d in docs if k == "feedback"]
+    assert feedback
+    bad = {**predictions[1], "features": {**predictions[1]["features"], "cat0": 7}, "timestamp": "2026-12-01T00:00:00Z"}
+    messages = [(_prediction, json.dumps(d).encode()) for d in predictions[:50]]
+    messages += [(_feedback, json.dumps(d).encode()) for d in feedback[:50]]
+    messages += [(_prediction, json.dumps(predictions[50:60] + [bad, {"model_id": "x"}] + predictions[60:70]).encode()),
+                 (_feedback, json.dumps(feedback[50:90]).encode())]
+    fast_events = 0
+    for parse_one, raw in messages:
+        fast = _parse_fast(raw, schemas, parse_one, Limits())
+        assert fast is not None
+        assert repr(fast) == repr(_parse_exact(raw, schemas, parse_one, Limits()))
+        fast_events += len(fast[0])
+    assert fast_events == 50 + 50 + 21 + 40
