@@ -7,6 +7,11 @@ precise reason (``missing field 'model_id'``, ``feature 'age': expected number,
 got "abc"``, ``unknown model 'x'``, ``not JSON: ...``). A bad element of an
 array never takes the good ones down with it.
 
+Two paths give one answer: the fast path (:func:`_parse_fast`) decodes the message with
+msgspec into typed envelopes and checks the schema and limits per event; whatever it cannot
+decide alone (a message that does not decode as envelopes, an event that fails a check) goes
+through the exact path (:func:`_parse_exact`), which names every reason.
+
 >>> from streams.events import ModelSchema, parse_predictions
 >>> schema = {"m": ModelSchema(features={"age": "numeric"})}
 >>> good = b'{"prediction_id":"a","model_id":"m","model_version":"1","timestamp":10,"features":{"age":41},"prediction":1}'
