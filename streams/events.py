@@ -27,7 +27,7 @@ import math
 import reprlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence, Union
 
 import msgspec
 import orjson
@@ -250,23 +250,6 @@ def _parse_many(payload: bytes | str, models: Mapping[str, ModelSchema], parse_o
     return fast if fast is not None else _parse_exact(payload, models, parse_one, limits)
 
 
-class _PredictionDoc(msgspec.Struct, forbid_unknown_fields=True):
-    """The envelope of a prediction as the fast path decodes it: JSON types checked while decoding
-    (in C), the schema's kinds and the limits after (:func:`_fast_prediction`). Unknown fields are
-    refused (such an event takes the exact path), so a decoded message nests at most three deep
-    (array, envelope, features) and needs no depth walk."""
-
-    prediction_id: str
-    model_id: str
-    model_version: str | int
-    timestamp: float | str
-    features: dict[str, float | str | None]
-    prediction: str | int | float
-    score: float | None = None
-    scores: dict[str, float] | None = None
-    attributes: dict[str, str] | None = None
-
-
 class _FeedbackDoc(msgspec.Struct, forbid_unknown_fields=True):
     """The envelope of a feedback event as the fast path decodes it."""
 
@@ -294,7 +277,7 @@ def _parse_fast(payload: bytes | str, models: Mapping[str, ModelSchema], parse_o
     raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
     if len(raw) > limits.max_message_bytes or limits.max_depth < 3 or _has_long_integer(raw):
         return None
-    decoder, one, check = _FAST[parse_one]
+    decoder, one, check = _typed_decoders(models, limits) if parse_one is _prediction else _FAST[parse_one]
     try:
         doc = decoder.decode(raw)
     except msgspec.ValidationError:  # an element is not a well-typed envelope: decode element by element
@@ -339,60 +322,85 @@ def _parse_fast(payload: bytes | str, models: Mapping[str, ModelSchema], parse_o
     return events, rejections
 
 
-def _fast_prediction(doc: _PredictionDoc, models: Mapping[str, ModelSchema], limits: Limits) -> Prediction | None:
-    """The :class:`Prediction` of a decoded envelope when it passes every check the exact path
-    (:func:`_prediction`) makes, with the same values; ``None`` to let the exact path decide."""
-    longest = limits.max_string_length
-    prediction_id, model_id = doc.prediction_id, doc.model_id
-    if not prediction_id or not model_id or len(prediction_id) > longest:
-        return None
-    schema = models.get(model_id)
-    if schema is None:
-        return None
+def _typed_decoders(models: Mapping[str, ModelSchema],
+                    limits: Limits) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], Any]:
+    """The fast path's decoders of predictions for ``models`` and ``limits`` (built once per pair).
+
+    One envelope struct per model, tagged by ``model_id`` (an unknown model does not decode), whose
+    ``features`` is a struct of the schema's features — numeric ``float | None``, categorical
+    ``str | None`` of at most ``max_string_length`` characters — so the kinds, lengths and ranges
+    that :func:`_prediction` checks one by one are checked in C while the bytes are read. Unknown
+    fields are refused (the event then takes the exact path), so a decoded message nests at most
+    three deep (array, envelope, features or attributes): no depth walk is needed. A model with
+    more features than ``max_fields`` has no struct (its events take the exact path)."""
+    key = (id(models), limits)
+    found = _TYPED.get(key)
+    if found is not None and found[0] is models:
+        return found[1]
+    if len(_TYPED) > 64:
+        _TYPED.clear()
+    text = Annotated[str, msgspec.Meta(max_length=limits.max_string_length)]
+    envelopes: list[Any] = []
+    for model_id, schema in models.items():
+        if len(schema.features) > limits.max_fields:
+            continue
+        features = msgspec.defstruct(
+            "Features", [(name, float | None if kind == NUMERIC else text | None, None)
+                         for name, kind in schema.features.items()], forbid_unknown_fields=True)
+        fields: list[Any] = [
+            ("prediction_id", Annotated[str, msgspec.Meta(min_length=1, max_length=limits.max_string_length)]),
+            ("model_version", text | int),
+            ("timestamp", Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TIMESTAMP)] | str),
+            ("features", features),
+            ("prediction", str | int | float),
+            ("score", Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None, None),
+            ("scores", None, None),
+            ("attributes", Annotated[dict[text, text], msgspec.Meta(max_length=limits.max_fields)] | None, None),
+        ]
+        envelope = msgspec.defstruct("Envelope", fields, tag_field="model_id", tag=model_id,
+                                     forbid_unknown_fields=True)
+        _ENVELOPES[envelope] = (model_id, schema, [n for n, k in schema.features.items() if k == NUMERIC])
+        envelopes.append(envelope)
+    one: Any = Union[tuple(envelopes)] if envelopes else None  # noqa: UP007 (a runtime union of types)
+    decoders = (msgspec.json.Decoder(one | list[one]), msgspec.json.Decoder(one), _fast_prediction)
+    _TYPED[key] = (models, decoders)
+    return decoders
+
+
+_TYPED: dict[tuple[int, Limits], tuple[Mapping[str, ModelSchema], Any]] = {}
+"""The typed decoders per (schemas, limits): the schemas object is kept, so its id is not reused."""
+_ENVELOPES: dict[type, tuple[str, ModelSchema, list[str]]] = {}
+"""Per envelope struct: its model, schema and numeric features."""
+
+
+def _fast_prediction(doc: Any, models: Mapping[str, ModelSchema], limits: Limits) -> Prediction | None:
+    """The :class:`Prediction` of a decoded envelope (:func:`_typed_decoders` checked the types,
+    lengths and ranges), with the values :func:`_prediction` gives; ``None`` to let the exact path
+    decide what the decoder could not (a string timestamp, a version given as a long integer)."""
+    model_id, schema, numeric = _ENVELOPES[type(doc)]
     version = doc.model_version
     if type(version) is not str:
         version = str(version)
-    timestamp = doc.timestamp
-    if len(version) > longest or type(timestamp) is not float or not 0.0 <= timestamp <= MAX_TIMESTAMP:
-        return None
-    raw_features = doc.features
-    if len(raw_features) > limits.max_fields:
-        return None
-    features: dict[str, float | str | None] = {}
-    for name, kind in schema.features.items():
-        value = raw_features.get(name)
-        if value is None:
-            features[name] = math.nan if kind == NUMERIC else None
-        elif kind == NUMERIC:
-            if type(value) is not float:
-                return None
-            features[name] = value
-        elif type(value) is str and len(value) <= longest:
-            features[name] = value
-        else:
+        if len(version) > limits.max_string_length:
             return None
+    timestamp = doc.timestamp
+    if type(timestamp) is not float:
+        return None
+    features = msgspec.structs.asdict(doc.features)
+    if None in features.values():
+        for name in numeric:
+            if features[name] is None:
+                features[name] = math.nan
     prediction = doc.prediction
-    if type(prediction) is not str or schema.task == "regression" or len(prediction) > longest:
+    if type(prediction) is not str or schema.task == "regression" or len(prediction) > limits.max_string_length:
         try:
             prediction = _label(prediction, "prediction", schema.task, limits)
         except EventError:
             return None
-    score = doc.score
-    if score is not None and not 0.0 <= score <= 1.0:
-        return None
-    if doc.scores is not None:
-        return None
     attributes = doc.attributes
-    if attributes is None:
-        attributes = {}
-    elif len(attributes) > limits.max_fields:
-        return None
-    else:
-        for name, value in attributes.items():
-            if len(value) > longest or len(name) > longest:
-                return None
-    return Prediction(prediction_id=prediction_id, model_id=model_id, model_version=version, timestamp=timestamp,
-                      features=features, prediction=prediction, score=score, scores=None, attributes=attributes)
+    return Prediction(prediction_id=doc.prediction_id, model_id=model_id, model_version=version,
+                      timestamp=timestamp, features=features, prediction=prediction, score=doc.score, scores=None,
+                      attributes={} if attributes is None else attributes)
 
 
 def _fast_feedback(doc: _FeedbackDoc, models: Mapping[str, ModelSchema], limits: Limits) -> Feedback | None:
@@ -559,12 +567,11 @@ def _feedback(doc: dict[str, Any], models: Mapping[str, ModelSchema], limits: Li
 
 
 _FAST: dict[Any, tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], Any]] = {
-    _prediction: (msgspec.json.Decoder(_PredictionDoc | list[_PredictionDoc]), msgspec.json.Decoder(_PredictionDoc),
-                  _fast_prediction),
     _feedback: (msgspec.json.Decoder(_FeedbackDoc | list[_FeedbackDoc]), msgspec.json.Decoder(_FeedbackDoc),
                 _fast_feedback),
 }
-"""Per exact event parser, the fast path's decoders (a message, one element) and check."""
+"""The fast path's decoders (a message, one element) and check of feedback; those of predictions
+depend on the schemas (:func:`_typed_decoders`)."""
 _ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
 
 

@@ -86,7 +86,8 @@ fields = {
 REQUIRED = ("prediction_id", "model_id", "model_version", "timestamp", "features", "prediction")
 good = {"prediction_id": st.sampled_from(["a", "b"]), "model_id": st.sampled_from(["m", "r", "k"]),
         "model_version": st.sampled_from(["1", 2]), "timestamp": st.sampled_from([1.7e9, 1_700_000_000]),
-        "features": st.fixed_dictionaries({"x": st.floats(-1e3, 1e3), "c": st.sampled_from(["web", None])}),
+        "features": st.fixed_dictionaries({"x": st.one_of(st.none(), st.floats(-1e3, 1e3)),
+                                           "c": st.sampled_from(["web", None])}),
         "prediction": st.sampled_from([1, "0", 0.25]), "label": st.sampled_from([1, "0"])}
 envelopes = st.one_of(
     st.fixed_dictionaries({k: good[k] for k in REQUIRED},  # valid, but for what the options hold
