@@ -361,7 +361,11 @@ def _typed_decoders(models: Mapping[str, ModelSchema],
                                      forbid_unknown_fields=True)
         _ENVELOPES[envelope] = (model_id, schema, [n for n, k in schema.features.items() if k == NUMERIC])
         envelopes.append(envelope)
-    one: Any = Union[tuple(envelopes)] if envelopes else None  # noqa: UP007 (a runtime union of types)
+    # A tagged struct decoded alone takes a message without the tag as its own: a second, sentinel
+    # envelope makes the union ask for ``model_id`` whatever the number of models.
+    envelopes.append(msgspec.defstruct("NoModel", [], tag_field="model_id", tag="\x00 no model",
+                                       forbid_unknown_fields=True))
+    one: Any = Union[tuple(envelopes)]  # noqa: UP007 (a runtime union of types)
     decoders = (msgspec.json.Decoder(one | list[one]), msgspec.json.Decoder(one), _fast_prediction)
     _TYPED[key] = (models, decoders)
     return decoders
@@ -377,7 +381,10 @@ def _fast_prediction(doc: Any, models: Mapping[str, ModelSchema], limits: Limits
     """The :class:`Prediction` of a decoded envelope (:func:`_typed_decoders` checked the types,
     lengths and ranges), with the values :func:`_prediction` gives; ``None`` to let the exact path
     decide what the decoder could not (a string timestamp, a version given as a long integer)."""
-    model_id, schema, numeric = _ENVELOPES[type(doc)]
+    found = _ENVELOPES.get(type(doc))
+    if found is None:  # the sentinel
+        return None
+    model_id, schema, numeric = found
     version = doc.model_version
     if type(version) is not str:
         version = str(version)

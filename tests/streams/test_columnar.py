@@ -65,6 +65,8 @@ from streams.events import (Limits, ModelSchema, _feedback, _parse_exact, _parse
 SCHEMAS = {"m": ModelSchema(features={"x": "numeric", "c": "categorical"}),
            "r": ModelSchema(features={"x": "numeric"}, task="regression"),
            "k": ModelSchema(features={"x": "numeric", "c": "categorical"}, type_errors="count")}
+ONE_MODEL = {"m": SCHEMAS["m"]}
+"""One model: a message without ``model_id`` must not be taken for that model's."""
 LIMITS = Limits(max_string_length=8, max_fields=3, max_array_length=4, max_depth=6)
 odd = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.integers(2**62, 2**66),
                 st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.5, 1e300, -0.0, 2.0]),
@@ -106,9 +108,10 @@ envelopes = st.one_of(
 def test_the_fast_path_parses_as_the_exact_path(doc: Any) -> None:
     """Every message, valid or not: the same events (values and order) and the same rejections."""
     raw = json.dumps(doc).encode()  # the standard library: integers beyond 64 bits too
-    for parse_one in (_prediction, _feedback):
-        got = _parse_many(raw, SCHEMAS, parse_one, LIMITS)
-        assert repr(got) == repr(_parse_exact(raw, SCHEMAS, parse_one, LIMITS))
+    for schemas in (SCHEMAS, ONE_MODEL):
+        for parse_one in (_prediction, _feedback):
+            got = _parse_many(raw, schemas, parse_one, LIMITS)
+            assert repr(got) == repr(_parse_exact(raw, schemas, parse_one, LIMITS))
 
 
 def test_valid_traffic_takes_the_fast_path_and_parses_as_the_exact_path() -> None:
