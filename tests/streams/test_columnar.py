@@ -130,13 +130,20 @@ def test_valid_traffic_takes_the_fast_path_and_parses_as_the_exact_path() -> Non
     messages += [(_feedback, json.dumps(d).encode()) for d in feedback[:50]]
     messages += [(_prediction, json.dumps(predictions[50:60] + [bad, {"model_id": "x"}] + predictions[60:70]).encode()),
                  (_feedback, json.dumps(feedback[50:90]).encode())]
+    # one model: an event without model_id is not that model's
+    nameless = {k: v for k, v in predictions[2].items() if k != "model_id"}
+    messages.append((_prediction, json.dumps([nameless] + predictions[3:5]).encode()))
+    assert [r.reason for r in _parse_many(messages[-1][1], schemas, _prediction, Limits())[1]] == [
+        "event[0]: missing field 'model_id'"]
+    assert [r.reason for r in _parse_many(json.dumps(nameless).encode(), schemas, _prediction, Limits())[1]] == [
+        "missing field 'model_id'"]
     fast_events = 0
     for parse_one, raw in messages:
         fast = _parse_fast(raw, schemas, parse_one, Limits())
         assert fast is not None
         assert repr(fast) == repr(_parse_exact(raw, schemas, parse_one, Limits()))
         fast_events += len(fast[0])
-    assert fast_events == 50 + 50 + 21 + 40
+    assert fast_events == 50 + 50 + 21 + 40 + 2
 
 
 # -- the changelog's pieces are compressed, and pieces written before still recover ---------------
