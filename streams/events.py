@@ -344,9 +344,12 @@ def _typed_decoders(models: Mapping[str, ModelSchema],
     for model_id, schema in models.items():
         if len(schema.features) > limits.max_fields:
             continue
+        names = list(schema.features)
+        # attributes f0, f1, ... renamed to the features' names (which need not be identifiers)
         features = msgspec.defstruct(
-            "Features", [(name, float | None if kind == NUMERIC else text | None, None)
-                         for name, kind in schema.features.items()], forbid_unknown_fields=True)
+            "Features", [(f"f{i}", float | None if schema.features[name] == NUMERIC else text | None, None)
+                         for i, name in enumerate(names)],
+            rename={f"f{i}": name for i, name in enumerate(names)}, forbid_unknown_fields=True)
         fields: list[Any] = [
             ("prediction_id", Annotated[str, msgspec.Meta(min_length=1, max_length=limits.max_string_length)]),
             ("model_version", text | int),
@@ -359,7 +362,8 @@ def _typed_decoders(models: Mapping[str, ModelSchema],
         ]
         envelope = msgspec.defstruct("Envelope", fields, tag_field="model_id", tag=model_id,
                                      forbid_unknown_fields=True)
-        _ENVELOPES[envelope] = (model_id, schema, [n for n, k in schema.features.items() if k == NUMERIC])
+        _ENVELOPES[envelope] = (model_id, schema, names,
+                                [n for n, k in schema.features.items() if k == NUMERIC])
         envelopes.append(envelope)
     # A tagged struct decoded alone takes a message without the tag as its own: a second, sentinel
     # envelope makes the union ask for ``model_id`` whatever the number of models.
@@ -373,8 +377,8 @@ def _typed_decoders(models: Mapping[str, ModelSchema],
 
 _TYPED: dict[tuple[int, Limits], tuple[Mapping[str, ModelSchema], Any]] = {}
 """The typed decoders per (schemas, limits): the schemas object is kept, so its id is not reused."""
-_ENVELOPES: dict[type, tuple[str, ModelSchema, list[str]]] = {}
-"""Per envelope struct: its model, schema and numeric features."""
+_ENVELOPES: dict[type, tuple[str, ModelSchema, list[str], list[str]]] = {}
+"""Per envelope struct: its model, schema, features (in the struct's order) and numeric features."""
 
 
 def _fast_prediction(doc: Any, models: Mapping[str, ModelSchema], limits: Limits) -> Prediction | None:
@@ -384,7 +388,7 @@ def _fast_prediction(doc: Any, models: Mapping[str, ModelSchema], limits: Limits
     found = _ENVELOPES.get(type(doc))
     if found is None:  # the sentinel
         return None
-    model_id, schema, numeric = found
+    model_id, schema, names, numeric = found
     version = doc.model_version
     if type(version) is not str:
         version = str(version)
@@ -393,7 +397,7 @@ def _fast_prediction(doc: Any, models: Mapping[str, ModelSchema], limits: Limits
     timestamp = doc.timestamp
     if type(timestamp) is not float:
         return None
-    features = msgspec.structs.asdict(doc.features)
+    features = dict(zip(names, msgspec.structs.astuple(doc.features)))
     if None in features.values():
         for name in numeric:
             if features[name] is None:

@@ -64,7 +64,8 @@ from streams.events import (Limits, ModelSchema, _feedback, _parse_exact, _parse
 
 SCHEMAS = {"m": ModelSchema(features={"x": "numeric", "c": "categorical"}),
            "r": ModelSchema(features={"x": "numeric"}, task="regression"),
-           "k": ModelSchema(features={"x": "numeric", "c": "categorical"}, type_errors="count")}
+           "k": ModelSchema(features={"x": "numeric", "c": "categorical"}, type_errors="count"),
+           "n": ModelSchema(features={"x y": "numeric", "class": "categorical"})}  # names that are no identifiers
 ONE_MODEL = {"m": SCHEMAS["m"]}
 """One model: a message without ``model_id`` must not be taken for that model's."""
 LIMITS = Limits(max_string_length=8, max_fields=3, max_array_length=4, max_depth=6)
@@ -74,10 +75,11 @@ odd = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.integers(2**62,
                 st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 fields = {
     "prediction_id": st.one_of(st.sampled_from(["a", "b", "a" * 9]), odd),
-    "model_id": st.one_of(st.sampled_from(["m", "r", "k", "x"]), odd),
+    "model_id": st.one_of(st.sampled_from(["m", "r", "k", "n", "x"]), odd),
     "model_version": st.one_of(st.sampled_from(["1", 2]), odd),
     "timestamp": st.one_of(st.sampled_from([1.7e9, 1_700_000_000, 9.9e9, -1.0]), odd),
-    "features": st.one_of(st.fixed_dictionaries({}, optional={"x": odd, "c": odd, "z": odd, "w": odd}), odd),
+    "features": st.one_of(st.fixed_dictionaries({}, optional={"x": odd, "c": odd, "z": odd, "x y": odd, "class": odd}),
+                          odd),
     "prediction": st.one_of(st.sampled_from([1, "0", 0.25]), odd),
     "score": odd, "scores": st.one_of(st.none(), st.dictionaries(st.sampled_from(["0", "1"]), odd, max_size=2)),
     "attributes": st.one_of(st.none(), st.dictionaries(st.text(max_size=9), st.one_of(st.text(max_size=9), odd),
@@ -86,10 +88,11 @@ fields = {
     "extra": st.recursive(st.integers(0, 9), lambda inner: st.lists(inner, min_size=1, max_size=2), max_leaves=12),
 }
 REQUIRED = ("prediction_id", "model_id", "model_version", "timestamp", "features", "prediction")
-good = {"prediction_id": st.sampled_from(["a", "b"]), "model_id": st.sampled_from(["m", "r", "k"]),
+good = {"prediction_id": st.sampled_from(["a", "b"]), "model_id": st.sampled_from(["m", "r", "k", "n"]),
         "model_version": st.sampled_from(["1", 2]), "timestamp": st.sampled_from([1.7e9, 1_700_000_000]),
-        "features": st.fixed_dictionaries({"x": st.one_of(st.none(), st.floats(-1e3, 1e3)),
-                                           "c": st.sampled_from(["web", None])}),
+        "features": st.one_of(*(st.fixed_dictionaries({x: st.one_of(st.none(), st.floats(-1e3, 1e3)),
+                                                        c: st.sampled_from(["web", None])})
+                                for x, c in (("x", "c"), ("x y", "class")))),
         "prediction": st.sampled_from([1, "0", 0.25]), "label": st.sampled_from([1, "0"])}
 envelopes = st.one_of(
     st.fixed_dictionaries({k: good[k] for k in REQUIRED},  # valid, but for what the options hold
