@@ -1,4 +1,4 @@
-"""``python -m bench all|throughput|alternatives|quality|memory [--events N] [--full]``.
+"""``python -m bench all|SECTION [SECTION ...] [--events N] [--full]`` (sections: throughput, alternatives, quality, memory).
 
 Starts what it needs itself (the embedded broker; VictoriaMetrics when the
 ``victoria-metrics`` binary is installed, else the worker runs with
@@ -32,7 +32,8 @@ SECTIONS = ("throughput", "alternatives", "quality", "memory")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=(*SECTIONS, "all"))
+    parser.add_argument("section", nargs="+", choices=(*SECTIONS, "all"),
+                        help="what to run (several may be given; all: every section, and writes the report)")
     parser.add_argument("--events", type=int, default=None, help=f"predictions per run (default {DEFAULT_EVENTS:,}; "
                         f"--full: {FULL_EVENTS:,})")
     parser.add_argument("--full", action="store_true", help="the headline run: 1M predictions, longer capped runs")
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also dump raw results here")
     args = parser.parse_args(argv)
     events = args.events or (FULL_EVENTS if args.full else DEFAULT_EVENTS)
-    sections = SECTIONS if args.section == "all" else (args.section,)
+    everything = "all" in args.section
+    sections = SECTIONS if everything else tuple(s for s in SECTIONS if s in args.section)
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict[str, Any] = {"events": events, "full": args.full, "command": command.strip(),
                                "machine": machine(), "commit": report.git_commit(),
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
-    if args.section == "all" and not args.no_write:
+    if everything and not args.no_write:
         args.output.write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")
     return 0

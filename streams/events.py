@@ -7,6 +7,11 @@ precise reason (``missing field 'model_id'``, ``feature 'age': expected number,
 got "abc"``, ``unknown model 'x'``, ``not JSON: ...``). A bad element of an
 array never takes the good ones down with it.
 
+Two paths give one answer: the fast path (:func:`_parse_fast`) decodes the message with
+msgspec into typed envelopes and checks the schema and limits per event; whatever it cannot
+decide alone (a message that does not decode as envelopes, an event that fails a check) goes
+through the exact path (:func:`_parse_exact`), which names every reason.
+
 >>> from streams.events import ModelSchema, parse_predictions
 >>> schema = {"m": ModelSchema(features={"age": "numeric"})}
 >>> good = b'{"prediction_id":"a","model_id":"m","model_version":"1","timestamp":10,"features":{"age":41},"prediction":1}'
@@ -22,8 +27,9 @@ import math
 import reprlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence, Union
 
+import msgspec
 import orjson
 
 from detectors.profile import category_text as _category_text  # the one rule for class/category text
@@ -238,6 +244,195 @@ def _rejection(exc: Exception, doc: Any, index: int | None = None) -> Rejection:
 
 def _parse_many(payload: bytes | str, models: Mapping[str, ModelSchema], parse_one: Any,
                 limits: Limits) -> tuple[list[Any], list[Rejection]]:
+    """The events and rejections of one message: the typed fast path (:func:`_parse_fast`) when it
+    can tell, else the exact path (:func:`_parse_exact`), which gives every reason."""
+    fast = _parse_fast(payload, models, parse_one, limits)
+    return fast if fast is not None else _parse_exact(payload, models, parse_one, limits)
+
+
+class _FeedbackDoc(msgspec.Struct, forbid_unknown_fields=True):
+    """The envelope of a feedback event as the fast path decodes it."""
+
+    prediction_id: str
+    model_id: str
+    timestamp: float | str
+    label: str | int | float
+
+
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+def _parse_fast(payload: bytes | str, models: Mapping[str, ModelSchema], parse_one: Any,
+                limits: Limits) -> tuple[list[Any], list[Rejection]] | None:
+    """One message through typed decoding (msgspec: the envelope's JSON types are checked while
+    the bytes are read, no intermediate dicts), then the schema and the limits per event.
+
+    ``None`` when the message is not for this path — too large, holding integers beyond 64 bits, not JSON, not an object nor a non-empty array:
+    the exact path then decides it whole. An element of an array that is not a well-typed
+    envelope is decoded alone. An event of a decoded message
+    that fails a check here (a categorical value given as a number, a string timestamp, an
+    over-long id, ...) is parsed again, alone, by the exact path, so it is accepted or rejected
+    with exactly the reason it always had, and the events keep the message's order.
+    """
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if len(raw) > limits.max_message_bytes or limits.max_depth < 3 or _has_long_integer(raw):
+        return None
+    decoder, one, check = _typed_decoders(models, limits) if parse_one is _prediction else _FAST[parse_one]
+    try:
+        doc = decoder.decode(raw)
+    except msgspec.ValidationError:  # an element is not a well-typed envelope: decode element by element
+        try:
+            elements = _ELEMENTS.decode(raw)
+        except (*_DECODE_ERRORS, RecursionError):
+            return None
+        doc = []
+        for element in elements:
+            try:
+                doc.append(one.decode(element))
+            except _DECODE_ERRORS:
+                doc.append(None)  # for the exact path
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    many = type(doc) is list
+    docs = doc if many else [doc]
+    if not docs or len(docs) > limits.max_array_length:
+        return None
+    events: list[Any] = []
+    rejections: list[Rejection] = []
+    exact: Any = None
+    for i, item in enumerate(docs):
+        event = None if item is None else check(item, models, limits)
+        if event is None:  # the exact path decides this event
+            if exact is None:
+                try:
+                    exact = decode(raw, limits)
+                except EventError:
+                    return None
+                if (type(exact) is list) is not many:
+                    return None
+            element = exact[i] if many else exact
+            try:
+                if not isinstance(element, dict):
+                    raise EventError(f"expected a JSON object, got {_json_type(element)}")
+                event = parse_one(element, models, limits)
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                rejections.append(_rejection(exc, element, i if many else None))
+                continue
+        events.append(event)
+    return events, rejections
+
+
+def _typed_decoders(models: Mapping[str, ModelSchema],
+                    limits: Limits) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], Any]:
+    """The fast path's decoders of predictions for ``models`` and ``limits`` (built once per pair).
+
+    One envelope struct per model, tagged by ``model_id`` (an unknown model does not decode), whose
+    ``features`` is a struct of the schema's features — numeric ``float | None``, categorical
+    ``str | None`` of at most ``max_string_length`` characters — so the kinds, lengths and ranges
+    that :func:`_prediction` checks one by one are checked in C while the bytes are read. Unknown
+    fields are refused (the event then takes the exact path), so a decoded message nests at most
+    three deep (array, envelope, features or attributes): no depth walk is needed. A model with
+    more features than ``max_fields`` has no struct (its events take the exact path)."""
+    key = (id(models), limits)
+    found = _TYPED.get(key)
+    if found is not None and found[0] is models:
+        return found[1]
+    if len(_TYPED) > 64:
+        _TYPED.clear()
+    text = Annotated[str, msgspec.Meta(max_length=limits.max_string_length)]
+    envelopes: list[Any] = []
+    for model_id, schema in models.items():
+        if len(schema.features) > limits.max_fields:
+            continue
+        names = list(schema.features)
+        # attributes f0, f1, ... renamed to the features' names (which need not be identifiers)
+        features = msgspec.defstruct(
+            "Features", [(f"f{i}", float | None if schema.features[name] == NUMERIC else text | None, None)
+                         for i, name in enumerate(names)],
+            rename={f"f{i}": name for i, name in enumerate(names)}, forbid_unknown_fields=True)
+        fields: list[Any] = [
+            ("prediction_id", Annotated[str, msgspec.Meta(min_length=1, max_length=limits.max_string_length)]),
+            ("model_version", text | int),
+            ("timestamp", Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TIMESTAMP)] | str),
+            ("features", features),
+            ("prediction", str | int | float),
+            ("score", Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None, None),
+            ("scores", None, None),
+            ("attributes", Annotated[dict[text, text], msgspec.Meta(max_length=limits.max_fields)] | None, None),
+        ]
+        envelope = msgspec.defstruct("Envelope", fields, tag_field="model_id", tag=model_id,
+                                     forbid_unknown_fields=True)
+        _ENVELOPES[envelope] = (model_id, schema, names,
+                                [n for n, k in schema.features.items() if k == NUMERIC])
+        envelopes.append(envelope)
+    # A tagged struct decoded alone takes a message without the tag as its own: a second, sentinel
+    # envelope makes the union ask for ``model_id`` whatever the number of models.
+    envelopes.append(msgspec.defstruct("NoModel", [], tag_field="model_id", tag="\x00 no model",
+                                       forbid_unknown_fields=True))
+    one: Any = Union[tuple(envelopes)]  # noqa: UP007 (a runtime union of types)
+    decoders = (msgspec.json.Decoder(one | list[one]), msgspec.json.Decoder(one), _fast_prediction)
+    _TYPED[key] = (models, decoders)
+    return decoders
+
+
+_TYPED: dict[tuple[int, Limits], tuple[Mapping[str, ModelSchema], Any]] = {}
+"""The typed decoders per (schemas, limits): the schemas object is kept, so its id is not reused."""
+_ENVELOPES: dict[type, tuple[str, ModelSchema, list[str], list[str]]] = {}
+"""Per envelope struct: its model, schema, features (in the struct's order) and numeric features."""
+
+
+def _fast_prediction(doc: Any, models: Mapping[str, ModelSchema], limits: Limits) -> Prediction | None:
+    """The :class:`Prediction` of a decoded envelope (:func:`_typed_decoders` checked the types,
+    lengths and ranges), with the values :func:`_prediction` gives; ``None`` to let the exact path
+    decide what the decoder could not (a string timestamp, a version given as a long integer)."""
+    found = _ENVELOPES.get(type(doc))
+    if found is None:  # the sentinel
+        return None
+    model_id, schema, names, numeric = found
+    version = doc.model_version
+    if type(version) is not str:
+        version = str(version)
+        if len(version) > limits.max_string_length:
+            return None
+    timestamp = doc.timestamp
+    if type(timestamp) is not float:
+        return None
+    features = dict(zip(names, msgspec.structs.astuple(doc.features)))
+    if None in features.values():
+        for name in numeric:
+            if features[name] is None:
+                features[name] = math.nan
+    prediction = doc.prediction
+    if type(prediction) is not str or schema.task == "regression" or len(prediction) > limits.max_string_length:
+        try:
+            prediction = _label(prediction, "prediction", schema.task, limits)
+        except EventError:
+            return None
+    attributes = doc.attributes
+    return Prediction(prediction_id=doc.prediction_id, model_id=model_id, model_version=version,
+                      timestamp=timestamp, features=features, prediction=prediction, score=doc.score, scores=None,
+                      attributes={} if attributes is None else attributes)
+
+
+def _fast_feedback(doc: _FeedbackDoc, models: Mapping[str, ModelSchema], limits: Limits) -> Feedback | None:
+    """The :class:`Feedback` of a decoded envelope when it passes every check of :func:`_feedback`."""
+    prediction_id, model_id, timestamp = doc.prediction_id, doc.model_id, doc.timestamp
+    if not prediction_id or not model_id or len(prediction_id) > limits.max_string_length:
+        return None
+    schema = models.get(model_id)
+    if schema is None or type(timestamp) is not float or not 0.0 <= timestamp <= MAX_TIMESTAMP:
+        return None
+    try:
+        label = _label(doc.label, "label", schema.task, limits)
+    except EventError:
+        return None
+    return Feedback(prediction_id=prediction_id, model_id=model_id, timestamp=timestamp, label=label)
+
+
+def _parse_exact(payload: bytes | str, models: Mapping[str, ModelSchema], parse_one: Any,
+                 limits: Limits) -> tuple[list[Any], list[Rejection]]:
+    """One message through orjson (or the standard library) and the per-field checks: every
+    rejection with its exact reason."""
     try:
         doc = decode(payload, limits)
     except EventError as exc:
@@ -380,6 +575,15 @@ def _feedback(doc: dict[str, Any], models: Mapping[str, ModelSchema], limits: Li
     timestamp = _timestamp(_required(doc, "timestamp"))
     label = _label(_required(doc, "label"), "label", schema.task, limits)
     return Feedback(prediction_id=prediction_id, model_id=model_id, timestamp=timestamp, label=label)
+
+
+_FAST: dict[Any, tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], Any]] = {
+    _feedback: (msgspec.json.Decoder(_FeedbackDoc | list[_FeedbackDoc]), msgspec.json.Decoder(_FeedbackDoc),
+                _fast_feedback),
+}
+"""The fast path's decoders (a message, one element) and check of feedback; those of predictions
+depend on the schemas (:func:`_typed_decoders`)."""
+_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def _required(doc: Mapping[str, Any], name: str) -> Any:

@@ -395,7 +395,8 @@ def _pack(event: Prediction) -> str:
 
 def _unpack(prediction_id: str, entry: list[Any]) -> Prediction:
     version, prediction, score, attributes, scores, features = orjson.loads(entry[PAYLOAD])
-    features = {k: (math.nan if v is None else v) for k, v in features.items()}
+    if None in features.values():  # a missing numeric feature (NaN) was packed as null
+        features = {k: (math.nan if v is None else v) for k, v in features.items()}
     return Prediction(prediction_id=prediction_id, model_id=entry[MODEL], model_version=version,
                       timestamp=entry[TIME], features=features, prediction=prediction, score=score, scores=scores,
                       attributes=attributes or {})

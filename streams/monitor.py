@@ -407,12 +407,15 @@ class ModelMonitor:
         evidence = delta.evidence if delta.evidence is not None else Evidence()
         delta.evidence = evidence
         room = self.evidence_cap - len(evidence)
-        for event in events[:max(room, 0)]:
-            evidence.ids.append(event.prediction_id)
-            for name in self.cfg.features:
-                evidence.features.setdefault(name, []).append(event.features.get(name))
-            evidence.predictions.append(event.prediction)
-            evidence.scores.append(event.score)
+        chosen = events[:max(room, 0)]
+        if not chosen:
+            return
+        # column by column (one pass per feature), the same rows as one event at a time
+        evidence.ids.extend([event.prediction_id for event in chosen])
+        for name in self.cfg.features:
+            evidence.features.setdefault(name, []).extend([event.features.get(name) for event in chosen])
+        evidence.predictions.extend([event.prediction for event in chosen])
+        evidence.scores.extend([event.score for event in chosen])
 
     def _cusum(self, version: _VersionPanes, pane: int, delta: PaneDelta, deltas: _Deltas,
                predictions: PredictionColumns | None, pairs: PairColumns | None) -> None:

@@ -47,17 +47,25 @@ class Evidence:
         return len(self.ids)
 
     def extend(self, other: Evidence, *, limit: int) -> Evidence:
-        """Append ``other``'s rows (its labels too), then keep the last ``limit`` rows."""
+        """Append ``other``'s rows (its labels too), then keep the last ``limit`` rows.
+
+        Column by column: rows whose id is already here are skipped, and a feature this
+        evidence has not held yet is back-filled with ``None`` for its earlier rows (once per
+        feature, not per row: building that filler for every row made a window's merge quadratic)."""
         seen = set(self.ids)
-        for i, pid in enumerate(other.ids):
-            if pid in seen:
-                continue
-            seen.add(pid)
-            self.ids.append(pid)
-            for name, values in other.features.items():
-                self.features.setdefault(name, [None] * (len(self.ids) - 1)).append(values[i])
-            self.predictions.append(other.predictions[i])
-            self.scores.append(other.scores[i])
+        keep: list[int] = [i for i, pid in enumerate(other.ids) if pid not in seen] if seen else list(range(len(other.ids)))
+        if len(set(other.ids)) < len(other.ids):  # an id twice within other: its first row only
+            keep = _first_of_each(other.ids, keep)
+        whole = len(keep) == len(other.ids)
+        before = len(self.ids)
+        self.ids.extend(other.ids if whole else [other.ids[i] for i in keep])
+        for name, values in other.features.items() if keep else ():
+            column = self.features.get(name)
+            if column is None:
+                column = self.features[name] = [None] * before
+            column.extend(values if whole else [values[i] for i in keep])
+        self.predictions.extend(other.predictions if whole else [other.predictions[i] for i in keep])
+        self.scores.extend(other.scores if whole else [other.scores[i] for i in keep])
         self.labels.update(other.labels)
         if len(self.ids) > limit:
             cut = len(self.ids) - limit
@@ -78,6 +86,17 @@ class Evidence:
     def from_dict(cls, doc: Mapping[str, Any]) -> Evidence:
         return cls(list(doc["ids"]), {k: list(v) for k, v in doc["features"].items()}, list(doc["predictions"]),
                    list(doc["scores"]), dict(doc["labels"]))
+
+
+def _first_of_each(ids: list[str], rows: Any) -> list[int]:
+    """Of ``rows`` (indexes into ``ids``), those that hold an id for the first time among them."""
+    seen: set[str] = set()
+    out = []
+    for i in rows:
+        if ids[i] not in seen:
+            seen.add(ids[i])
+            out.append(i)
+    return out
 
 
 @dataclass
