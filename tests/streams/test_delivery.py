@@ -123,6 +123,13 @@ def test_fault_specs() -> None:
     assert not Faults.from_environ({}).armed
     with pytest.raises(ValueError, match="after-intent, mid-outputs, after-outputs, after-state"):
         Faults.from_environ({"DRIFTWARDEN_FAULT": "kill:somewhere:3"})
+    # a stage prefix arms the fault in that stage only
+    spec = {"DRIFTWARDEN_FAULT": "kill:windows.after-state:2, kill:after-intent:4"}
+    windows, source = Faults.from_environ(spec, stage="windows"), Faults.from_environ(spec)
+    assert windows.armed_at("after-state", 2) and not windows.armed_at("after-intent", 4)
+    assert source.armed_at("after-intent", 4) and not source.armed_at("after-state", 2)
+    with pytest.raises(ValueError, match="stage one of source, windows"):
+        Faults.from_environ({"DRIFTWARDEN_FAULT": "kill:nowhere.after-state:2"})
 
 
 def test_the_error_text_of_a_refused_connection() -> None:
