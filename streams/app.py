@@ -392,7 +392,8 @@ class WorkerRuntime:
         self.windows_consumer: SourceConsumer[Any] = SourceConsumer(
             cfg, topics={panes_topic(group): PARTIAL}, stage=self.windows, outbox=self.windows_outbox,
             producer=producer, sink=sink, group_id=windows_group(group), merge=False,
-            faults=Faults.from_environ(stage="windows"), name="windows", beacon=self.app.beacon)
+            faults=Faults.from_environ(stage="windows"), name="windows", stateless_from_committed=False,
+            beacon=self.app.beacon)
         self.app.service(self.source_consumer)
         self.app.service(self.windows_consumer)
         self.app.timer(interval=30.0)(self.report_progress)

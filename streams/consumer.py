@@ -159,7 +159,7 @@ class SourceConsumer(Service, Generic[W]):
                  producer: Callable[[], Any], sink: PointSink, group_id: str | None = None,
                  merge: bool = True, event_time: Callable[[RawMessage], float] = event_time,
                  faults: Faults | None = None, idle_timeout: float | None = None, name: str = "source",
-                 **kwargs: Any) -> None:
+                 stateless_from_committed: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cfg = cfg
         self.topics = dict(topics)
@@ -175,6 +175,9 @@ class SourceConsumer(Service, Generic[W]):
         self.idle_timeout = idle_timeout
         self.name = name
         """What the stage is called in log lines and its client id (``source``, ``windows``)."""
+        self.stateless_from_committed = stateless_from_committed
+        """A partition without state resumes at its committed offset (else at the beginning: a
+        stage whose state is built from all its input, stage 2, re-reads what the topic keeps)."""
         self.batches = 0
         self.failed_commits = 0
         self.merge_waits = 0
@@ -502,8 +505,11 @@ class SourceConsumer(Service, Generic[W]):
             elif tp.topic in resume.positions:
                 target = resume.positions[tp.topic]
             else:
-                committed = await self._consumer.committed(tp)
+                committed = await self._consumer.committed(tp) if self.stateless_from_committed else None
                 target = committed if committed is not None else (await self._consumer.beginning_offsets([tp]))[tp]
+                if committed is not None and committed > 0:
+                    log.warning("%s partition %d: no state in the changelog, resuming %s at its committed offset %d",
+                                self.name, partition, tp.topic, committed)
             self._consumer.seek(tp, target)
             self._next[tp] = target
             if pending and tp.topic not in pending:
