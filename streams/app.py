@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 PARTIAL = "partial"
 """The message kind of the internal topic."""
+RECOVERY_IDLE_SECONDS = 3.0
+"""How long an empty poll must be before a changelog partition without a reported end counts as read."""
 
 
 def panes_topic(group_id: str) -> str:
@@ -178,8 +180,11 @@ class _Partitions(Generic[H]):
         missing = [p for p in partitions if p not in self.held and p not in self.recovered]
         if missing:
             cfg = self.cfg
+            # a first poll that is slow to bring records, on a broker that under-reports end offsets
+            # (Tansu), would read an empty changelog: wait longer for it than read_to_end's default
             states = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: recover(cfg.kafka.bootstrap, self.changelog, partitions=missing, **client_options(cfg)))
+                None, lambda: recover(cfg.kafka.bootstrap, self.changelog, partitions=missing,
+                                      idle_seconds=RECOVERY_IDLE_SECONDS, **client_options(cfg)))
             self.recovered.update(states)
 
     def revoked(self, partitions: list[int]) -> list[tuple[int, H]]:
