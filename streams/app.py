@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 PARTIAL = "partial"
 """The message kind of the internal topic."""
-RECOVERY_IDLE_SECONDS = 3.0
-"""How long an empty poll must be before a changelog partition without a reported end counts as read."""
+RECOVERY_RETRY_SECONDS = (3.0, 10.0)
+"""Longer waits for a first poll when a partition with a committed offset came back without state."""
 
 
 def panes_topic(group_id: str) -> str:
@@ -171,21 +171,32 @@ class _Partitions(Generic[H]):
             return None
         return Resume(dict(state.progress), state.pending())
 
-    async def assigned(self, partitions: list[int], topics: str) -> None:
+    async def assigned(self, partitions: list[int], topics: str, committed: set[int]) -> None:
         """Read the state of newly assigned partitions back from the changelog before their first
         batch: always, since the partition's last owner (another worker, or this one before a
-        rebalance) may have moved it on after any earlier read."""
+        rebalance) may have moved it on after any earlier read. A partition with a committed offset
+        has state (saved before the commit): if the read brought none (a first poll slow to bring
+        records, on a broker that under-reports end offsets, as Tansu does, ends the read), it is
+        read again with longer waits."""
         self.echo(f"PARTITIONS assigned {partitions} of {topics}")
         self.recovered = {p: s for p, s in self.recovered.items() if p in partitions}
         missing = [p for p in partitions if p not in self.held and p not in self.recovered]
-        if missing:
-            cfg = self.cfg
-            # a first poll that is slow to bring records, on a broker that under-reports end offsets
-            # (Tansu), would read an empty changelog: wait longer for it than read_to_end's default
+        for attempt, idle_seconds in enumerate((1.0, *RECOVERY_RETRY_SECONDS)):
+            if not missing:
+                break
+            if attempt:
+                log.warning("%s partitions %s have committed offsets but no state was read from %s; reading "
+                            "it again", self.label, missing, self.changelog)
+            cfg, wanted = self.cfg, list(missing)
             states = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: recover(cfg.kafka.bootstrap, self.changelog, partitions=missing,
-                                      idle_seconds=RECOVERY_IDLE_SECONDS, **client_options(cfg)))
+                None, lambda: recover(cfg.kafka.bootstrap, self.changelog, partitions=wanted,
+                                      idle_seconds=idle_seconds, **client_options(cfg)))
             self.recovered.update(states)
+            missing = [p for p in missing if p in committed
+                       and (p not in states or (states[p].snapshot is None and states[p].intent is None))]
+        if missing:
+            log.error("%s partitions %s: no state in %s although offsets were committed; they start afresh",
+                      self.label, missing, self.changelog)
 
     def revoked(self, partitions: list[int]) -> list[tuple[int, H]]:
         """Let the partitions go (their batches are committed, their state is in the changelog, so a
@@ -278,9 +289,9 @@ class SourceStage:
     def resume(self, partition: int) -> Resume | None:
         return self.partitions.resume(partition)
 
-    async def assigned(self, partitions: list[int]) -> None:
+    async def assigned(self, partitions: list[int], committed: set[int]) -> None:
         topics = self.cfg.kafka.topics
-        await self.partitions.assigned(partitions, f"{topics.predictions}/{topics.feedback}")
+        await self.partitions.assigned(partitions, f"{topics.predictions}/{topics.feedback}", committed)
 
     async def revoked(self, partitions: list[int]) -> None:
         for partition, pipeline in self.partitions.revoked(partitions):
@@ -341,8 +352,8 @@ class WindowsStage:
     def resume(self, partition: int) -> Resume | None:
         return self.partitions.resume(partition)
 
-    async def assigned(self, partitions: list[int]) -> None:
-        await self.partitions.assigned(partitions, panes_topic(self.cfg.kafka.group_id))
+    async def assigned(self, partitions: list[int], committed: set[int]) -> None:
+        await self.partitions.assigned(partitions, panes_topic(self.cfg.kafka.group_id), committed)
 
     async def revoked(self, partitions: list[int]) -> None:
         self.partitions.revoked(partitions)

@@ -119,8 +119,9 @@ class Stage(Protocol[W]):
     def resume(self, partition: int) -> Resume | None:
         """Where the partition's reading resumes (None: from the committed offsets)."""
 
-    async def assigned(self, partitions: list[int]) -> None:
-        """Before the first batch of newly assigned partitions: get their state back."""
+    async def assigned(self, partitions: list[int], committed: set[int]) -> None:
+        """Before the first batch of newly assigned partitions: get their state back (``committed``:
+        those with a committed offset, which must have state: a batch's state is saved before its commit)."""
 
     async def revoked(self, partitions: list[int]) -> None:
         """After the last batch of revoked partitions: let them go."""
@@ -486,7 +487,11 @@ class SourceConsumer(Service, Generic[W]):
         assigned = list(assigned)
         partitions = sorted({tp.partition for tp in assigned})
         async with self._batch_lock:  # no batch of a new partition before its state is back
-            await self.stage.assigned(partitions)
+            committed = set()
+            for tp in assigned:
+                if tp.partition not in committed and (await self._consumer.committed(tp) or 0) > 0:
+                    committed.add(tp.partition)
+            await self.stage.assigned(partitions, committed)
             for partition in partitions:
                 await self._seek(partition, [tp for tp in assigned if tp.partition == partition])
                 self._heard[partition] = time.monotonic()
