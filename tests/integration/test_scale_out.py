@@ -217,7 +217,9 @@ def test_three_workers_over_six_partitions_one_killed_one_joining_write_one_resu
     victim.process.wait(timeout=10)
     victim.process = None
     workers.remove(victim)
-    workers.append(worker_factory(config).start())
+    joiner = worker_factory(config).start()
+    workers.append(joiner)
+    assert _wait_for_line(joiner, "PARTITIONS assigned", timeout=120), joiner.log()[-3000:]
     assert _wait_consumed(broker.bootstrap, group, source, timeout=240), [w.log()[-2000:] for w in workers]
     data_windows = int(N / RATE / WINDOW_SECONDS)
 
