@@ -1,4 +1,4 @@
-"""``python -m bench.scaleout [--predictions N] [--partitions P]``: the worker scaled out.
+"""``python -m bench.scaleout [--predictions N] [--partitions P] [--rate R --seconds S]``: the worker scaled out.
 
 Starts the embedded broker and VictoriaMetrics, and measures on this machine:
 
@@ -190,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--rate", type=float, default=1000.0, help="latency run: predictions/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="latency run: seconds of traffic")
+    parser.add_argument("--latency-only", action="store_true", help="only the latency run")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, Services(Path(tmp)) as services:
         root = Path(tmp)
-        for workers in (1, 2):
+        for workers in () if args.latency_only else (1, 2):
             result = throughput(services, root, workers=workers, predictions=args.predictions,
                                 partitions=args.partitions)
             print(f"{workers} worker(s), {args.partitions} partitions, {result['messages']:,} messages: "
