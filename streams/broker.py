@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from streams.kafka import BrokerError  # re-exported: callers catch it from here too
+from streams.kafka import close_client
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,10 @@ def wait_for_metadata(bootstrap: str, timeout: float = 20.0, **client_options: A
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
                                      client_id="driftwarden-probe", **client_options)
-            admin.list_topics()
-            admin.close()
+            try:
+                admin.list_topics()
+            finally:
+                close_client(admin)
             return
         except (KafkaError, OSError) as exc:
             if time.monotonic() > deadline:
@@ -223,7 +226,7 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *,
                 pass
         return created
     finally:
-        admin.close()
+        close_client(admin)
 
 
 def partition_counts(bootstrap: str, topics: Iterable[str], **client_options: Any) -> dict[str, int]:
@@ -234,7 +237,7 @@ def partition_counts(bootstrap: str, topics: Iterable[str], **client_options: An
     try:
         return {t: len(consumer.partitions_for_topic(t) or ()) for t in topics}
     finally:
-        consumer.close()
+        close_client(consumer)
 
 
 def all_topics(topics: object) -> Sequence[str]:

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=_positive(float), default=None, metavar="SECONDS",
                       help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--workdir", default=None, metavar="DIR",
-                      help="where to write the config, profiles, reports and broker.log (default: a new temp dir)")
+                      help="where to write the config, profiles, reports and the logs: broker.log, worker.log and "
+                           "retrain.log hold every line the broker, the worker and the retrain worker wrote "
+                           "(default: a new temp dir)")
     demo.add_argument("--influx-url", default=None, metavar="URL",
                       help="also write points to this InfluxDB 2 or VictoriaMetrics (token from "
                            "DRIFTWARDEN_INFLUX_TOKEN); default: print only, write no points")
@@ -220,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _CancelledOnClose(logging.Filter):
-    """Demote kafka-python's "Metadata refresh: failed Cancelled" from ERROR to INFO.
+    """Demote kafka-python's "Metadata refresh: failed Cancelled" (and a producer's "Error sending
+    produce request ...: Cancelled" after a force close) from ERROR to INFO.
 
     kafka-python 3 cancels a client's in-flight requests when the client is
     closed, and its cluster module logs a cancelled metadata refresh as an
@@ -247,9 +250,12 @@ def configure_logging(verbose: bool) -> None:
     )
     for noisy in ("kafka", "aiokafka", "faust", "mode", "influxdb_client", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
-    cluster = logging.getLogger("kafka.cluster")
-    if not any(isinstance(f, _CancelledOnClose) for f in cluster.filters):
-        cluster.addFilter(_CancelledOnClose())
+    # the cluster's metadata refresh, and the producer's requests that streams.kafka.close_producer
+    # cancels when a flush at close timed out
+    for name in ("kafka.cluster", "kafka.producer.sender"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _CancelledOnClose) for f in logger.filters):
+            logger.addFilter(_CancelledOnClose())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

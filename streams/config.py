@@ -23,6 +23,7 @@ import yaml
 
 from detectors.drift import DEFAULT_METHOD
 from detectors.profile import category_text
+from streams.events import Limits
 
 ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "DRIFTWARDEN_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
@@ -213,23 +214,17 @@ class JoinConfig:
 
 
 @dataclass(frozen=True)
-class ValidationConfig:
+class ValidationConfig(Limits):
     """What input the worker accepts. Every bound has a default; input beyond one is dead-lettered
-    with a reason naming the key and counted as monitor ``stat=rejected_<key>`` (README, "Limits")."""
+    with a reason naming the key and counted as monitor ``stat=rejected_<key>`` (README, "Limits").
+
+    The parser's bounds on a message (``max_message_bytes``, ``max_array_length``, ``max_fields``,
+    ``max_string_length``, ``max_depth``) are declared once, in :class:`streams.events.Limits`;
+    this section is those and the bounds the pipeline checks around the parser."""
 
     type_errors: str = "reject"
     """``reject``: a feature with the wrong JSON type dead-letters the event;
     ``count``: the value is treated as missing and counted as a ``type_error`` data-quality violation."""
-    max_message_bytes: int = 1_000_000
-    """Longest message, in bytes (Kafka's default ``message.max.bytes`` is about 1 MB)."""
-    max_array_length: int = 10_000
-    """Most events in one array message."""
-    max_fields: int = 1_000
-    """Most features, attributes or class scores in one event."""
-    max_string_length: int = 1_024
-    """Longest id, version, categorical value, attribute or class label, in characters."""
-    max_depth: int = 32
-    """Deepest nesting of arrays and objects in a message."""
     max_future_seconds: float = 300.0
     """How far an event's timestamp may be ahead of its partition's watermark (the largest event
     time accepted so far) or of the wall clock, whichever is later."""

@@ -26,7 +26,7 @@ import orjson
 from streams.broker import EmbeddedBroker, all_topics, create_topics
 from streams.commands import prepare_workspace
 from streams.config import Config
-from streams.kafka import client_options
+from streams.kafka import client_options, close_client, close_producer
 from streams.live_page import LivePage, start_page
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,15 @@ ECHOED = ("WINDOW", "ALERT", "RETRAIN", "UPDATE", "PARTITIONS", "driftwarden")
 class _Child:
     """A driftwarden subprocess whose output lines are echoed with a prefix.
 
+    Every line it writes also goes to ``log_path`` (``WORKDIR/NAME.log``), as it comes: the
+    echo shows only some lines (the first of a traceback), the file all of them.
     It runs in its own session, so a Ctrl-C in the terminal reaches only the demo,
     which stops its children in order (see :func:`run_demo`).
     """
 
-    def __init__(self, name: str, args: list[str], cwd: Path) -> None:
+    def __init__(self, name: str, args: list[str], cwd: Path, log_path: Path) -> None:
         self.name = name
+        self.log_path = log_path
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=str(cwd), env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -62,12 +65,16 @@ class _Child:
 
     def _pump(self) -> None:
         assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if not line or "\x1b[" in line:
-                continue
-            if line.startswith(ECHOED) or " ERROR " in line or "Traceback" in line:
-                print(f"[{self.name}] {line}", flush=True)
+        with open(self.log_path, "wb", buffering=0) as log_file:  # this run's lines only
+            for raw in self.process.stdout:
+                log_file.write(raw)
+                line = raw.decode(errors="replace").rstrip()
+                if not line or "\x1b[" in line:
+                    continue
+                if "Traceback" in line:
+                    print(f"[{self.name}] {line} (the whole traceback: {self.log_path})", flush=True)
+                elif line.startswith(ECHOED) or " ERROR " in line:
+                    print(f"[{self.name}] {line}", flush=True)
 
     @property
     def exit_code(self) -> int | None:
@@ -104,7 +111,8 @@ def run_demo(args: Any) -> int:
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     code = 0
     deadline = None
-    print(f"driftwarden demo: working in {workdir}", flush=True)
+    print(f"driftwarden demo: working in {workdir} (the children's whole output: broker.log, worker.log, "
+          "retrain.log)", flush=True)
     page = _start_page(args, workdir)
     broker = EmbeddedBroker(port=0, log_path=workdir / "broker.log")
     try:
@@ -139,8 +147,8 @@ def _run(cfg: Config, config_path: Path, workdir: Path, args: Any, started: floa
     when a child died; the broker is to be stopped by the deadline (monotonic)."""
     from kafka import KafkaConsumer
 
-    children = [_Child("worker", ["worker", "-c", str(config_path)], workdir),
-                _Child("retrain", ["retrain-worker", "-c", str(config_path)], workdir)]
+    children = [_Child("worker", ["worker", "-c", str(config_path)], workdir, workdir / "worker.log"),
+                _Child("retrain", ["retrain-worker", "-c", str(config_path)], workdir, workdir / "retrain.log")]
     sim_stop = threading.Event()
     simulator = threading.Thread(target=_simulate, args=(cfg, args, sim_stop), daemon=True)
     simulator.start()
@@ -175,7 +183,7 @@ def _run(cfg: Config, config_path: Path, workdir: Path, args: Any, started: floa
             child.terminate()
         for child in children:
             print(f"  {child.name} {child.wait(deadline - BROKER_SHARE)}", flush=True)
-        updates.close()
+        close_client(updates)
     return code, deadline
 
 
@@ -236,6 +244,8 @@ def _simulate(cfg: Config, args: Any, stop: threading.Event) -> None:
             producer.send(topics[kind], key=event["prediction_id"].encode(), value=orjson.dumps(event))
     finally:
         try:
-            producer.close(timeout=2.0)
+            # within the stop's share for the simulator (run_demo joins it for 2 s); the demo keeps nothing
+            if not close_producer(producer, timeout=0.8):
+                log.warning("simulator: the last predictions were not all sent within 0.8 s; dropped them")
         except KafkaError as exc:
             log.warning("simulator: the last predictions were not all sent: %s", exc)

@@ -127,6 +127,51 @@ def faust_credentials(kafka: KafkaConfig | Config) -> CredentialsT | None:
     return faust.SSLCredentials(options["ssl_context"])
 
 
+def close_client(client: Any) -> None:
+    """Close a kafka-python consumer or admin client without racing its IO thread.
+
+    kafka-python 3 runs each client's network loop on a thread of its own, and its
+    ``close()`` closes the connections from the caller's thread while that loop still
+    runs: a response arriving at that moment (a fetch the consumer had in flight, a
+    metadata refresh) is read by the loop from a socket the caller has just taken away,
+    and it logs ``ERROR kafka.net.transport: ... Error receiving network data closing
+    socket`` with a traceback. Stopping the loop first (it finishes the task in hand and
+    exits) leaves ``close()`` to run every step on the caller's thread, as the library's
+    single-threaded mode does (an auto-commit or a group leave included). kafka-python 2
+    has no such thread; its clients are closed as they are.
+    """
+    net = getattr(client, "_net", None)  # KafkaConsumer and KafkaAdminClient (kafka-python 3)
+    stop = getattr(net, "stop", None)
+    if callable(stop):
+        stop()
+    client.close()
+
+
+def close_producer(producer: Any, timeout: float) -> bool:
+    """Send what a kafka-python producer holds for up to ``timeout`` s, then close it; return
+    whether everything was sent (records still unsent by then are dropped).
+
+    kafka-python 3's ``close(timeout)`` flushes first and, when the flush times out, raises
+    without closing: its sender thread lives on (and logs connection errors once the broker
+    has gone) and the producer's ``__del__`` tries again at exit, printing a
+    ``KafkaTimeoutError`` traceback. Here a flush that times out force-closes the sender (it
+    fails the unsent batches), so the close that follows has nothing left to wait for.
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.flush(timeout)
+        sent = True
+    except KafkaTimeoutError:
+        sent = False
+        sender = getattr(producer, "_sender", None)  # kafka-python's I/O thread
+        if sender is not None:
+            sender.force_close()
+            sender.join(timeout)
+    producer.close(timeout=0 if not sent else timeout)
+    return sent
+
+
 # -- a first connection that says why it was refused ------------------------------------------------
 
 
@@ -275,4 +320,4 @@ def _sasl_mechanism(name: str) -> Any:
     return get_sasl_mechanism(name)
 
 
-__all__ = ("check_broker", "client_options", "faust_credentials", "ssl_context")
+__all__ = ("check_broker", "client_options", "close_client", "close_producer", "faust_credentials", "ssl_context")

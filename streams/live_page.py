@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 import orjson
 from plotly.io.json import to_json_plotly
 
+from streams.kafka import close_client
 from streams.report_page import LineFollower, ReportData, page_html, plotly_js
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class LivePage:
                     if self._stop.is_set():
                         break
         finally:
-            consumer.close()
+            close_client(consumer)
 
     # -- serving ---------------------------------------------------------------------------------
 

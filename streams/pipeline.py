@@ -110,13 +110,6 @@ class DeadLetter:
         return orjson.dumps(doc)
 
 
-def limits_of(cfg: Config) -> Limits:
-    """The parser's :class:`~streams.events.Limits` from the ``validation`` section."""
-    v = cfg.validation
-    return Limits(max_message_bytes=v.max_message_bytes, max_array_length=v.max_array_length,
-                  max_fields=v.max_fields, max_string_length=v.max_string_length, max_depth=v.max_depth)
-
-
 @dataclass
 class SourceOutcome:
     """What stage 1 made of one batch of one source partition."""
@@ -155,7 +148,7 @@ class SourcePipeline:
         self.partition = partition
         self.monitors = dict(monitors)
         self.schemas = schemas_from_config(cfg.models, cfg.validation.type_errors)
-        self.limits = limits_of(cfg)
+        self.limits: Limits = cfg.validation  # a Limits: the parser's bounds are declared once
         self.clock = clock
         """Wall clock for the time check's upper bound (see :meth:`_out_of_time`)."""
         past = cfg.validation.max_past_seconds

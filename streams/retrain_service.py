@@ -85,6 +85,7 @@ from retrain.job import (
 )
 from retrain.trainers import Trainer, TrainerError, load_trainer
 from streams.join import LabelledPair, decode_pairs
+from streams.kafka import close_client
 from streams.state import read_records
 
 log = logging.getLogger(__name__)
@@ -457,7 +458,7 @@ class RetrainWorker:
                         if self._handle(consumer, producer, tp, message):
                             dealt += 1
         finally:
-            consumer.close()
+            close_client(consumer)
             producer.close()
             log.info("retrain worker stopped: %s", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
         return dealt

@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 
 from streams.join import JoinStore
+from streams.kafka import close_client
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +405,7 @@ def read_records(bootstrap: str, topic: str, *, since_ms: int | None = None, idl
                 caught_up = True
                 yield None
     finally:
-        consumer.close()
+        close_client(consumer)
 
 
 def recover(bootstrap: str, topic: str, **options: Any) -> dict[int, PartitionState]:

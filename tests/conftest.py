@@ -106,20 +106,27 @@ def topic_overrides(suffix: str) -> dict[str, Any]:
 
 
 def integration_workspace(tmp_path: Path, broker: EmbeddedBroker, victoria: VictoriaMetrics, *, model_id: str,
-                          unique: str, window: int | dict[str, Any], partitions: int = 1) -> tuple[Path, dict[str, str]]:
+                          unique: str, window: int | dict[str, Any], partitions: int = 1,
+                          overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, str]]:
     """A config and reference profile for ``model_id`` on this test's own topics (created, with
     ``partitions`` each), writing to VictoriaMetrics; returns the config path and topic names by key.
-    ``window``: events per count window, or a window mapping (``{"seconds": 60}``)."""
+    ``window``: events per count window, or a window mapping (``{"seconds": 60}``); ``overrides``:
+    more dotted config keys (``{"influx.retry_max_seconds": 2}``)."""
     from streams.broker import create_topics
     from streams.commands import prepare_workspace
 
     overrides = {**topic_overrides(unique),
-                 "models.*.window": window if isinstance(window, dict) else {"events": window}}
+                 "models.*.window": window if isinstance(window, dict) else {"events": window}, **(overrides or {})}
     config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
                                models=(model_id,), overrides=overrides)
     topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
     create_topics(broker.bootstrap, topics.values(), partitions=partitions)
     return config, topics
+
+
+STARTED = {"worker": "PARTITIONS assigned", "retrain-worker": "retrain worker: waiting for jobs"}
+"""A command's first output line after its SIGTERM handler is installed (by Faust's worker; by
+``streams.retrain_service``): a SIGTERM before it ends the process with -15, not a clean stop."""
 
 
 class WorkerProcess:
@@ -145,10 +152,27 @@ class WorkerProcess:
         log.close()
         return self
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def wait_started(self, timeout: float = 180.0) -> bool:
+        """Wait until the command has printed its start line (:data:`STARTED`), or exited, or
+        ``timeout`` s passed (generous: its imports take seconds on a loaded machine); True once
+        started."""
+        line = STARTED.get(self.command)
+        deadline = time.monotonic() + timeout
+        while True:
+            if line is None or line in self.log():
+                return True
+            if self.process is None or self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 30.0, *, started_within: float = 180.0) -> int | None:
+        """SIGTERM (once the command has started: up to ``started_within`` s; a SIGTERM while it is
+        still importing ends it with -15, not the clean exit 0 tests expect), wait ``timeout`` s,
+        then SIGKILL; return its exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:
+            self.wait_started(started_within)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
@@ -173,6 +197,6 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         return worker
 
     yield make
-    for worker in started:
+    for worker in started:  # a test that failed may leave one running (its exit code no longer matters)
         with contextlib.suppress(Exception):
-            worker.stop()
+            worker.stop(started_within=0)

@@ -30,17 +30,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from streams.broker import create_topics
 from streams.commands import prepare_workspace
+from streams.state import read_to_end
 from tests.conftest import topic_overrides
 from tests.integration.test_worker_e2e import _events, _wait_consumed
 
 pytestmark = pytest.mark.integration
 
 WINDOW_SECONDS = 60
-PREDICTIONS = 6000
+PREDICTIONS = 3000
+"""Five windows of data: enough for every claim (a window of every kind, batches to kill in), at half
+the cost of ten."""
 RATE = 10.0  # predictions per second of event time: 600 per window
 WALL_CLOCK = {"throughput", "lag", "influx_outage_seconds"}
 """``monitor`` stats stamped with processing time, not part of a window's points."""
@@ -68,11 +71,8 @@ def _produce(bootstrap: str, topic: str, docs: list[Any]) -> None:
 
 
 def _read(bootstrap: str, topic: str) -> list[bytes]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000)
-    values = [m.value for m in consumer]
-    consumer.close()
-    return values
+    """Every value on ``topic``, to its end (the worker has stopped: nothing more comes)."""
+    return [m.value for m in read_to_end(bootstrap, topic, idle_seconds=0.5)]
 
 
 def _point_values(points: Any) -> dict[tuple, float]:
@@ -125,19 +125,14 @@ def _same_batches_points(config: Path, bootstrap: str, topics: dict[str, str], g
     from streams.state import INTENT_KEY, changelog_topic
 
     intents: dict[int, list[Any]] = defaultdict(list)
-    consumer = KafkaConsumer(changelog_topic(group), bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000)
-    for message in consumer:
+    for message in read_to_end(bootstrap, changelog_topic(group), idle_seconds=0.5):
         if message.key == INTENT_KEY:
             doc = json.loads(message.value)
             intents[int(doc["seq"])].append(doc["ranges"])
-    consumer.close()
     assert intents and all(all(r == ranges[0] for r in ranges) for ranges in intents.values()), intents
     assert sorted(intents) == list(range(1, max(intents) + 1))
     kinds = {topics["predictions"]: PREDICTION, topics["feedback"]: FEEDBACK}
-    records = {topic: {m.offset: m for m in KafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                                           auto_offset_reset="earliest", consumer_timeout_ms=5000)}
-               for topic in kinds}
+    records = {topic: {m.offset: m for m in read_to_end(bootstrap, topic, idle_seconds=0.5)} for topic in kinds}
     rank = {topics["predictions"]: 0, topics["feedback"]: 1}
     pipeline = _pipeline(config)
     points = []
@@ -197,7 +192,8 @@ def test_sigkill_at_every_point_of_a_batch_loses_and_changes_nothing(broker, vic
     rng = np.random.default_rng(29)
     predictions, feedback = _stream(model_id, rng)
     bad = [b"not json at all", {"model_id": model_id, "timestamp": predictions[100]["timestamp"]}]
-    stream: list[Any] = predictions[:3000] + bad + predictions[3000:]
+    half = PREDICTIONS // 2
+    stream: list[Any] = predictions[:half] + bad + predictions[half:]
     # fillers far later close every window of the data (the last filler window stays open)
     fillers = _events(model_id, 20, 50_000, rng)
     for i, f in enumerate(fillers):

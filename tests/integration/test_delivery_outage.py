@@ -1,9 +1,12 @@
 """A TSDB outage mid-stream: the worker stalls, warns, retries, and every window's points arrive.
 
 VictoriaMetrics (real, on its own port and data directory so it can be stopped
-and started again) is stopped for 60 s while the worker has a backlog; the
+and started again) is stopped for 15 s while the worker has a backlog; the
 points of every window must be there afterwards, and the stop summary says
-``lost 0``.
+``lost 0``. The worker's back-off is capped at 2 s and it warns every 5 s
+(``influx.retry_max_seconds``, ``influx.warn_every_seconds``), so the outage
+spans several retries and more than one warning, as a longer one does with the
+defaults (10 s, 30 s).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from tests.integration.test_worker_e2e import WINDOW, _accuracy_points, _events,
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_SECONDS = 60
+OUTAGE_SECONDS = 15
+INFLUX = {"influx.retry_max_seconds": 2, "influx.warn_every_seconds": 5}
+"""Shorter than the defaults (10 s, 30 s), so that a 15 s outage sees several attempts and warnings."""
 
 
 class RestartableVictoria(VictoriaMetrics):
@@ -73,9 +78,14 @@ def own_victoria(tmp_path: Path) -> Iterator[RestartableVictoria]:
 
 
 def _wait_for_line(worker: object, text: str, timeout: float) -> bool:
+    return _wait_for_lines(worker, text, 1, timeout)
+
+
+def _wait_for_lines(worker: object, text: str, count: int, timeout: float) -> bool:
+    """Wait until ``count`` lines of the worker's log hold ``text``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if text in worker.log():  # type: ignore[attr-defined]
+        if sum(text in line for line in worker.log().splitlines()) >= count:  # type: ignore[attr-defined]
             return True
         time.sleep(0.5)
     return False
@@ -86,7 +96,7 @@ def test_tsdb_outage_stalls_output_and_loses_no_point(broker, own_victoria, work
     victoria = own_victoria
     model_id = f"m-{unique}"
     config, topics = integration_workspace(tmp_path, broker, victoria, model_id=model_id, unique=unique,
-                                           window=WINDOW)
+                                           window=WINDOW, overrides=INFLUX)
     rng = np.random.default_rng(17)
     predictions = _events(model_id, 2000, 0, rng)
     feedback = [{"prediction_id": p["prediction_id"], "model_id": model_id, "timestamp": p["timestamp"] + 1,
@@ -112,6 +122,8 @@ def test_tsdb_outage_stalls_output_and_loses_no_point(broker, own_victoria, work
     assert victoria.url in warning and "points waiting" in warning, warning
     time.sleep(max(OUTAGE_SECONDS - (time.monotonic() - down_at), 0))  # the outage itself, not a wait for a result
     assert worker.process is not None and worker.process.poll() is None, worker.log()[-3000:]
+    # it kept warning while the outage lasted (every influx.warn_every_seconds)
+    assert _wait_for_lines(worker, "not taking points", 2, timeout=60), worker.log()[-3000:]
     victoria.start()
 
     assert _wait_consumed(broker.bootstrap, group, source, timeout=120), worker.log()[-3000:]

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
+from streams.state import read_to_end
 from tests.conftest import integration_workspace
 from tests.integration.test_worker_e2e import _events, _wait_consumed
 
@@ -127,13 +128,8 @@ def test_hostile_input_never_stops_the_worker(broker, victoria, worker_factory, 
     log = worker.log()
     assert "stopping the worker" not in log and "refused a record" not in log, log[-3000:]
 
-    def read(topic: str) -> list[Any]:
-        consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                                 consumer_timeout_ms=5000, fetch_max_bytes=64 * 1024 * 1024,
-                                 max_partition_fetch_bytes=16 * 1024 * 1024)
-        values = [m.value for m in consumer]
-        consumer.close()
-        return values
+    def read(topic: str) -> list[Any]:  # to its end: the worker has stopped
+        return [m.value for m in read_to_end(broker.bootstrap, topic, idle_seconds=0.5)]
 
     # every good pair published once
     pairs = [pair["prediction_id"] for value in read(topics["labelled"]) for pair in json.loads(value)]

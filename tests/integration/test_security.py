@@ -22,6 +22,7 @@ from streams.broker import create_topics, free_port
 from streams.commands import prepare_workspace
 from streams.config import Config
 from streams.kafka import client_options
+from streams.state import read_to_end
 from tests.conftest import topic_overrides
 from tests.secure_kafka import Certificates, SecuredBroker, make_certificates, secured_broker, server_context
 
@@ -139,12 +140,8 @@ def _wait_consumed(bootstrap: str, options: dict[str, Any], group: str, topics: 
 
 
 def _read_all(bootstrap: str, options: dict[str, Any], topic: str) -> list[bytes]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, **options)
-    try:
-        return [m.value for m in consumer]
-    finally:
-        consumer.close()
+    """Every value on ``topic``, to its end, over the secured connection."""
+    return [m.value for m in read_to_end(bootstrap, topic, idle_seconds=0.5, **options)]
 
 
 def _assert_no_secret(*texts: str | bytes) -> None:
@@ -248,7 +245,8 @@ def test_worker_with_a_wrong_password_fails_clearly_and_never_shows_it(sasl_brok
 
 def test_no_secret_when_the_broker_is_unreachable(certs, worker_factory, tmp_path, unique):
     """Every secret set (SASL password, client key password, InfluxDB token), nothing listening."""
-    kafka = {**MTLS, "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512"}
+    # a 1 s wait for the broker (kafka.connect_timeout_seconds): what is checked is the line, not the wait
+    kafka = {**MTLS, "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "connect_timeout_seconds": 1}
     config, _, _ = _workspace(tmp_path, f"127.0.0.1:{free_port()}", unique, kafka, certs)
     env = {**_sasl_env(PASSWORD), "DRIFTWARDEN_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD, "DRIFTWARDEN_INFLUX_TOKEN": TOKEN}
     worker = worker_factory(config, env=env).start()
@@ -290,8 +288,9 @@ def victoria_tls(certs: Certificates, tmp_path_factory: pytest.TempPathFactory) 
 
 def _write_one(url: str, certs: Certificates, unique: str, **influx: Any) -> tuple[int, bool]:
     """Write one point through :class:`InfluxSink` with these ``influx`` settings: (points written,
-    whether the sink saw them acknowledged within 20 s — a server it cannot verify is an outage to
-    it: it holds the point, warns why and retries)."""
+    whether the sink saw them acknowledged). A server it cannot verify is an outage to it: it holds
+    the point, warns why and retries; the first failed attempt ends the wait (the retries would fail
+    the same way), else 20 s."""
     import asyncio
 
     from detectors.points import Point
@@ -302,11 +301,15 @@ def _write_one(url: str, certs: Certificates, unique: str, **influx: Any) -> tup
     sink = InfluxSink(cfg.influx)
     sink.write([Point("monitor", {"model_id": unique, "model_version": "1", "stat": "events"}, {"value": 7.0},
                       time.time_ns())])
-    try:
-        asyncio.run(asyncio.wait_for(sink.delivered(), 20))
-        delivered = True
-    except asyncio.TimeoutError:
-        delivered = False
+    async def attempt() -> bool:
+        task = asyncio.ensure_future(sink.delivered())
+        deadline = time.monotonic() + 20
+        while not task.done() and sink.outages == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        return task.done() and not task.cancelled() and task.exception() is None
+
+    delivered = asyncio.run(attempt())
     sink.close()
     return sink.written, delivered
 
@@ -317,6 +320,8 @@ def _export(url: str, certs: Certificates, unique: str) -> list[dict[str, Any]]:
     import urllib.request
 
     context = ssl.create_default_context(cafile=str(certs.ca))
+    # what it has taken becomes searchable now, not at its next periodic flush (as conftest's VictoriaMetrics)
+    urllib.request.urlopen(f"{url}/internal/force_flush", timeout=10, context=context).close()
     query = urllib.parse.urlencode({"match[]": f'{{__name__="monitor_value",model_id="{unique}"}}'}).encode()
     with urllib.request.urlopen(f"{url}/api/v1/export", data=query, timeout=30, context=context) as response:
         return [json.loads(line) for line in response.read().decode().splitlines() if line.strip()]

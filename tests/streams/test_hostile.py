@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import math
+from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -264,6 +265,17 @@ def test_validation_defaults() -> None:
     assert (v.max_message_bytes, v.max_array_length, v.max_fields, v.max_string_length, v.max_depth,
             v.max_future_seconds, v.max_past_seconds, v.dead_letter_payload_bytes) == (
         1_000_000, 10_000, 1_000, 1_024, 32, 300.0, None, 65_536)
+
+
+
+def test_the_parsers_bounds_are_declared_once_and_reach_the_parser() -> None:
+    """``validation`` is the parser's :class:`Limits` plus the pipeline's bounds: one declaration,
+    so a bound added to the parser is a config key (and its default) without a second list."""
+    cfg = make_config(max_fields=4)
+    assert isinstance(cfg.validation, Limits)
+    assert {f.name for f in fields(Limits)} < {f.name for f in fields(type(cfg.validation))}
+    [letter] = make_pipeline(cfg).process([raw(PREDICTION, event(features={f"f{i}": 1 for i in range(5)}))]).dead_letters
+    assert letter.limit == "max_fields"
 
 
 # -- fuzzing -----------------------------------------------------------------------------------
