@@ -92,10 +92,10 @@ class Actions:
         self.alerts_sent = 0
         self.jobs_sent = 0
 
-    def bind(self, app: Any) -> None:
-        """Publish with the worker's batch output (the batch's offsets are committed only once the
-        broker has acknowledged its alerts and jobs)."""
-        self.publish = app.driftwarden_outbox.put
+    def bind(self, publish: Publish) -> None:
+        """Publish with the worker's batch output (:attr:`streams.app.WorkerRuntime.publish`: the
+        batch's offsets are committed only once the broker has acknowledged its alerts and jobs)."""
+        self.publish = publish
 
     def decide(self, outcome: Outcome) -> Iterator[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
         """The batch's alerts and jobs as dicts (``replay``), with reports written."""

@@ -197,10 +197,11 @@ def wait_for_metadata(bootstrap: str, timeout: float = 20.0, **client_options: A
 
 
 def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *, compact: bool = False,
-                  **client_options: Any) -> list[str]:
+                  configs: dict[str, str] | None = None, **client_options: Any) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created.
 
     ``compact`` asks for ``cleanup.policy=compact`` (state changelogs), where the broker supports it;
+    ``configs`` are further topic configs (``retention.ms``);
     ``client_options`` (security: :func:`streams.kafka.client_options`) go to the admin client.
     """
     from kafka import KafkaAdminClient
@@ -217,9 +218,9 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, *,
         created = []
         for name in wanted:
             try:
-                configs = {"cleanup.policy": "compact"} if compact else {}
+                wanted_configs = {**({"cleanup.policy": "compact"} if compact else {}), **(configs or {})}
                 admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=1,
-                                              topic_configs=configs)])
+                                              topic_configs=wanted_configs)])
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass

@@ -116,6 +116,14 @@ class KafkaConfig:
     """Fair consumption: hand a partition's predictions and feedback on merged by event time (as
     ``replay`` does), waiting while a topic with a backlog has nothing fetched yet; false: in
     fetch order."""
+    idle_timeout: float = 30.0
+    """Seconds a source partition that is caught up must be silent before stage 1 marks it idle on
+    the internal topic, so that it stops holding the model windows' watermark back (Flink's
+    ``withIdleness``); its next event makes it count again. Stage 2 adds at most this much latency
+    when a partition stops receiving events."""
+    panes_retention_hours: float = 24.0
+    """Retention (delete, not compacted) of the internal topic ``<group_id>-panes`` when driftwarden
+    creates it: how long stage 2 may be down before the partials it has not merged are deleted."""
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,13 @@ merge has taken from it.
 
 Rebalances: a revoked partition is dropped only after the batch in hand is
 done; a partition assigned later gets its state back before its first batch.
+
+Quiet partitions (``idle_timeout``): a partition that is caught up (every one of its
+topic-partitions at the high watermark its last fetch reported, nothing buffered, no batch
+in doubt) and has fetched nothing for ``idle_timeout`` seconds since its last records (or
+its assignment) is handed to :meth:`Stage.quiet` once per quiet spell; what the stage queues
+then is sent and acknowledged outside any batch, so it must change no state and be harmless
+when repeated (stage 1 publishes idle markers: :meth:`streams.pipeline.SourcePipeline.idle`).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, TypeVar
@@ -111,11 +119,15 @@ class Stage(Protocol[W]):
     def resume(self, partition: int) -> Resume | None:
         """Where the partition's reading resumes (None: from the committed offsets)."""
 
-    async def assigned(self, partitions: list[int]) -> None:
-        """Before the first batch of newly assigned partitions: get their state back."""
+    async def assigned(self, partitions: list[int], committed: set[int]) -> None:
+        """Before the first batch of newly assigned partitions: get their state back (``committed``:
+        those with a committed offset, which must have state: a batch's state is saved before its commit)."""
 
     async def revoked(self, partitions: list[int]) -> None:
         """After the last batch of revoked partitions: let them go."""
+
+    def quiet(self, partitions: list[int]) -> None:
+        """Caught-up partitions silent for ``idle_timeout``: queue what announces it (no state change)."""
 
 
 def event_time(message: RawMessage) -> float:
@@ -147,7 +159,8 @@ class SourceConsumer(Service, Generic[W]):
     def __init__(self, cfg: Config, *, topics: Mapping[str, str], stage: Stage[W], outbox: Outbox,
                  producer: Callable[[], Any], sink: PointSink, group_id: str | None = None,
                  merge: bool = True, event_time: Callable[[RawMessage], float] = event_time,
-                 faults: Faults | None = None, **kwargs: Any) -> None:
+                 faults: Faults | None = None, idle_timeout: float | None = None, name: str = "source",
+                 stateless_from_committed: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cfg = cfg
         self.topics = dict(topics)
@@ -160,6 +173,12 @@ class SourceConsumer(Service, Generic[W]):
         self.merge = merge
         self.event_time = event_time
         self.faults = faults or Faults()
+        self.idle_timeout = idle_timeout
+        self.name = name
+        """What the stage is called in log lines and its client id (``source``, ``windows``)."""
+        self.stateless_from_committed = stateless_from_committed
+        """A partition without state resumes at its committed offset (else at the beginning: a
+        stage whose state is built from all its input, stage 2, re-reads what the topic keeps)."""
         self.batches = 0
         self.failed_commits = 0
         self.merge_waits = 0
@@ -177,6 +196,10 @@ class SourceConsumer(Service, Generic[W]):
         """Topic-partitions paused because their buffer is full."""
         self._next: dict[Any, int] = {}
         """Topic-partition -> the offset after the last record fetched (backlog = highwater beyond it)."""
+        self._heard: dict[int, float] = {}
+        """Partition -> monotonic time its last records were fetched (or it was assigned)."""
+        self._quiet: set[int] = set()
+        """Partitions handed to :meth:`Stage.quiet` since their last records."""
 
     async def on_start(self) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -195,7 +218,7 @@ class SourceConsumer(Service, Generic[W]):
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap.split(","),
             group_id=self.group_id,
-            client_id=f"{self.group_id}-source",
+            client_id=f"{self.group_id}-{self.name}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=kafka.batch_size,
@@ -246,13 +269,14 @@ class SourceConsumer(Service, Generic[W]):
                             type(exc).__name__, exc)
                 await asyncio.sleep(1.0)
                 continue
-            if not fetched and not self._buffers:
-                continue
             try:
-                async with self._batch_lock:
-                    batch, ranges = self._batch_of(fetched)
-                    if batch:
-                        await self._run(batch, ranges)
+                if fetched or self._buffers:
+                    async with self._batch_lock:
+                        batch, ranges = self._batch_of(fetched)
+                        if batch:
+                            await self._run(batch, ranges)
+                if self.idle_timeout is not None:
+                    await self._announce_quiet()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -305,6 +329,8 @@ class SourceConsumer(Service, Generic[W]):
             if not records or tp not in assignment:  # revoked while the fetch waited for the lock
                 continue
             self._next[tp] = records[-1].offset + 1
+            self._heard[tp.partition] = time.monotonic()
+            self._quiet.discard(tp.partition)
             pending = self._pending.get(tp.partition)
             if pending is not None:
                 self._take_pending(tp, records, pending)
@@ -387,6 +413,36 @@ class SourceConsumer(Service, Generic[W]):
         self._held.add(tp)
         self._consumer.pause(tp)
 
+    async def _announce_quiet(self) -> None:
+        """Hand the partitions that have turned quiet (module docstring) to the stage, once per
+        quiet spell, and send what it queued."""
+        now = time.monotonic()
+        due = [p for p, heard in self._heard.items()
+               if p not in self._quiet and now - heard >= (self.idle_timeout or 0.0) and p not in self._pending]
+        if not due:
+            return
+        async with self._batch_lock:
+            assignment = self._consumer.assignment()
+            quiet = []
+            for partition in due:
+                tps = [tp for tp in assignment if tp.partition == partition]
+                if tps and all(self._caught_up(tp) for tp in tps):
+                    quiet.append(partition)
+            if not quiet:
+                return
+            self.stage.quiet(quiet)
+            await self.outbox.send(self.producer())
+            await self.outbox.delivered()
+            self._quiet.update(quiet)
+            log.info("%s: partitions %s caught up and quiet for %.0f s", self.name, quiet, self.idle_timeout)
+
+    def _caught_up(self, tp: Any) -> bool:
+        """True if ``tp`` is fetched up to the high watermark its last fetch reported, with nothing
+        buffered or held (unknown before its first fetch: not caught up)."""
+        highwater = self._consumer.highwater(tp)
+        return (highwater is not None and highwater <= self._next.get(tp, 0) and not self._buffers.get(tp)
+                and tp not in self._held and tp not in self._full)
+
     def _backlog(self, tp: Any) -> bool:
         """True if the broker last reported messages past what has been fetched of ``tp``."""
         highwater = self._consumer.highwater(tp)
@@ -417,6 +473,8 @@ class SourceConsumer(Service, Generic[W]):
             partitions = sorted({tp.partition for tp in revoked})
             for partition in partitions:
                 self._pending.pop(partition, None)
+                self._heard.pop(partition, None)
+                self._quiet.discard(partition)
             for tp in revoked:
                 self._held.discard(tp)
                 self._full.discard(tp)
@@ -429,9 +487,15 @@ class SourceConsumer(Service, Generic[W]):
         assigned = list(assigned)
         partitions = sorted({tp.partition for tp in assigned})
         async with self._batch_lock:  # no batch of a new partition before its state is back
-            await self.stage.assigned(partitions)
+            committed = set()
+            for tp in assigned:
+                if tp.partition not in committed and (await self._consumer.committed(tp) or 0) > 0:
+                    committed.add(tp.partition)
+            await self.stage.assigned(partitions, committed)
             for partition in partitions:
                 await self._seek(partition, [tp for tp in assigned if tp.partition == partition])
+                self._heard[partition] = time.monotonic()
+                self._quiet.discard(partition)
 
     async def _seek(self, partition: int, tps: list[Any]) -> None:
         """Position a newly assigned partition's topic-partitions: at the batch in doubt, else at the
@@ -446,8 +510,11 @@ class SourceConsumer(Service, Generic[W]):
             elif tp.topic in resume.positions:
                 target = resume.positions[tp.topic]
             else:
-                committed = await self._consumer.committed(tp)
+                committed = await self._consumer.committed(tp) if self.stateless_from_committed else None
                 target = committed if committed is not None else (await self._consumer.beginning_offsets([tp]))[tp]
+                if committed is not None and committed > 0:
+                    log.warning("%s partition %d: no state in the changelog, resuming %s at its committed offset %d",
+                                self.name, partition, tp.topic, committed)
             self._consumer.seek(tp, target)
             self._next[tp] = target
             if pending and tp.topic not in pending:

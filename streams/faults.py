@@ -1,9 +1,10 @@
 """Fault injection for tests: ``DRIFTWARDEN_FAULT`` kills the worker at a named point of a batch.
 
-``DRIFTWARDEN_FAULT=kill:after-outputs:7`` SIGKILLs the process when its 7th
-batch (counted from its start) reaches that point; several faults are
-separated by commas. The points, in the order a batch passes them
-(:mod:`streams.consumer` describes the protocol):
+``DRIFTWARDEN_FAULT=kill:after-outputs:7`` SIGKILLs the process when the 7th
+batch of its source stage (stage 1; counted from its start) reaches that point;
+``kill:windows.after-outputs:7`` does the same in the windows stage (stage 2,
+the internal topic). Several faults are separated by commas. The points, in the
+order a batch passes them (:mod:`streams.consumer` describes the protocol):
 
 - ``after-intent``: the batch's intent records are acknowledged, no output sent;
 - ``mid-outputs``: half of the batch's output messages are acknowledged, not the rest, no points;
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 ENV = "DRIFTWARDEN_FAULT"
 POINTS = ("after-intent", "mid-outputs", "after-outputs", "after-state")
+STAGES = ("source", "windows")
+"""The worker's stages: ``source`` (stage 1, the default) and ``windows`` (stage 2)."""
 
 
 @dataclass
@@ -32,21 +35,27 @@ class Faults:
     """The armed faults: (point, batch number) pairs."""
 
     armed: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    stage: str = "source"
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Faults:
+    def from_environ(cls, environ: Mapping[str, str] | None = None, *, stage: str = "source") -> Faults:
+        """The faults armed for ``stage`` (one of :data:`STAGES`)."""
         text = (os.environ if environ is None else environ).get(ENV, "").strip()
         armed = set()
         for item in filter(None, (part.strip() for part in text.split(","))):
             action, _, rest = item.partition(":")
-            point, _, number = rest.rpartition(":")
-            if action != "kill" or point not in POINTS or not number.isdigit():
-                raise ValueError(f"{ENV}={text!r}: expected kill:<point>:<batch number> with point one of "
-                                 f"{', '.join(POINTS)} (e.g. kill:after-outputs:7)")
-            armed.add((point, int(number)))
+            where, _, number = rest.rpartition(":")
+            named, dot, point = where.rpartition(".")
+            named = named if dot else "source"
+            if action != "kill" or point not in POINTS or named not in STAGES or not number.isdigit():
+                raise ValueError(f"{ENV}={text!r}: expected kill:[<stage>.]<point>:<batch number> with stage one "
+                                 f"of {', '.join(STAGES)} and point one of {', '.join(POINTS)} "
+                                 "(e.g. kill:after-outputs:7, kill:windows.after-state:2)")
+            if named == stage:
+                armed.add((point, int(number)))
         if armed:
-            log.warning("%s is set: this worker will kill itself at %s", ENV, sorted(armed))
-        return cls(frozenset(armed))
+            log.warning("%s is set: this worker will kill itself in its %s stage at %s", ENV, stage, sorted(armed))
+        return cls(frozenset(armed), stage)
 
     def armed_at(self, point: str, batch: int) -> bool:
         return (point, batch) in self.armed
@@ -54,5 +63,6 @@ class Faults:
     def check(self, point: str, batch: int) -> None:
         """SIGKILL this process if a fault is armed at ``point`` of batch number ``batch``."""
         if self.armed_at(point, batch):
-            print(f"FAULT kill at {point} of batch {batch}", flush=True)
+            where = point if self.stage == "source" else f"{self.stage}.{point}"
+            print(f"FAULT kill at {where} of batch {batch}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)

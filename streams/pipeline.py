@@ -8,10 +8,11 @@ deltas (:class:`~streams.partials.ModelPartial`). Stage 2,
 :class:`~streams.windows.ModelWindows`, merges those of every source
 partition into model windows, points, alerts and retrain requests.
 
-:class:`Pipeline` runs both in one process for one partition's batches, the
-partials encoded and decoded as the internal topic carries them: ``replay``
-runs it, and so does the worker's Faust agent for every batch it takes from
-Kafka (until stage 2 consumes the internal topic).
+:class:`Merger` is stage 2 of the models one owner holds: each partial to its
+model's windows. The worker runs it per partition of the internal topic
+``<group_id>-panes`` (:mod:`streams.app`); :class:`Pipeline` runs both stages in
+one process for one partition's batches, the partials encoded and decoded as
+the internal topic carries them (``replay`` runs it) — the same :class:`Merger`.
 """
 
 from __future__ import annotations
@@ -290,11 +291,10 @@ class SourcePipeline:
 
     def idle(self) -> list[ModelPartial]:
         """Every model's idle marker: this partition is caught up and has been silent, so stage 2
-        stops waiting for its watermark until it publishes again. Takes a sequence number like a
-        batch (snapshot the state before publishing, or a restart reuses the number)."""
-        seq = self.seq
-        self.seq += 1
-        return [monitor.idle(source=self.partition, seq=seq) for monitor in self.monitors.values()]
+        stops waiting for its watermark until it publishes again. It carries the sequence number
+        of the last batch (``seq - 1``; -1 before any) and changes no state: it is not a batch,
+        needs no intent or snapshot, and a copy of it (a restart sends it again) changes nothing."""
+        return [monitor.idle(source=self.partition, seq=self.seq - 1) for monitor in self.monitors.values()]
 
     def end_of_input(self) -> list[ModelPartial]:
         """Every model's final partial (replay's end of input): stage 2 may close every pane."""
@@ -322,6 +322,54 @@ class SourcePipeline:
         self._since_expiry, self._since_full_sweep = state.get("since_expiry", [0, 0])
 
 
+class Merger:
+    """Stage 2 of the models one owner holds: every partial goes to its model's
+    :class:`~streams.windows.ModelWindows` (the worker holds one per partition of the internal
+    topic, which is keyed by ``model_id``; ``replay`` one for everything)."""
+
+    def __init__(self, windows: Mapping[str, ModelWindows]) -> None:
+        self.windows = dict(windows)
+        self.touched: set[str] = set()
+        """Models that merged a partial here (only they are in the snapshot)."""
+        self.internal_errors = 0
+        self.unreadable = 0
+        """Messages of the internal topic that could not be decoded, or named a model not configured."""
+
+    def merge(self, partial: ModelPartial, outcome: Outcome) -> None:
+        """Merge one partial into its model's windows; what that closed goes into ``outcome``."""
+        windows = self.windows.get(partial.model_id)
+        if windows is None:
+            self.unreadable += 1
+            log.warning("a partial names model %r, which is not configured: ignored", cap(partial.model_id, 200))
+            return
+        self.touched.add(partial.model_id)
+        try:
+            outcome.add(windows.merge(partial))
+        except Exception:  # a detector bug must not stop the other models or the worker
+            self.internal_errors += 1
+            log.exception("model %s: windows could not be merged", partial.model_id)
+
+    def merge_message(self, data: bytes, outcome: Outcome) -> None:
+        """Decode one message of the internal topic and merge it."""
+        try:
+            partial = decode(data)
+        except Exception as exc:  # noqa: BLE001 - a message that is not a partial of this version
+            self.unreadable += 1
+            log.error("a message of %d bytes on the internal topic is not a partial (%s: %s): ignored",
+                      len(data), type(exc).__name__, cap(str(exc), 300))
+            return
+        self.merge(partial, outcome)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {model_id: self.windows[model_id].snapshot() for model_id in sorted(self.touched)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        for model_id, snap in state.items():
+            if model_id in self.windows:
+                self.windows[model_id].restore(snap)
+                self.touched.add(model_id)
+
+
 class Pipeline:
     """Both stages in one process, for one source partition's batches: stage 1's partials go
     through the internal topic's codec into each model's stage 2. ``replay`` runs this, so
@@ -329,7 +377,8 @@ class Pipeline:
 
     def __init__(self, source: SourcePipeline, windows: Mapping[str, ModelWindows]) -> None:
         self.source = source
-        self.windows = dict(windows)
+        self.merger = Merger(windows)
+        self.windows = self.merger.windows
 
     @property
     def cfg(self) -> Config:
@@ -357,7 +406,7 @@ class Pipeline:
 
     @property
     def internal_errors(self) -> int:
-        return self.source.internal_errors
+        return self.source.internal_errors + self.merger.internal_errors
 
     def process(self, messages: Sequence[RawMessage]) -> Outcome:
         """Process one batch through both stages; never raises on bad input."""
@@ -374,12 +423,7 @@ class Pipeline:
 
     def _merge(self, partials: Sequence[ModelPartial], outcome: Outcome) -> None:
         for partial in partials:
-            merged = decode(encode(partial))  # exactly what the internal topic carries
-            try:
-                outcome.add(self.windows[merged.model_id].merge(merged))
-            except Exception:  # a detector bug must not stop the other models or the worker
-                self.source.internal_errors += 1
-                log.exception("model %s: windows could not be merged", merged.model_id)
+            self.merger.merge_message(encode(partial), outcome)  # exactly what the internal topic carries
 
     def snapshot(self) -> dict[str, Any]:
         return {"source": self.source.snapshot(),

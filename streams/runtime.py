@@ -16,7 +16,7 @@ from streams.config import Config, ConfigError, ModelConfig
 from streams.evaluation import Evaluation
 from streams.join import JoinStore
 from streams.monitor import ModelMonitor
-from streams.pipeline import Pipeline, SourcePipeline
+from streams.pipeline import Merger, Pipeline, SourcePipeline
 from streams.windows import ModelWindows
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,22 @@ def pipeline_factory(cfg: Config, evaluations: dict[str, Evaluation] | None = No
                         model_windows(cfg, evaluations, rules, sources=(partition,), registry=registry))
 
     return build
+
+
+def worker_factories(cfg: Config, evaluations: dict[str, Evaluation], *, sources: int, registry: Any = None
+                     ) -> tuple[Callable[[JoinStore, int], SourcePipeline], Callable[[], Merger]]:
+    """The worker's two stages: stage 1 of a source partition (given its join store and number),
+    and stage 2 of a partition of the internal topic (every model's windows, expecting partials
+    from ``sources`` source partitions), sharing the loaded profiles."""
+    rules = {model_id: policy_rules(cfg, model_id) for model_id in evaluations}
+
+    def stage_one(store: JoinStore, partition: int) -> SourcePipeline:
+        return source_pipeline(cfg, evaluations, store, partition=partition, registry=registry)
+
+    def stage_two() -> Merger:
+        return Merger(model_windows(cfg, evaluations, rules, sources=range(sources), registry=registry))
+
+    return stage_one, stage_two
 
 
 def source_pipeline(cfg: Config, evaluations: dict[str, Evaluation], store: JoinStore, *, partition: int = 0,

@@ -5,7 +5,8 @@ from every source partition (in the worker: the internal topic ``<group_id>-pane
 ``model_id``, so one owner per model; in ``replay``: in-process, through the same codec) and
 
 - merges each partial once: per source partition it remembers the last batch sequence merged
-  and ignores a partial at or below it (a re-published batch);
+  and ignores a partial at or below it (a re-published batch); an idle marker carries the
+  sequence number of its source's last batch, so it is taken at that number too;
 - keeps every source partition's watermark; the model's watermark is their minimum over the
   partitions that are not idle (an idle partition — caught up and silent — stops holding
   it back until it publishes again, as Flink's ``withIdleness``);
@@ -308,7 +309,9 @@ class ModelWindows:
         watermark lets close."""
         out = Decided()
         source = self.sources.setdefault(partial.source, _Source())
-        if partial.seq <= source.seq:
+        # an idle marker names the last batch its source published (it takes no number of its own,
+        # so it needs no state of stage 1 and a copy of it is harmless)
+        if partial.seq < source.seq or (partial.seq == source.seq and not partial.idle):
             self.duplicates += 1
             return out
         source.seq = partial.seq

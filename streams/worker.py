@@ -8,12 +8,12 @@ from dataclasses import replace
 
 from detectors.points import Point
 
-from streams.app import create_app
+from streams.app import WorkerRuntime, panes_topic, windows_changelog_topic
 from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
 from streams.kafka import client_options
 from streams.monitor import check_count_windows
-from streams.runtime import load_evaluations, pipeline_factory
+from streams.runtime import load_evaluations, worker_factories
 from streams.sinks import DiscardSink, FanOutSink, InfluxSink, LineProtocolFile, PointSink
 from streams.state import changelog_topic
 from streams.updates import UpdateFollower, VersionRegistry
@@ -69,6 +69,21 @@ def with_source_partitions(cfg: Config) -> Config:
     return cfg
 
 
+def create_internal_topics(cfg: Config) -> int:
+    """Create the worker's own topics that do not exist yet, one partition per source partition:
+    the stage-1 changelog and stage 2's (compacted), the internal topic ``<group_id>-panes``
+    (delete retention of ``kafka.panes_retention_hours``: every partial is a distinct delta,
+    compaction would lose them). Returns the internal topic's partition count (an existing
+    topic keeps its own)."""
+    group, options = cfg.kafka.group_id, client_options(cfg)
+    create_topics(cfg.kafka.bootstrap, [changelog_topic(group), windows_changelog_topic(group)],
+                  cfg.kafka.partitions, compact=True, **options)
+    retention_ms = int(cfg.kafka.panes_retention_hours * 3600 * 1000)
+    create_topics(cfg.kafka.bootstrap, [panes_topic(group)], cfg.kafka.partitions,
+                  configs={"cleanup.policy": "delete", "retention.ms": str(retention_ms)}, **options)
+    return partition_counts(cfg.kafka.bootstrap, [panes_topic(group)], **options)[panes_topic(group)]
+
+
 def run_worker(config_path: str) -> int:
     """Run the Faust worker in this process until SIGINT/SIGTERM; flush points on the way out."""
     import faust
@@ -87,12 +102,13 @@ def run_worker(config_path: str) -> int:
     follower = UpdateFollower(cfg, registry, echo=echo)
     follower.catch_up()
     actions = Actions(cfg, evaluations, echo=echo, registry=registry)
-    changelog = changelog_topic(cfg.kafka.group_id)
-    create_topics(cfg.kafka.bootstrap, [changelog], cfg.kafka.partitions, compact=True, **client_options(cfg))
-    # partitions' state is read from the changelog when they are assigned (streams.app)
-    app = create_app(cfg, pipeline_factory=pipeline_factory(cfg, evaluations, registry=registry), sink=sink,
-                     on_outcome=actions.handle, echo=echo)
-    actions.bind(app)
+    panes_partitions = create_internal_topics(cfg)
+    # partitions' state is read from the changelogs when they are assigned (streams.app)
+    stage_one, stage_two = worker_factories(cfg, evaluations, sources=cfg.kafka.partitions, registry=registry)
+    runtime = WorkerRuntime(cfg, source_pipeline=stage_one, merger=stage_two, sink=sink,
+                            panes_partitions=panes_partitions, on_outcome=actions.handle, echo=echo)
+    actions.bind(runtime.publish)
+    app = runtime.app
     follower.attach(app)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     worker = faust.Worker(app, loglevel="INFO" if verbose else "WARNING", quiet=True, redirect_stdouts=False)
@@ -106,7 +122,7 @@ def run_worker(config_path: str) -> int:
         sink.close()
         summary = sink.primary if isinstance(sink, FanOutSink) else sink
         actions.close()
-        done = app.driftwarden_totals()
+        done = runtime.totals()
         echo(f"driftwarden worker stopped: {done['events']} events, {done['pairs']} labelled pairs, "
              f"{done['dead_letters']} dead letters, {actions.alerts_sent} alerts, "
              f"{actions.jobs_sent} retrain jobs; points written {getattr(summary, 'written', 0)}, "

@@ -56,17 +56,26 @@ def _workspace(tmp_path: Path, broker: Any, victoria: Any, unique: str) -> tuple
     return config, model_id, topics
 
 
-def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float = 180.0) -> bool:
-    """Wait until the worker's committed offsets reach the end of ``topics`` (all input processed)."""
+def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float = 180.0, **options: Any) -> bool:
+    """Wait until the worker's committed offsets reach the end of ``topics`` (all input processed),
+    then until its stage 2 has merged every partial stage 1 published by then (the internal topic
+    ``<group>-panes``, consumer group ``<group>-windows``): its points are written then."""
+    from streams.app import panes_topic, windows_group
+
+    deadline = time.monotonic() + timeout
+    return (_wait_committed(bootstrap, group, topics, deadline, **options)
+            and _wait_committed(bootstrap, windows_group(group), [panes_topic(group)], deadline, **options))
+
+
+def _wait_committed(bootstrap: str, group: str, topics: list[str], deadline: float, **options: Any) -> bool:
     from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **options)
     try:
-        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
             ends = consumer.end_offsets(partitions)
-            if all((consumer.committed(tp) or 0) >= ends[tp] for tp in partitions):
+            if partitions and all((consumer.committed(tp) or 0) >= ends[tp] for tp in partitions):
                 return True
             time.sleep(0.5)
         return False

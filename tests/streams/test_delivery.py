@@ -123,6 +123,13 @@ def test_fault_specs() -> None:
     assert not Faults.from_environ({}).armed
     with pytest.raises(ValueError, match="after-intent, mid-outputs, after-outputs, after-state"):
         Faults.from_environ({"DRIFTWARDEN_FAULT": "kill:somewhere:3"})
+    # a stage prefix arms the fault in that stage only
+    spec = {"DRIFTWARDEN_FAULT": "kill:windows.after-state:2, kill:after-intent:4"}
+    windows, source = Faults.from_environ(spec, stage="windows"), Faults.from_environ(spec)
+    assert windows.armed_at("after-state", 2) and not windows.armed_at("after-intent", 4)
+    assert source.armed_at("after-intent", 4) and not source.armed_at("after-state", 2)
+    with pytest.raises(ValueError, match="stage one of source, windows"):
+        Faults.from_environ({"DRIFTWARDEN_FAULT": "kill:nowhere.after-state:2"})
 
 
 def test_the_error_text_of_a_refused_connection() -> None:
@@ -137,3 +144,74 @@ def test_the_error_text_of_a_refused_connection() -> None:
         status, reason = 503, "Service Unavailable\nmore"
 
     assert _describe(Http()) == "HTTP 503: Service Unavailable"
+
+
+# -- quiet partitions: what makes stage 1 publish idle markers -------------------------------------
+
+
+class _QuietStage:
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def quiet(self, partitions: list[int]) -> None:
+        self.calls.append(partitions)
+
+
+class _FakeKafka:
+    """What SourceConsumer asks aiokafka's consumer for: assignment and high watermarks."""
+
+    def __init__(self, highwater: dict[Any, int | None]) -> None:
+        self.highwater_of = highwater
+
+    def assignment(self) -> set[Any]:
+        return set(self.highwater_of)
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.highwater_of[tp]
+
+
+class _Producer:
+    async def send(self, *record: Any) -> Any:
+        import asyncio
+
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def test_a_caught_up_partition_is_quiet_once_per_spell_after_the_idle_timeout() -> None:
+    import asyncio
+
+    from streams.config import Config
+    from streams.consumer import SourceConsumer
+    from streams.outbox import Outbox
+    from streams.sinks import DiscardSink
+
+    p0, f0, p1, f1 = _TP("predictions", 0), _TP("feedback", 0), _TP("predictions", 1), _TP("feedback", 1)
+    stage = _QuietStage()
+    consumer = SourceConsumer(Config.from_mapping({}, environ={}), topics={"predictions": PREDICTION,
+                                                                           "feedback": FEEDBACK},
+                              stage=stage, outbox=Outbox(), producer=_Producer, sink=DiscardSink(), idle_timeout=5.0)
+    # partition 0: read to its high watermark; partition 1: its feedback has a backlog
+    consumer._consumer = _FakeKafka({p0: 10, f0: 4, p1: 8, f1: 9})
+    consumer._next = {p0: 10, f0: 4, p1: 8, f1: 3}
+    now = __import__("time").monotonic()
+    consumer._heard = {0: now - 1.0, 1: now - 60.0}
+    asyncio.run(consumer._announce_quiet())
+    assert stage.calls == []  # 0: heard from a second ago; 1: not caught up
+    consumer._heard[0] = now - 6.0
+    asyncio.run(consumer._announce_quiet())
+    asyncio.run(consumer._announce_quiet())
+    assert stage.calls == [[0]]  # once per quiet spell
+    consumer._next[f1] = 9
+    consumer._buffers[f1] = deque([(1.0, RawMessage(FEEDBACK, b"", None, "feedback", 1, 8))])
+    asyncio.run(consumer._announce_quiet())
+    assert stage.calls == [[0]]  # fetched but not handed on yet: not quiet
+    consumer._buffers.clear()
+    asyncio.run(consumer._announce_quiet())
+    assert stage.calls == [[0], [1]]
+    # before its first fetch a partition's high watermark is unknown: never quiet
+    consumer._consumer.highwater_of[p0] = None
+    consumer._quiet.discard(0)
+    asyncio.run(consumer._announce_quiet())
+    assert stage.calls == [[0], [1]]

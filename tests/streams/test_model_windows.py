@@ -350,3 +350,27 @@ def test_partials_are_compact_and_round_trip(case: Case, published: dict[int, li
     panes = sum(len(decode(m).panes) for ms in published.values() for m in ms)
     total = sum(len(m) for ms in published.values() for m in ms)
     assert panes > 0 and total / panes < 64_000
+
+
+def test_an_idle_marker_names_the_last_batch_and_a_copy_of_it_changes_nothing() -> None:
+    """An idle marker takes no sequence number of its own (stage 1 publishes it outside any batch):
+    it carries its source's last batch number, so the next batch is never mistaken for a copy,
+    and a marker sent again after a restart is harmless."""
+    cfg = tiny_config({"seconds": 10, "allowed_lateness": 2})
+    sources, windows = tiny_stages(cfg, 2)
+    got = Decided()
+    for i in range(25):
+        got.extend(feed(windows, sources[0].process([tiny_prediction(f"a{i}", T0 + i, 0, i)]).partials))
+    quiet = sources[1]
+    assert [p.seq for p in quiet.idle()] == [-1] and quiet.seq == 0  # no state changed
+    got.extend(feed(windows, quiet.idle()))
+    got.extend(feed(windows, quiet.idle()))  # a copy
+    assert [w.n for w in closed(got)] == [10, 10]
+    # partition 1 wakes up: its first batch is seq 0, merged (not a copy of the marker)
+    got.extend(feed(windows, quiet.process([tiny_prediction("b", T0 + 24.5, 1, 0)]).partials))
+    before = windows.duplicates
+    got.extend(feed(windows, quiet.idle()))  # idle again after batch 0: seq 0, taken
+    assert windows.duplicates == before and windows.sources[1].idle
+    for source in sources.values():
+        got.extend(feed(windows, source.end_of_input()))
+    assert sum(w.n for w in closed(got)) == 26
