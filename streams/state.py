@@ -356,13 +356,15 @@ def changelog_topic(group_id: str) -> str:
     return f"{group_id}-state-changelog"
 
 
+NO_FETCH_SECONDS = 120.0
+"""How long a reader waits for a fetch to tell a partition's end before it reads on as if there."""
+
+
 def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = 1.0, partitions: list[int] | None = None,
                 **client_options: Any) -> Iterator[Any]:
     """Every record of ``topic`` (or of its ``partitions``), from the beginning to its end (then stops).
 
-    The end is where the reported end offsets are passed and a poll comes back
-    empty: the embedded broker under-reports end offsets, so they alone are not
-    trusted.
+    The end is each partition's high watermark as a fetch reported it (see :func:`read_records`).
     """
     for record in read_records(bootstrap, topic, idle_seconds=idle_seconds, partitions=partitions,
                                **client_options):
@@ -376,10 +378,13 @@ def read_records(bootstrap: str, topic: str, *, since_ms: int | None = None, idl
     """The records of ``topic`` from the first one stamped at or after ``since_ms`` (Kafka record
     timestamp, ms; ``None``: from the beginning), then whatever is appended, until the caller stops.
 
-    Yields ``None`` after every poll that leaves it at the end of every partition: at the high
-    watermark the last fetch reported, or, for a partition without one, past the end offset
-    reported at the start after a poll of ``idle_seconds`` came back empty (the embedded broker
-    under-reports end offsets, so they alone are not trusted). A caller can so wait for records
+    Yields ``None`` after every poll (of at most ``idle_seconds``) that leaves it at the end of
+    every partition: at the high watermark a fetch of that partition reported. Reported end
+    offsets are not used (the embedded broker answers them wrong), and an empty poll before a
+    partition's first fetch has answered is not its end (on a loaded machine the first poll often
+    comes back empty: a state read that stopped there would restart a partition without its
+    state). Only a broker that answers no fetch for :data:`NO_FETCH_SECONDS` ends the wait, with
+    a warning. A caller can so wait for records
     in flight, also on a topic written all the time, and decide when to stop (:func:`read_to_end` stops at
     the first ``None``). The seek uses ``offsets_for_times``: on a Kafka broker it skips every
     record stamped before ``since_ms``; a broker that cannot answer (the embedded Tansu answers
@@ -404,21 +409,30 @@ def read_records(bootstrap: str, topic: str, *, since_ms: int | None = None, idl
                     consumer.seek_to_end(tp)
                 else:
                     consumer.seek(tp, found.offset)
-        ends = consumer.end_offsets(tps)
-        caught_up = False
+        waited_since = time.monotonic()
+        warned = False
 
-        def at_end(tp: Any, polled_nothing: bool) -> bool:
-            position, highwater = consumer.position(tp), consumer.highwater(tp)
-            if highwater is not None and position >= highwater:  # the fetch's own high watermark
-                return True
-            return polled_nothing and (caught_up or position >= ends[tp])
+        def at_end(tp: Any) -> bool:
+            # only a fetch's own high watermark says where the end is: the embedded broker answers
+            # ListOffsets with a wrong end, and an empty poll before the first fetch completes (a
+            # loaded machine) says nothing about the partition
+            highwater = consumer.highwater(tp)
+            return highwater is not None and consumer.position(tp) >= highwater
 
         while True:
             batch = consumer.poll(timeout_ms=int(idle_seconds * 1000), max_records=100_000)
             for messages in batch.values():
                 yield from messages
-            if all(at_end(tp, not batch) for tp in tps):
-                caught_up = True
+            if batch:
+                waited_since = time.monotonic()
+            ended = [at_end(tp) for tp in tps]
+            if all(ended):
+                yield None
+            elif not batch and time.monotonic() - waited_since > NO_FETCH_SECONDS:
+                if not warned:  # a broker that never answers a fetch: say so, and read what there is
+                    log.warning("%s: no fetch of partitions %s answered in %.0f s; reading on as if at their end",
+                                topic, [tp.partition for tp, done in zip(tps, ended) if not done], NO_FETCH_SECONDS)
+                    warned = True
                 yield None
     finally:
         close_client(consumer)
