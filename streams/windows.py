@@ -298,9 +298,14 @@ class ModelWindows:
     @property
     def watermark(self) -> float:
         """The minimum watermark over the source partitions that are not idle (``-inf`` while
-        one has never published; ``+inf`` once every one has ended)."""
+        one has never published; ``+inf`` once every one has ended). Once every source is idle,
+        the largest of their watermarks, as Flink's watermark valve does: an idle source stops
+        holding the watermark back, also when the last active one turns idle before it (a
+        partition that never had data turns idle no sooner than one that is caught up)."""
         active = [s.watermark for s in self.sources.values() if not s.idle]
-        return min(active) if active else -math.inf
+        if active:
+            return min(active)
+        return max((s.watermark for s in self.sources.values()), default=-math.inf)
 
     # -- merging ---------------------------------------------------------------------------------
 

@@ -18,15 +18,12 @@ idle (``kafka.idle_timeout``). Without kills every pair is on ``labelled`` exact
 kills: one worker is SIGKILLed between a batch's outputs and its commit
 (``DRIFTWARDEN_FAULT``), the stage-2 owner of the model is SIGKILLed from outside mid-stream,
 and a fourth worker joins: the figures above hold, no alert or job twice.
-
-Both run only with ``DRIFTWARDEN_TEST_SCALE_OUT=1`` (see ``FLAG``: an intermittent stall).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from collections import defaultdict
@@ -187,14 +184,7 @@ def _stop_all(workers: list[Any]) -> None:
         assert worker.stop() in (0, None), worker.log()[-3000:]
 
 
-FLAG = "DRIFTWARDEN_TEST_SCALE_OUT"
-"""Set to 1 to run these tests: they pass most runs but stall now and then, with and without
-kills (no window closes although every partial, idle markers included, is on the internal topic
-and stage 2 consumed it all; under investigation), so they are not part of the default suite."""
-
-
 @pytest.mark.timeout(400)
-@pytest.mark.skipif(os.environ.get(FLAG) != "1", reason=f"intermittent stall under investigation; set {FLAG}=1")
 @pytest.mark.parametrize("kills", [False, True])
 def test_three_workers_over_six_partitions_write_one_result_per_model_window(
         broker, victoria, worker_factory, tmp_path, unique, kills):

@@ -313,6 +313,21 @@ def test_a_partition_that_never_publishes_holds_windows_until_it_is_marked_idle(
     assert [w.n for w in closed(got)] == [10, 10, 10]
 
 
+def test_windows_close_when_every_partition_is_idle_whichever_turned_idle_first() -> None:
+    """The worker's scale-out stall: the partitions with data are caught up and turn idle before
+    the empty one's first idle marker arrives; with every source idle the watermark is the
+    largest of theirs (Flink's watermark valve), not -inf, so the windows close."""
+    cfg = tiny_config({"seconds": 10, "allowed_lateness": 2})
+    sources, windows = tiny_stages(cfg, 2)
+    got = Decided()
+    for i in range(40):
+        got.extend(feed(windows, sources[0].process([tiny_prediction(f"a{i}", T0 + i, 0, i)]).partials))
+    got.extend(feed(windows, sources[0].idle()))  # the busy partition first
+    assert closed(got) == []  # partition 1 has said nothing yet
+    got.extend(feed(windows, sources[1].idle()))
+    assert [w.n for w in closed(got)] == [10, 10, 10]
+
+
 def test_a_lagging_partition_yields_counted_late_events() -> None:
     cfg = tiny_config({"seconds": 10, "allowed_lateness": 2})
     sources, windows = tiny_stages(cfg, 2)
