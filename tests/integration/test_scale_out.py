@@ -136,17 +136,27 @@ def _check(victoria: Any, broker: Any, topics: dict[str, str], model_id: str, co
     assert len(windows) >= N / RATE / WINDOW_SECONDS - 1
     # the TSDB: every expected point, once (one value per series and window end), nothing else
     stored = {k: v for k, v in _tsdb_points(victoria, model_id).items() if not _order_dependent(k[0], dict(k[1]))}
-    different = {k: v for k, v in stored.items() if len(set(v)) > 1}
+    # a window's cohort figures (by prediction time) are written at its close and rewritten as its
+    # late labels arrive: what had joined at the close depends on how partitions interleave, so
+    # there the replay's final figure must be among the values stored, and the label-free
+    # estimate beside a cohort (written while its coverage is below 0.8) may exist on one side only
+    cohort = lambda key: key[0].startswith("cohort_")  # noqa: E731
+    beside = lambda key: cohort(key) and key[0].endswith("_estimate")  # noqa: E731
+    different = {k: v for k, v in stored.items() if len(set(v)) > 1 and not cohort(k)}
     assert not different, list(different.items())[:5]
-    missing = sorted(set(expected) - set(stored))
+    missing = sorted(k for k in set(expected) - set(stored) if not beside(k))
     assert not missing, (len(missing), sorted({k[2] for k in missing}), sorted(windows),
                          sorted((k[1], k[2], v) for k, v in stored.items() if k[0] == "monitor_value"))
-    extra = sorted(set(stored) - set(expected))
+    extra = sorted(k for k in set(stored) - set(expected) if not beside(k))
     assert not extra, (len(extra), extra[:5])
     # counts exactly; statistics to 1e-9 (the line protocol carries 12 significant digits)
-    wrong = [(k, stored[k][0], v) for k, v in expected.items()
-             if (stored[k][0] != v if float(v).is_integer() else stored[k][0] != pytest.approx(v, rel=1e-9, abs=1e-12))]
+    same = lambda got, v: got == v if float(v).is_integer() else got == pytest.approx(v, rel=1e-9, abs=1e-12)  # noqa: E731
+    wrong = [(k, stored[k][0], v) for k, v in expected.items() if not cohort(k) and not same(stored[k][0], v)]
     assert not wrong, (len(wrong), wrong[:5])
+    finals = [(k, stored[k], v) for k, v in expected.items()
+              if cohort(k) and not beside(k) and not any(same(w, v) for w in stored[k])]
+    assert not finals, (len(finals), finals[:5])
+    assert any(cohort(k) for k in expected)
     events = sum(v for k, v in expected.items() if k[0] == "monitor_value" and ("stat", "events") in k[1])
     assert events == len([p for p in predictions if "-filler-" not in p["prediction_id"]])
     # alerts and jobs: one per identity, the replay's rules each firing once, the replay's one job
