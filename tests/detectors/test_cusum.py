@@ -447,3 +447,22 @@ def test_a_snapshot_without_its_reference_is_small_and_checks_its_template(profi
         ReferenceCUSUM.restore(small)
     with pytest.raises(DetectorError):
         ReferenceCUSUM.restore(small, template=monitor(profile, false_alarms_per_million=5.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.sampled_from([-1.0, -0.5, -0.25, 0.25, 0.5, 1.0]),
+                          st.booleans()), min_size=1, max_size=40))
+def test_each_columns_return_column_is_the_same_streams_smallest_change(columns) -> None:
+    """``_Spec.returns`` (one pass) against its definition, column by column: among the columns of
+    the same stream, source and direction, the unwatched one first, then the smallest change, then
+    the first."""
+    from detectors.cusum import _Spec
+
+    spec = _Spec(*([] for _ in range(11)))
+    for group, src, delta, watch in columns:
+        spec.add(src, 0, 1.0, 0.0, 0.1, group, delta=delta, watch=watch)
+    expected = []
+    for j, (g, s, d, _) in enumerate(columns):
+        same = [k for k, (h, t, e, _) in enumerate(columns) if h == g and t == s and (e > 0) == (d > 0)]
+        expected.append(min(same, key=lambda k: (columns[k][3], abs(columns[k][2]), k)))
+    assert spec.returns() == expected
