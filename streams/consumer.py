@@ -184,6 +184,8 @@ class SourceConsumer(Service, Generic[W]):
         self.merge_waits = 0
         """Fetches after which a partition's merge waited for a topic-partition with a backlog."""
         self._consumer: Any = None
+        self._joining: asyncio.Future[None] | None = None
+        """The consumer's start (bootstrap and group join), awaited by the loop before its first fetch."""
         self._loop_task: asyncio.Task[None] | None = None
         self._committing: asyncio.Future[None] | None = None
         self._batch_lock = asyncio.Lock()
@@ -232,7 +234,10 @@ class SourceConsumer(Service, Generic[W]):
             **client_options(self.cfg),
         )
         self._consumer.subscribe(list(self.topics), listener=Rebalance())
-        await self._consumer.start()
+        # aiokafka's start() returns once the group has assigned partitions (a group join: seconds,
+        # the rebalance delay): joined in the background, so a worker's two stages join their
+        # groups at the same time rather than one after the other
+        self._joining = asyncio.ensure_future(self._consumer.start())
 
     async def on_started(self) -> None:
         self._loop_task = asyncio.ensure_future(self._consume())
@@ -254,11 +259,24 @@ class SourceConsumer(Service, Generic[W]):
                 await task
             if locked:
                 self._batch_lock.release()
+        if self._joining is not None and not self._joining.done():
+            self._joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._joining
         if self._consumer is not None:
             await self._consumer.stop()  # leaves the group: the partitions move on at once
 
     async def _consume(self) -> None:
         timeout_ms = max(int(self.cfg.kafka.batch_timeout * 1000), 1)
+        if self._joining is not None:
+            try:
+                await self._joining
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("%s: could not join consumer group %s", self.name, self.group_id)
+                await self.crash(exc)
+                return
         while True:
             try:
                 fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.cfg.kafka.batch_size)
