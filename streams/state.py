@@ -61,6 +61,8 @@ FULL_EVERY = 200
 """Batches between two full snapshots of the join table (must stay below DELTA_SLOTS / 2)."""
 RECORD_BYTES = 512 * 1024
 """Most bytes in one changelog record's value (the broker's and producer's limit is about 1 MB)."""
+READ_FETCH_WAIT_MS = 50
+"""How long a state read's fetch waits at a partition's end (:func:`read_records`)."""
 PART_ENTRIES = 2000
 """Join entries encoded at a time while a record is built (bounds the memory of a full snapshot)."""
 
@@ -394,6 +396,9 @@ def read_records(bootstrap: str, topic: str, *, since_ms: int | None = None, idl
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                              client_id="driftwarden-reader", fetch_max_bytes=64 * 1024 * 1024,
+                             # a fetch at a partition's end waits this long for records: the broker's
+                             # default (500 ms) made every read of an empty or caught-up topic that slow
+                             fetch_max_wait_ms=READ_FETCH_WAIT_MS,
                              max_partition_fetch_bytes=32 * 1024 * 1024, **client_options)
     try:
         wanted = sorted(consumer.partitions_for_topic(topic) or ()) if partitions is None else sorted(partitions)
