@@ -84,6 +84,26 @@ def create_internal_topics(cfg: Config) -> int:
     return partition_counts(cfg.kafka.bootstrap, [panes_topic(group)], **options)[panes_topic(group)]
 
 
+LOOP_CLOSE_GRACE_SECONDS = 0.1
+"""What the Faust worker waits, once every service has stopped, before it closes the event loop."""
+
+
+def _worker_class() -> type:
+    """Faust's worker, whose last step before closing the loop waits a fixed second (mode's
+    ``Worker._sentinel_task``: time for callbacks already scheduled) — a second of every stop.
+    Everything of ours has stopped by then (each service awaits its own shutdown), so a
+    tenth of that is enough for the transports' close callbacks."""
+    import asyncio
+
+    import faust
+
+    class Worker(faust.Worker):
+        async def _sentinel_task(self) -> None:
+            await asyncio.sleep(LOOP_CLOSE_GRACE_SECONDS)
+
+    return Worker
+
+
 def run_worker(config_path: str) -> int:
     """Run the Faust worker in this process until SIGINT/SIGTERM; flush points on the way out."""
     import faust
@@ -111,7 +131,7 @@ def run_worker(config_path: str) -> int:
     app = runtime.app
     follower.attach(app)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    worker = faust.Worker(app, loglevel="INFO" if verbose else "WARNING", quiet=True, redirect_stdouts=False)
+    worker = _worker_class()(app, loglevel="INFO" if verbose else "WARNING", quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
