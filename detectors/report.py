@@ -32,6 +32,19 @@ ERR_EMPTY = "the {frame} frame has no rows"
 ERR_OVERLAP = "column {column!r} is listed as both numeric and categorical"
 
 
+def import_evidently() -> None:
+    """Import the Evidently modules a report uses, and nothing else.
+
+    Importing Evidently costs about 8-10 s of a loaded 2-core machine, about three times the rendering
+    of a report: a first report made on demand (a retrain job) waited for it. A caller that will
+    make reports can pay it ahead, in the background (the worker does, at start).
+    """
+    import evidently  # noqa: F401
+    import evidently.core.metric_types  # noqa: F401
+    import evidently.legacy.renderers.html_widgets  # noqa: F401
+    import evidently.presets  # noqa: F401
+
+
 def evidently_report_html(
     reference: pd.DataFrame,
     current: pd.DataFrame,

@@ -23,6 +23,7 @@ from retrain.events import Alert, RetrainJob
 from retrain.policy import describe_crossing
 from streams.config import Config
 from streams.pipeline import Outcome
+from streams.runtime import policy_rules
 from streams.windows import JobRequest
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,16 @@ class Actions:
                                 retries=cfg.alerts.webhook_retries) if cfg.alerts.webhook_url else None)
         self.alerts_sent = 0
         self.jobs_sent = 0
+
+    def preload_reports(self) -> threading.Thread | None:
+        """Import Evidently in a background thread when a model's rules can request a retrain job
+        (its report needs it): the first job then waits for the rendering only, not the ~10 s
+        import (the time from a change to a new version). Returns the thread started, if any."""
+        if not any(rule.retrain for model_id in self.cfg.models for rule in policy_rules(self.cfg, model_id)):
+            return None
+        thread = threading.Thread(target=_import_evidently, name="driftwarden-evidently-import", daemon=True)
+        thread.start()
+        return thread
 
     def bind(self, publish: Publish) -> None:
         """Publish with the worker's batch output (:attr:`streams.app.WorkerRuntime.publish`: the
@@ -188,6 +199,19 @@ class Actions:
         if self.echo is not None:
             self.echo(f"RETRAIN  job {job.job_id[:12]} {job.model_id} v{job.model_version}: {job.reason} "
                       f"(report {job.report_path})")
+
+
+def _import_evidently() -> None:
+    """:func:`detectors.report.import_evidently`, logging a failure (the report will say it again)."""
+    from detectors.report import import_evidently
+
+    started = time.monotonic()
+    try:
+        import_evidently()
+    except Exception:  # noqa: BLE001 - a report is evidence: its job is published without it
+        log.warning("Evidently could not be imported: retrain jobs will have no report", exc_info=True)
+        return
+    log.info("Evidently imported for the retrain jobs' reports in %.1fs", time.monotonic() - started)
 
 
 def window_summary(window: Any) -> str:

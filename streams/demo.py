@@ -150,7 +150,7 @@ def _run(cfg: Config, config_path: Path, workdir: Path, args: Any, started: floa
     children = [_Child("worker", ["worker", "-c", str(config_path)], workdir, workdir / "worker.log"),
                 _Child("retrain", ["retrain-worker", "-c", str(config_path)], workdir, workdir / "retrain.log")]
     sim_stop = threading.Event()
-    simulator = threading.Thread(target=_simulate, args=(cfg, args, sim_stop), daemon=True)
+    simulator = threading.Thread(target=_simulate, args=(cfg, args, started, sim_stop), daemon=True)
     simulator.start()
     print(f"simulator: {args.rate:.0f} predictions/s; drift after {args.change_after} events, then a "
           f"label shift, then a fairness regression (each {args.change_after} events apart). Ctrl-C stops.",
@@ -214,8 +214,15 @@ def _print_update(update: dict[str, Any], started: float) -> None:
           f"the simulator now serves v{update.get('model_version')} (+{elapsed:.0f}s)", flush=True)
 
 
-def _simulate(cfg: Config, args: Any, stop: threading.Event) -> None:
-    """Publish the simulated traffic until ``stop``; flush what was sent before returning."""
+CHANGE_NAMES = {"drift": "input drift", "label-shift": "label shift", "fairness": "fairness regression"}
+"""What a ``CHANGE`` line calls each of the simulator's changes, in the order the demo injects them."""
+
+
+def _simulate(cfg: Config, args: Any, started: float, stop: threading.Event) -> None:
+    """Publish the simulated traffic until ``stop``; flush what was sent before returning.
+
+    Prints a ``CHANGE`` line as it sends the first prediction of each change, ``+Ns`` on the clock of
+    the ``UPDATE`` lines (since the demo started): the time from a change to a new version is theirs."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -223,7 +230,9 @@ def _simulate(cfg: Config, args: Any, stop: threading.Event) -> None:
 
     stream = SimulatedStream(model_id="credit-risk", start=time.time(), rate=args.rate,
                              change_after=args.change_after, stagger=args.change_after,
-                             changes=("drift", "label-shift", "fairness"), feedback_delay=5.0, feedback_loss=0.1)
+                             changes=tuple(CHANGE_NAMES), feedback_delay=5.0, feedback_loss=0.1)
+    # the prediction (0-based) that starts each change (--change-after is positive: one change each)
+    change_at = {args.change_after * (i + 1): name for i, name in enumerate(CHANGE_NAMES.values())}
     producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=20, client_id="driftwarden-demo-sim",
                              **client_options(cfg))
     topics = {"prediction": cfg.kafka.topics.predictions, "feedback": cfg.kafka.topics.feedback}
@@ -237,6 +246,9 @@ def _simulate(cfg: Config, args: Any, stop: threading.Event) -> None:
                 update = _SERVING.get(event["model_id"])
                 if update and update.get("model_version"):
                     event["model_version"] = str(update["model_version"])
+                if sent in change_at:
+                    print(f"CHANGE  {event['model_id']}: {change_at[sent]} from prediction {sent} on "
+                          f"(+{time.monotonic() - started:.0f}s)", flush=True)
                 sent += 1
                 ahead = sent / args.rate - (time.monotonic() - begun)
                 if ahead > 0 and stop.wait(ahead):

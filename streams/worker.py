@@ -122,6 +122,7 @@ def run_worker(config_path: str) -> int:
     follower = UpdateFollower(cfg, registry, echo=echo)
     follower.catch_up()
     actions = Actions(cfg, evaluations, echo=echo, registry=registry)
+    actions.preload_reports()
     panes_partitions = create_internal_topics(cfg)
     # partitions' state is read from the changelogs when they are assigned (streams.app)
     stage_one, stage_two = worker_factories(cfg, evaluations, sources=cfg.kafka.partitions, registry=registry)
