@@ -44,7 +44,7 @@ from streams.outbox import Outbox
 from streams.partials import encode
 from streams.pipeline import FEEDBACK, PREDICTION, Merger, Outcome, SourceOutcome, SourcePipeline
 from streams.sinks import DiscardSink, PointSink
-from streams.state import PartitionState, changelog_topic, recover
+from streams.state import READ_POLL_SECONDS, PartitionState, changelog_topic, recover
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class _Partitions(Generic[H]):
         self.echo(f"PARTITIONS assigned {partitions} of {topics}")
         self.recovered = {p: s for p, s in self.recovered.items() if p in partitions}
         missing = [p for p in partitions if p not in self.held and p not in self.recovered]
-        for attempt, idle_seconds in enumerate((1.0, *RECOVERY_RETRY_SECONDS)):
+        for attempt, idle_seconds in enumerate((READ_POLL_SECONDS, *RECOVERY_RETRY_SECONDS)):
             if not missing:
                 break
             if attempt:

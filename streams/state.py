@@ -61,6 +61,9 @@ FULL_EVERY = 200
 """Batches between two full snapshots of the join table (must stay below DELTA_SLOTS / 2)."""
 RECORD_BYTES = 512 * 1024
 """Most bytes in one changelog record's value (the broker's and producer's limit is about 1 MB)."""
+READ_POLL_SECONDS = 0.2
+"""A state read's poll: how often it checks whether it is at the end (the end itself is the high
+watermark a fetch reported, not an empty poll), so also how long an empty topic takes to read."""
 READ_FETCH_WAIT_MS = 50
 """How long a state read's fetch waits at a partition's end (:func:`read_records`)."""
 PART_ENTRIES = 2000
@@ -362,7 +365,7 @@ NO_FETCH_SECONDS = 120.0
 """How long a reader waits for a fetch to tell a partition's end before it reads on as if there."""
 
 
-def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = 1.0, partitions: list[int] | None = None,
+def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = READ_POLL_SECONDS, partitions: list[int] | None = None,
                 **client_options: Any) -> Iterator[Any]:
     """Every record of ``topic`` (or of its ``partitions``), from the beginning to its end (then stops).
 
@@ -375,7 +378,7 @@ def read_to_end(bootstrap: str, topic: str, *, idle_seconds: float = 1.0, partit
         yield record
 
 
-def read_records(bootstrap: str, topic: str, *, since_ms: int | None = None, idle_seconds: float = 1.0,
+def read_records(bootstrap: str, topic: str, *, since_ms: int | None = None, idle_seconds: float = READ_POLL_SECONDS,
                  partitions: list[int] | None = None, **client_options: Any) -> Iterator[Any | None]:
     """The records of ``topic`` from the first one stamped at or after ``since_ms`` (Kafka record
     timestamp, ms; ``None``: from the beginning), then whatever is appended, until the caller stops.
