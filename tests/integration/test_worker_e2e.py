@@ -68,19 +68,37 @@ def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float
 
 
 def _wait_committed(bootstrap: str, group: str, topics: list[str], deadline: float, **options: Any) -> bool:
+    """Wait until ``group`` has committed every partition of ``topics`` up to its end as of now.
+
+    The end is one past the last record a read to the end fetched (:func:`_fetched_ends`), not
+    ListOffsets' answer: the embedded broker under-reports that when records came in batches, and a
+    wait on it returned while the last batches were still unprocessed (their points not written)."""
     from kafka import TopicPartition
 
+    ends = _fetched_ends(bootstrap, topics, **options)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **options)
     try:
         while time.monotonic() < deadline:
             partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-            ends = consumer.end_offsets(partitions)
-            if partitions and all((consumer.committed(tp) or 0) >= ends[tp] for tp in partitions):
+            if partitions and all((consumer.committed(tp) or 0) >= ends.get(tp, 0) for tp in partitions):
                 return True
             time.sleep(0.5)
         return False
     finally:
         consumer.close()
+
+
+def _fetched_ends(bootstrap: str, topics: list[str], **options: Any) -> dict[Any, int]:
+    """Topic-partition -> one past its last offset, by reading it to the end (the high watermark
+    its fetches report); a partition without records is absent (its end is 0)."""
+    from kafka import TopicPartition
+
+    ends: dict[Any, int] = {}
+    for topic in topics:
+        for record in read_to_end(bootstrap, topic, idle_seconds=0.2, **options):
+            tp = TopicPartition(topic, record.partition)
+            ends[tp] = max(ends.get(tp, 0), record.offset + 1)
+    return ends
 
 
 def _totals(victoria: Any, model_id: str, stat: str) -> float:
