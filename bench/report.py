@@ -328,8 +328,8 @@ def _say_alternatives(r: dict[str, Any]) -> str:
     if wl and "skipped" not in wl and one:
         out.append(f"whylogs profiling the same windows of 1,000 predictions manages {wl['rate']:,.0f} events/s "
                    f"({wl['report_s']:.3f} s per profile of {wl['profiled_columns']} columns; "
-                   f"{_n(wl.get('cpu_rate'))} events per CPU second), so driftwarden is "
-                   f"{_ratio(one['rate'], wl['rate']):,.1f}× its rate while a whylogs profile only summarises "
+                   f"{_n(wl.get('cpu_rate'))} events per CPU second): driftwarden ÷ whylogs = "
+                   f"{_ratio(one['rate'], wl['rate']):,.2f}, where a whylogs profile only summarises the window "
                    "(no test, no alert)")
     r1 = alt.get("river-1")
     if r1 and one:
@@ -530,6 +530,9 @@ def _left_out(r: dict[str, Any]) -> list[str]:
         "concept and performance detection are later by that delay.",
         "The Evidently monitor's runs are capped (windows counted in the tables): at ~1 s per report, 1M "
         "stationary events would take ~17 min.",
+        "whylogs runs in an interpreter of its own (`--whylogs-python`, a venv with whylogs 1.6.4 and numpy < 2: "
+        "it pins old dependencies), as a subprocess with the same consumer loop; its windows of 1,000 are the "
+        "Evidently monitor's, where about half of whylogs' cost is fixed per profile.",
         "KSWIN is fed the last 5,000 events before a change (its window is 100) and its stationary false-alarm "
         "rate is measured on a capped stream (count in the table).",
         "Memory beyond the run length is a linear projection from the slope, not a measurement.",
