@@ -10,6 +10,14 @@ process it starts is stopped on the way out.
 predictions and their ~50 % feedback; quality runs N stationary predictions;
 memory runs N predictions per TTL). Default 200,000; ``--full`` means 1,000,000
 (and more Evidently windows and KSWIN events).
+
+``--whylogs-python PATH`` (or ``$DRIFTWARDEN_BENCH_WHYLOGS_PYTHON``): an interpreter with whylogs,
+for the alternatives' whylogs column; without one the column says "not installed". whylogs
+1.6.4 pins old dependencies and breaks on numpy 2, so it gets a venv of its own::
+
+    python3 -m venv /tmp/whylogs-venv
+    /tmp/whylogs-venv/bin/pip install whylogs==1.6.4 'numpy<2' 'pandas>=2.1,<3' orjson aiokafka
+    python -m bench alternatives --no-write --whylogs-python /tmp/whylogs-venv/bin/python
 """
 
 from __future__ import annotations
@@ -38,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"--full: {FULL_EVENTS:,})")
     parser.add_argument("--full", action="store_true", help="the headline run: 1M predictions, longer capped runs")
     parser.add_argument("--evidently-cap", type=float, default=60.0, help="seconds the DIY Evidently monitor runs")
+    parser.add_argument("--whylogs-python", default=None, metavar="PATH",
+                        help="interpreter with whylogs for the whylogs column (default: "
+                        "$DRIFTWARDEN_BENCH_WHYLOGS_PYTHON; none: 'not installed')")
+    parser.add_argument("--whylogs-cap", type=float, default=120.0, help="seconds the whylogs monitor runs at most")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="report path (all)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write the report")
     parser.add_argument("--json", type=Path, default=None, help="also dump raw results here")
@@ -109,6 +121,13 @@ def run_kafka_sections(workdir: Path, sections: tuple[str, ...], events: int, ar
             print(f"alternatives: Evidently per window (capped at {args.evidently_cap:.0f}s)", flush=True)
             alt["evidently-1"] = alternatives.evidently_monitor(services.bootstrap, data[1].published,
                                                                 cap_s=args.evidently_cap)
+            python = alternatives.whylogs_python(args.whylogs_python)
+            print(f"alternatives: whylogs per window ({python or 'no interpreter given'}; capped at "
+                  f"{args.whylogs_cap:.0f}s)", flush=True)
+            alt["whylogs-1"] = alternatives.whylogs_monitor(services.bootstrap, data[1].published, python,
+                                                            cap_s=args.whylogs_cap)
+            if "skipped" in alt["whylogs-1"]:
+                print(f"  {alt['whylogs-1']['skipped']}", flush=True)
             out["alternatives"] = alt
         out["published"] = {size: {"predictions": d.published.predictions, "feedback": d.published.feedback,
                                    "messages": d.published.messages, "bytes": d.published.bytes,

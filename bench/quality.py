@@ -269,7 +269,7 @@ def run(*, stationary: int, evidently_windows: int, kswin_events: int, seed: int
         out["evidently_fa"] = {"windows": len(flagged), "flagged_windows": any_flag,
                                "per_million": any_flag / max(len(flagged) * WINDOW, 1) * 1e6,
                                "column_flags": sum(len(f) for f in flagged),
-                               "report_s": ev.seconds / max(len(flagged), 1)}
+                               "report_s": ev.windows.seconds / max(len(flagged), 1)}
 
         # scenarios: delays
         results = {}
