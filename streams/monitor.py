@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -103,6 +104,20 @@ def check_count_windows(models: Mapping[str, ModelConfig], partitions: int) -> N
                 f"models[{model_id}].window.events: count windows need a single source partition, and the "
                 f"source topics have {partitions}; use an event-time window ({{seconds: S}}), which is merged "
                 "across partitions, or one partition")
+
+
+def _feature_columns(events: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
+    """The events' features column by column (``None`` where an event lacks one), each column read
+    in C (``itemgetter`` over the events' feature mappings, ``zip`` to transpose)."""
+    names = list(names)
+    if not events or not names:
+        return {name: [None] * len(events) for name in names}
+    features = [e.features for e in events]
+    try:
+        rows = list(map(itemgetter(*names), features)) if len(names) > 1 else [(f[names[0]],) for f in features]
+    except KeyError:  # a hand-made event without every feature
+        return {name: [f.get(name) for f in features] for name in names}
+    return {name: list(column) for name, column in zip(names, zip(*rows))}
 
 
 class _VersionPanes:
@@ -410,8 +425,7 @@ class ModelMonitor:
         room = self._evidence_room(delta)
         if room:
             events = [p.prediction for p in pairs if p.prediction.prediction_id not in known][:room]
-            self._extend_evidence(delta, [e.prediction_id for e in events],
-                                  {name: [e.features.get(name) for e in events] for name in self.cfg.features},
+            self._extend_evidence(delta, [e.prediction_id for e in events], _feature_columns(events, self.cfg.features),
                                   [e.prediction for e in events], [e.score for e in events])
         assert delta.evidence is not None
         kept = set(delta.evidence.ids)
