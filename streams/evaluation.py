@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from operator import attrgetter, itemgetter, methodcaller
+from operator import itemgetter, methodcaller
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,7 +30,8 @@ from detectors.profile import as_class_labels
 from detectors.sequential import SequentialDrift, sequential_points
 from detectors.points import Point
 from streams.config import ModelConfig
-from streams.events import Prediction
+# the events' field getters are the parser's (one definition for both column readers)
+from streams.events import _ATTRIBUTES, _FEATURES, _PREDICTION, _SCORE, _TIME, _TYPE_ERRORS, _VERSION, Prediction
 from streams.join import LabelledPair
 from streams.partials import Evidence
 
@@ -106,7 +107,7 @@ class PredictionBlock:
     def timestamps(self) -> np.ndarray:
         """Each row's event time (epoch seconds)."""
         if self._timestamps is None:
-            self._timestamps = np.fromiter(map(_TIMESTAMP, self.events), dtype=np.float64, count=len(self.events))
+            self._timestamps = np.fromiter(map(_TIME, self.events), dtype=np.float64, count=len(self.events))
         return self._timestamps
 
     def ids(self, rows: Sequence[int]) -> list[str]:
@@ -117,15 +118,6 @@ class PredictionBlock:
         """The rows' scores as the events gave them (``None``: no score)."""
         events = self.events
         return [events[r].score for r in rows]
-
-
-_VERSION = attrgetter("model_version")
-_TIMESTAMP = attrgetter("timestamp")
-_FEATURES = attrgetter("features")
-_PREDICTION = attrgetter("prediction")
-_SCORE = attrgetter("score")
-_ATTRIBUTES = attrgetter("attributes")
-_TYPE_ERRORS = attrgetter("type_errors")
 
 
 @dataclass(frozen=True, slots=True)

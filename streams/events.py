@@ -390,6 +390,7 @@ _PREDICTION = attrgetter("prediction")
 _SCORE = attrgetter("score")
 _ATTRIBUTES = attrgetter("attributes")
 _LABEL = attrgetter("label")
+_TYPE_ERRORS = attrgetter("type_errors")
 _STR = {str}
 _INT = {int}
 _FLOAT = {float}
