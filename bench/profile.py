@@ -9,7 +9,8 @@ Kafka message values (one event per message, or JSON arrays of ``K``), then time
 With ``--changelog`` the join table is a :class:`~streams.state.PartitionState` whose
 records are encoded (not sent) after each batch, and the ``labelled`` messages of the
 batch's pairs are built, as the worker does: their bytes per event are reported.
-``--cprofile`` prints the top functions by cumulative and own time. The rate per CPU second
+``--cprofile`` prints the top functions by cumulative and own time; ``--stages`` the CPU time per
+event of stage 1 (and within it the parsing and the monitors) and of stage 2. The rate per CPU second
 (``time.process_time``) is the figure to compare on a shared machine: wall time there
 depends on what else runs.
 
@@ -56,8 +57,48 @@ def messages(events: int, array_size: int) -> list[Any]:
     return out
 
 
+STAGES = (("stage 1", "streams.pipeline", "SourcePipeline", "process"),
+          ("parsing", "streams.pipeline", "SourcePipeline", "_parse"),
+          ("monitors", "streams.monitor", "ModelMonitor", "add_batch"),
+          ("stage 2", "streams.pipeline", "Pipeline", "_merge"))
+"""What ``--stages`` times: (name, module, class, method); parsing and monitors are within stage 1."""
+
+
+class _StageTimer:
+    """CPU seconds spent in each of :data:`STAGES` while active (the methods wrapped, then restored)."""
+
+    def __init__(self) -> None:
+        self.seconds = {name: 0.0 for name, *_ in STAGES}
+        self._restore: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> _StageTimer:
+        import importlib
+
+        for name, module, owner, method in STAGES:
+            cls = getattr(importlib.import_module(module), owner)
+            original = getattr(cls, method)
+            self._restore.append((cls, method, original))
+            setattr(cls, method, self._timed(name, original))
+        return self
+
+    def _timed(self, name: str, original: Any) -> Any:
+        seconds = self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[name] += time.process_time() - started
+        return timed
+
+    def __exit__(self, *_exc: Any) -> None:
+        for cls, method, original in self._restore:
+            setattr(cls, method, original)
+
+
 def run(events: int = 200_000, array_size: int = 1, *, batch: int = 2000, changelog: bool = False,
-        profile: bool = False, workdir: Path | None = None) -> dict[str, Any]:
+        profile: bool = False, stages: bool = False, workdir: Path | None = None) -> dict[str, Any]:
     """Seconds and events per second of ``Pipeline.process`` over the traffic (and its profile)."""
     from bench.world import write_workspace
     from streams.config import Config
@@ -79,6 +120,9 @@ def run(events: int = 200_000, array_size: int = 1, *, batch: int = 2000, change
         total = sum(1 for _ in traffic)  # messages
         n_events = events  # predictions; feedback counted below
         profiler = cProfile.Profile() if profile else None
+        timer = _StageTimer()
+        if stages:
+            timer.__enter__()
         started, cpu_started = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
@@ -91,6 +135,8 @@ def run(events: int = 200_000, array_size: int = 1, *, batch: int = 2000, change
         if profiler:
             profiler.disable()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        if stages:
+            timer.__exit__()
     counts = pipeline.join.counts
     all_events = pipeline.events_seen
     result = {"events": all_events, "predictions": n_events, "messages": total, "array_size": array_size,
@@ -99,6 +145,8 @@ def run(events: int = 200_000, array_size: int = 1, *, batch: int = 2000, change
               "labelled_bytes_per_pair": sent["labelled"] / max(counts.pairs, 1) if changelog else None}
     if profiler:
         result["profile"] = profiler
+    if stages:
+        result["stages_us_per_event"] = {name: value / all_events * 1e6 for name, value in timer.seconds.items()}
     return result
 
 
@@ -108,15 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--array-size", type=int, default=1, help="events per message (default 1)")
     parser.add_argument("--changelog", action="store_true", help="encode the state changelog and labelled messages")
     parser.add_argument("--cprofile", action="store_true", help="print the top functions")
+    parser.add_argument("--stages", action="store_true", help="print the CPU time per event of each stage")
     parser.add_argument("--top", type=int, default=35)
     args = parser.parse_args(argv)
-    result = run(args.events, args.array_size, changelog=args.changelog, profile=args.cprofile)
+    result = run(args.events, args.array_size, changelog=args.changelog, profile=args.cprofile, stages=args.stages)
     print(f"{result['events']:,} events ({result['predictions']:,} predictions) in {result['messages']:,} messages "
           f"(arrays of {args.array_size}): {result['seconds']:.1f}s, {result['rate']:,.0f} events/s in-process; "
           f"{result['cpu_seconds']:.1f} CPU s, {result['cpu_rate']:,.0f} events per CPU second")
     if args.changelog:
         print(f"changelog {result['changelog_bytes_per_event']:,.0f} bytes/event; "
               f"labelled {result['labelled_bytes_per_pair']:,.0f} bytes/pair")
+    if args.stages:
+        total = result["cpu_seconds"] / result["events"] * 1e6
+        print(f"CPU µs per event: all {total:.1f}; " + "; ".join(
+            f"{name} {value:.1f}" for name, value in result["stages_us_per_event"].items()))
     if args.cprofile:
         stats = pstats.Stats(result["profile"])
         stats.sort_stats("cumulative").print_stats(args.top)

@@ -19,7 +19,8 @@ the number of events seen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Self, TypeVar, runtime_checkable
+from itertools import repeat
+from typing import Any, Mapping, Protocol, Self, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -94,6 +95,27 @@ class FeatureFrame:
         if mask is None:
             return np.zeros(len(self), dtype=bool)
         return mask
+
+
+def vocabulary_codes(categories: Sequence[Any]) -> dict[Any, int]:
+    """The lookup table of a vocabulary for :func:`lookup_codes`: each category's position.
+    Raises :class:`DetectorError` when a category is given twice."""
+    table = {category: i for i, category in enumerate(categories)}
+    if len(table) != len(categories):
+        raise DetectorError("reference categories must be unique")
+    return table
+
+
+def lookup_codes(table: Mapping[Any, int], values: Any) -> np.ndarray:
+    """Each value's position in a vocabulary (``-1``: not in it, or missing), as
+    ``pandas.Index.get_indexer`` gives it for a vocabulary of text: one dict lookup per value in C.
+    ``get_indexer`` first builds an ``Index`` of the values (type inference, a hash table), which
+    costs ~0.1 ms a call — more than the lookups of a micro-batch of a thousand values.
+
+    >>> lookup_codes(vocabulary_codes(["a", "b"]), np.array(["b", None, "z", "a"], dtype=object)).tolist()
+    [1, -1, -1, 0]
+    """
+    return np.fromiter(map(table.get, values, repeat(-1)), dtype=np.int64, count=len(values))
 
 
 def _object_array(values: Any) -> np.ndarray:

@@ -113,7 +113,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from detectors.base import DetectorError, FeatureFrame
+from detectors.base import DetectorError, FeatureFrame, lookup_codes, vocabulary_codes
 from detectors.points import Point
 from detectors.profile import ReferenceProfile, as_class_labels
 
@@ -562,8 +562,8 @@ class ReferenceCUSUM:
         self._ealpha = np.asarray(error_spec.alpha, np.float64)
         self._ebeta = np.asarray(error_spec.beta, np.float64)
         self._ptables = {f: _NormalScores(sample, moments) for f, (sample, moments) in self.numeric.items()}
-        self._cat_index = {f: pd.Index(v, dtype=object) for f, v in self.categories.items()}
-        self._class_index = pd.Index(self.classes, dtype=object)
+        self._cat_index = {f: vocabulary_codes(list(v)) for f, v in self.categories.items()}
+        self._class_index = vocabulary_codes(list(self.classes))
         self._blocks = self._source_blocks()
         g = len(self.streams)
         self._window_detections = np.zeros(g, dtype=np.int64)
@@ -844,14 +844,14 @@ class ReferenceCUSUM:
                 values = frame.categorical.get(key)
                 if values is None:
                     continue
-                codes = self._cat_index[key].get_indexer(pd.Index(values, dtype=object))
+                codes = lookup_codes(self._cat_index[key], values)
                 seen = pd.notna(np.asarray(values, dtype=object))
                 src[:, lo:hi] = codes[:, None] == np.arange(hi - lo)
             elif kind == "prediction":
                 if labels is None:
                     continue
                 seen = pd.notna(labels)
-                codes = self._class_index.get_indexer(pd.Index(labels, dtype=object))
+                codes = lookup_codes(self._class_index, labels)
                 src[:, lo:hi] = codes[:, None] == np.arange(hi - lo)
             else:  # group
                 attribute, group = key

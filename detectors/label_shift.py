@@ -30,7 +30,7 @@ from typing import Any, Mapping, Self, Sequence
 import numpy as np
 import pandas as pd
 
-from detectors.base import DetectorError
+from detectors.base import DetectorError, lookup_codes, vocabulary_codes
 from detectors.points import Point
 from detectors.profile import as_class_labels
 from detectors.stattests import STATTESTS, WINDOWED_FALSE_ALARMS_PER_MILLION, TestResult, get_stattest, window_alpha
@@ -57,19 +57,16 @@ def short_key(key: str, most: int = MAX_KEY_LENGTH) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _vocabulary_index(categories: tuple[str, ...]) -> pd.Index:
-    """The lookup index of a vocabulary, built once: every window's counter shares it (an
-    ``Index`` is immutable), and building one costs more than counting a window's values."""
-    index = pd.Index(categories, dtype=object)
-    if not index.is_unique:
-        raise DetectorError("reference categories must be unique")
-    return index
+def _vocabulary_index(categories: tuple[str, ...]) -> dict[Any, int]:
+    """The lookup table of a vocabulary (:func:`~detectors.base.vocabulary_codes`), built once:
+    every window's counter shares it (it is never changed)."""
+    return vocabulary_codes(categories)
 
 
 class CategoryCounts:
     """Mergeable counts of ``str`` categories against a fixed reference vocabulary.
 
-    Reference categories are counted through a precomputed ``pandas.Index``
+    Reference categories are counted through a precomputed lookup table
     (one hash lookup per value in C, no Python loop). Categories not in the
     reference are *unseen*: each is counted under its own key (at most
     :data:`MAX_KEY_LENGTH` characters, see :func:`short_key`), up to
@@ -109,7 +106,7 @@ class CategoryCounts:
 
     def encode(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reference index of each value (``-1`` when not a reference category) and the missing mask."""
-        codes = self._index.get_indexer(values)
+        codes = lookup_codes(self._index, values)
         missing = pd.isna(values)
         return codes, missing
 

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Self
 import numpy as np
 import pandas as pd
 
-from detectors.base import DetectorError, FeatureFrame
+from detectors.base import DetectorError, FeatureFrame, lookup_codes, vocabulary_codes
 from detectors.points import Point
 from detectors.profile import ReferenceProfile
 
@@ -88,9 +88,7 @@ class DataQualitySummary:
         )
         self._high = np.array([np.inf if p.max is None else p.max for p in profile.numeric.values()], dtype=np.float64)
         self._empty = np.array([p.min is None for p in profile.numeric.values()], dtype=bool)
-        self._index = {
-            name: pd.Index(list(p.counts), dtype=object) for name, p in profile.categorical.items()
-        }
+        self._index = {name: vocabulary_codes(list(p.counts)) for name, p in profile.categorical.items()}
         self._reset()
 
     def _reset(self) -> None:
@@ -148,7 +146,7 @@ class DataQualitySummary:
             if category_codes is not None and name in category_codes:
                 codes, missing = category_codes[name]
             else:
-                codes = self._index[name].get_indexer(values)
+                codes = lookup_codes(self._index[name], values)
                 missing = pd.isna(values)
             n_missing = int(np.count_nonzero(missing))
             if n_err:

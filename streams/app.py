@@ -42,7 +42,8 @@ from streams.join import JoinStore, labelled_messages
 from streams.kafka import client_options, faust_credentials
 from streams.outbox import Outbox
 from streams.partials import encode
-from streams.pipeline import FEEDBACK, PREDICTION, Merger, Outcome, SourceOutcome, SourcePipeline
+from streams.pipeline import (FEEDBACK, PREDICTION, Merger, Outcome, SourceOutcome, SourcePipeline,
+                              one_collection_per_batch)
 from streams.sinks import DiscardSink, PointSink
 from streams.state import READ_POLL_SECONDS, PartitionState, changelog_topic, recover
 
@@ -330,8 +331,9 @@ class WindowsStage:
         for partition, messages in batch.items():
             merger, state = self.partitions.entry(partition)
             outcome = Outcome()
-            for message in messages:
-                merger.merge_message(message.value, outcome)
+            with one_collection_per_batch():
+                for message in messages:
+                    merger.merge_message(message.value, outcome)
             self.windows_closed += len(outcome.windows)
             work.append(_PartitionWork(partition, state, outcome, merger.snapshot()))
         return work

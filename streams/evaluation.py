@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import itemgetter, methodcaller
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -29,7 +30,8 @@ from detectors.profile import as_class_labels
 from detectors.sequential import SequentialDrift, sequential_points
 from detectors.points import Point
 from streams.config import ModelConfig
-from streams.events import Prediction
+# the events' field getters are the parser's (one definition for both column readers)
+from streams.events import _ATTRIBUTES, _FEATURES, _PREDICTION, _SCORE, _TIME, _TYPE_ERRORS, _VERSION, Prediction
 from streams.join import LabelledPair
 from streams.partials import Evidence
 
@@ -46,6 +48,76 @@ class PredictionColumns:
 
     def __len__(self) -> int:
         return int(self.timestamps.shape[0])
+
+    def take(self, rows: np.ndarray) -> PredictionColumns:
+        """The columns of ``rows`` (indices, in their order), as :meth:`Evaluation.columns` gives
+        them for those predictions alone: ``scores`` is ``None`` when none of them has a score
+        (a score is never NaN: the parser refuses one), ``type_errors`` empty when none had one."""
+        frame = self.frame
+        scores = self.scores[rows] if self.scores is not None else None
+        if scores is not None and np.isnan(scores).all():
+            scores = None
+        type_errors = {f: mask[rows] for f, mask in frame.type_errors.items()}
+        if not any(mask.any() for mask in type_errors.values()):
+            type_errors = {}
+        return PredictionColumns(
+            self.timestamps[rows],
+            FeatureFrame(numeric={f: v[rows] for f, v in frame.numeric.items()},
+                         categorical={f: v[rows] for f, v in frame.categorical.items()}, type_errors=type_errors),
+            self.predictions[rows], scores, {a: v[rows] for a, v in self.attributes.items()})
+
+
+class PredictionBlock:
+    """One model's predictions of one batch of one source partition, in arrival order, with the
+    Kafka offset of each: what stage 1 reads column by column.
+
+    The parser's :class:`~streams.events.Prediction` of each event is the join's unit, so the
+    block keeps those (no copy) and reads each field of all its rows at once, in C
+    (``attrgetter``/``itemgetter`` over the rows, ``zip`` to transpose the features), when a
+    column is first asked for: a pane's inputs are then index operations on these columns
+    (:meth:`Evaluation.columns`), never a Python loop over its events.
+    """
+
+    __slots__ = ("events", "offsets", "_columns", "_versions", "_timestamps")
+
+    def __init__(self, events: Sequence[Prediction] = (), offsets: Sequence[int] | None = None) -> None:
+        self.events: list[Prediction] = list(events)
+        self.offsets: list[int] = list(offsets) if offsets is not None else [-1] * len(self.events)
+        self._columns: dict[int, PredictionColumns] = {}
+        self._versions: list[str] | None = None
+        self._timestamps: np.ndarray | None = None
+
+    def add(self, event: Prediction, offset: int = -1) -> int:
+        """Append one prediction (before any column is read); returns its row."""
+        self.events.append(event)
+        self.offsets.append(offset)
+        return len(self.events) - 1
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def versions(self) -> list[str]:
+        """Each row's model version."""
+        if self._versions is None:
+            self._versions = list(map(_VERSION, self.events))
+        return self._versions
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """Each row's event time (epoch seconds)."""
+        if self._timestamps is None:
+            self._timestamps = np.fromiter(map(_TIME, self.events), dtype=np.float64, count=len(self.events))
+        return self._timestamps
+
+    def ids(self, rows: Sequence[int]) -> list[str]:
+        events = self.events
+        return [events[r].prediction_id for r in rows]
+
+    def scores(self, rows: Sequence[int]) -> list[float | None]:
+        """The rows' scores as the events gave them (``None``: no score)."""
+        events = self.events
+        return [events[r].score for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,22 +153,53 @@ class Evaluation:
 
     # -- columns -----------------------------------------------------------------------------
 
-    def columns(self, events: Sequence[Prediction]) -> PredictionColumns:
+    def columns(self, block: PredictionBlock | Sequence[Prediction], rows: np.ndarray | None = None) -> PredictionColumns:
+        """The columns of a block's ``rows`` (every row when ``None``; a sequence of predictions is
+        a block of them): the block's columns are read once per evaluation
+        (:meth:`_block_columns`), a subset is an index operation on them."""
+        if not isinstance(block, PredictionBlock):
+            block = PredictionBlock(block)
+        whole = block._columns.get(id(self))
+        if whole is None:
+            whole = block._columns[id(self)] = self._block_columns(block)
+        return whole if rows is None else whole.take(rows)
+
+    def _block_columns(self, block: PredictionBlock) -> PredictionColumns:
+        """Every row of ``block`` column by column, each column read in one C-level pass over the
+        rows. A missing numeric feature (``None`` from a hand-made event) is NaN, as in the parser."""
+        events = block.events
         n = len(events)
-        numeric = {f: np.fromiter((e.features[f] for e in events), dtype=np.float64, count=n) for f in self.numeric}
-        categorical = {f: _objects([e.features[f] for e in events]) for f in self.categorical}
+        names = list(self.cfg.features)
+        features = list(map(_FEATURES, events))
+        if len(names) == 1:
+            values: list[Sequence[Any]] = [list(map(itemgetter(names[0]), features))]
+        elif names and n:
+            values = list(zip(*map(itemgetter(*names), features)))
+        else:
+            values = [() for _ in names]
+        numeric: dict[str, np.ndarray] = {}
+        categorical: dict[str, np.ndarray] = {}
+        for name, column in zip(names, values):
+            if self.cfg.features[name] == "numeric":
+                numeric[name] = np.array(column, dtype=np.float64).reshape(n)
+            else:
+                categorical[name] = _objects(column)
         type_errors: dict[str, np.ndarray] = {}
-        if any(e.type_errors for e in events):
+        errors = list(map(_TYPE_ERRORS, events))
+        if any(errors):
             for f in self.cfg.features:
-                type_errors[f] = np.fromiter((f in e.type_errors for e in events), dtype=bool, count=n)
+                type_errors[f] = np.fromiter((f in e for e in errors), dtype=bool, count=n)
         frame = FeatureFrame(numeric=numeric, categorical=categorical, type_errors=type_errors)
-        timestamps = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=n)
-        predictions = self._labels([e.prediction for e in events])
+        predictions = self._labels(list(map(_PREDICTION, events)))
         scores = None
-        if self.cfg.task == "binary" and any(e.score is not None for e in events):
-            scores = np.fromiter((math.nan if e.score is None else e.score for e in events), np.float64, n)
-        attributes = {a: _objects([e.attributes.get(a, "missing") for e in events]) for a in self.cfg.attributes}
-        return PredictionColumns(timestamps, frame, predictions, scores, attributes)
+        if self.cfg.task == "binary":
+            raw = list(map(_SCORE, events))
+            if raw.count(None) < n:
+                scores = np.array(raw, dtype=np.float64).reshape(n)  # None -> NaN
+        attributes_of = list(map(_ATTRIBUTES, events))
+        attributes = {a: _objects(list(map(methodcaller("get", a, "missing"), attributes_of)))
+                      for a in self.cfg.attributes}
+        return PredictionColumns(block.timestamps, frame, predictions, scores, attributes)
 
     def pair_columns(self, pairs: Sequence[LabelledPair]) -> PairColumns:
         n = len(pairs)

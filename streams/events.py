@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import math
 import reprlib
-from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import attrgetter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Mapping, Sequence, Union
 
@@ -77,13 +79,17 @@ class ModelSchema:
     """``reject`` dead-letters an event whose feature has the wrong JSON type; ``count`` keeps it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(msgspec.Struct, frozen=True):
     """One prediction, validated. Feature values are already typed per the model's schema.
 
     Numeric features are floats (``nan`` when missing or of the wrong type),
     categorical features ``str`` or ``None``. ``type_errors`` names the features
     whose value had the wrong type (only in ``type_errors: count`` mode).
+
+    A frozen :class:`msgspec.Struct`, not a dataclass: the parser builds one per event and the
+    join rebuilds one per joined pair, and a struct is ten times cheaper to create (~0.2 µs
+    against ~2 µs for a frozen dataclass's ``__init__``); fields, equality and immutability are
+    the same.
     """
 
     prediction_id: str
@@ -94,13 +100,13 @@ class Prediction:
     prediction: str | float
     score: float | None = None
     scores: Mapping[str, float] | None = None
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = msgspec.field(default_factory=dict)
     type_errors: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Feedback:
-    """The ground truth for one prediction, arriving whenever it is known."""
+class Feedback(msgspec.Struct, frozen=True):
+    """The ground truth for one prediction, arriving whenever it is known (a frozen struct, as
+    :class:`Prediction`)."""
 
     prediction_id: str
     model_id: str
@@ -248,6 +254,210 @@ def _parse_many(payload: bytes | str, models: Mapping[str, ModelSchema], parse_o
     can tell, else the exact path (:func:`_parse_exact`), which gives every reason."""
     fast = _parse_fast(payload, models, parse_one, limits)
     return fast if fast is not None else _parse_exact(payload, models, parse_one, limits)
+
+
+def parse_prediction_batch(payloads: Sequence[bytes | str], models: Mapping[str, ModelSchema],
+                           limits: Limits = DEFAULT_LIMITS) -> list[tuple[list[Prediction], list[Rejection]]]:
+    """:func:`parse_predictions` of each of ``payloads`` (a batch of messages of the ``predictions``
+    topic), in their order, with the batch decoded at once (see :func:`_parse_batch`)."""
+    return _parse_batch(payloads, models, _prediction, limits)
+
+
+def parse_feedback_batch(payloads: Sequence[bytes | str], models: Mapping[str, ModelSchema],
+                         limits: Limits = DEFAULT_LIMITS) -> list[tuple[list[Feedback], list[Rejection]]]:
+    """:func:`parse_feedback` of each of ``payloads``, in their order, the batch decoded at once."""
+    return _parse_batch(payloads, models, _feedback, limits)
+
+
+_OPENING = frozenset(b"{[")
+_CLOSING = frozenset(b"}]")
+_CHUNKS = 16
+"""A batch whose decoding fails is decoded again in this many parts (each part alike), down to
+parts of at most this many messages, whose messages are then parsed one by one."""
+
+
+def _parse_batch(payloads: Sequence[bytes | str], models: Mapping[str, ModelSchema], parse_one: Any,
+                 limits: Limits) -> list[tuple[list[Any], list[Rejection]]]:
+    """Each message's events and rejections, exactly those of :func:`_parse_many`, for a fraction
+    of the cost: the batch's messages are joined by newlines and decoded by one call of the typed
+    decoder (msgspec's ``decode_lines``), so a one-event message costs no Python call of its own
+    before its event is checked.
+
+    A message takes this path when it is bytes of at most ``max_message_bytes``, opens with ``{``
+    or ``[`` and closes with ``}`` or ``]``: then no JSON value can span two messages (after a
+    closing bracket inside an unfinished value JSON wants ``,`` or another closing bracket, never
+    an opening one, and a raw newline cannot be inside a string), every message yields at least one value, so as many values as messages
+    means one value per message. A batch that does not decode (a message that is not JSON, an
+    event that is not a well-typed envelope) or yields another count is decoded again in
+    :data:`_CHUNKS` parts; a failing part of at most :data:`_CHUNKS` messages, a message that
+    takes no part in the batch, and a message with an event the fast checks cannot decide go
+    through :func:`_parse_many` alone — so every reason is the one it always was."""
+    out: list[tuple[list[Any], list[Rejection]] | None] = [None] * len(payloads)
+    if limits.max_depth >= 3:
+        most = limits.max_message_bytes
+        opening, closing = _OPENING, _CLOSING
+        chosen = [i for i, raw in enumerate(payloads)
+                  if type(raw) is bytes and 0 < len(raw) <= most and raw[0] in opening and raw[-1] in closing]
+        if chosen and _has_long_integer(b"\n".join([payloads[i] for i in chosen])):
+            chosen = [i for i in chosen if not _has_long_integer(payloads[i])]  # type: ignore[arg-type]
+        if chosen:
+            decoder, _one, check = _typed_decoders(models, limits) if parse_one is _prediction else _FAST[parse_one]
+            many = _fast_predictions if parse_one is _prediction else _fast_feedbacks
+            _decode_batch(payloads, chosen, decoder, lambda docs: many(docs, check, models, limits), limits, out)
+    return [found if found is not None else _parse_many(payloads[i], models, parse_one, limits)
+            for i, found in enumerate(out)]
+
+
+def _decode_batch(payloads: Sequence[Any], chosen: list[int], decoder: Any, check: Any, limits: Limits,
+                  out: list[tuple[list[Any], list[Rejection]] | None]) -> None:
+    """Decode the messages ``chosen`` (indices into ``payloads``) at once and fill ``out`` with the
+    events of each one whose every event passes the fast checks (see :func:`_parse_batch`):
+    ``check`` takes the decoded envelopes and gives each one's event, ``None`` where it fails."""
+    try:
+        docs = decoder.decode_lines(b"\n".join([payloads[i] for i in chosen]))
+        failed = len(docs) != len(chosen)
+    except (*_DECODE_ERRORS, RecursionError):
+        failed = True
+    if failed:
+        if len(chosen) > _CHUNKS:
+            step = -(-len(chosen) // _CHUNKS)
+            for start in range(0, len(chosen), step):
+                _decode_batch(payloads, chosen[start:start + step], decoder, check, limits, out)
+        return
+    if list not in set(map(type, docs)):  # one event per message
+        for i, event in zip(chosen, check(docs)):
+            if event is not None:
+                out[i] = ([event], [])
+        return
+    most = limits.max_array_length
+    flat: list[Any] = []
+    spans: list[tuple[int, int, int]] = []  # message, first event, end
+    for i, doc in zip(chosen, docs):
+        if type(doc) is list:
+            if doc and len(doc) <= most:
+                spans.append((i, len(flat), len(flat) + len(doc)))
+                flat.extend(doc)
+        else:
+            spans.append((i, len(flat), len(flat) + 1))
+            flat.append(doc)
+    events = check(flat)
+    for i, start, end in spans:
+        mine = events[start:end]
+        if None not in mine:
+            out[i] = (mine, [])
+
+
+def _fast_predictions(docs: list[Any], check: Any, models: Mapping[str, ModelSchema],
+                      limits: Limits) -> list[Prediction | None]:
+    """:func:`_fast_prediction` of each decoded envelope, the common case column by column: per
+    model, each field of all its envelopes is read and its kinds checked in C (``map``, ``set``,
+    ``min``/``max``), and the events are built by one ``map`` of the struct's constructor. A
+    model whose envelopes are not all of the common kinds (a version given as an integer, a
+    string timestamp, a regression model, a prediction neither text nor integer) has each
+    envelope checked alone by ``check``."""
+    types = set(map(type, docs))
+    groups = [(next(iter(types)), docs, None)] if len(types) == 1 else _by_type(docs)
+    out: list[Prediction | None] = [None] * len(docs) if len(types) > 1 else []
+    for kind, mine, where in groups:
+        events = _fast_prediction_columns(kind, mine, limits)
+        if events is None:
+            events = [check(doc, models, limits) for doc in mine]
+        if where is None:
+            return events
+        for k, event in zip(where, events):
+            out[k] = event
+    return out
+
+
+def _by_type(docs: list[Any]) -> list[tuple[type, list[Any], list[int]]]:
+    """The envelopes grouped by their struct type (their model): (type, envelopes, positions)."""
+    groups: dict[type, tuple[list[Any], list[int]]] = {}
+    for k, doc in enumerate(docs):
+        found = groups.get(type(doc))
+        if found is None:
+            found = groups[type(doc)] = ([], [])
+        found[0].append(doc)
+        found[1].append(k)
+    return [(kind, mine, where) for kind, (mine, where) in groups.items()]
+
+
+_ID = attrgetter("prediction_id")
+_MODEL = attrgetter("model_id")
+_VERSION = attrgetter("model_version")
+_TIME = attrgetter("timestamp")
+_FEATURES = attrgetter("features")
+_PREDICTION = attrgetter("prediction")
+_SCORE = attrgetter("score")
+_ATTRIBUTES = attrgetter("attributes")
+_LABEL = attrgetter("label")
+_TYPE_ERRORS = attrgetter("type_errors")
+_STR = {str}
+_INT = {int}
+_FLOAT = {float}
+
+
+def _fast_prediction_columns(kind: type, docs: list[Any], limits: Limits) -> list[Prediction | None] | None:
+    """The events of one model's envelopes as :func:`_fast_prediction` makes them, when every
+    envelope is of the common kinds (see :func:`_fast_predictions`); else ``None``."""
+    found = _ENVELOPES.get(kind)
+    if found is None:  # the sentinel: no model
+        return [None] * len(docs)
+    model_id, schema, names, numeric = found
+    versions = list(map(_VERSION, docs))
+    timestamps = list(map(_TIME, docs))
+    predictions = list(map(_PREDICTION, docs))
+    if set(map(type, versions)) != _STR or set(map(type, timestamps)) != _FLOAT or schema.task == "regression":
+        return None
+    labels = set(map(type, predictions))
+    if labels == _INT:
+        predictions = list(map(str, predictions))  # category_text of an integer
+    elif labels != _STR:
+        return None
+    if max(map(len, predictions)) > limits.max_string_length:
+        return None
+    values = list(map(msgspec.structs.astuple, map(_FEATURES, docs)))
+    if None in chain.from_iterable(values):  # a missing numeric feature is NaN
+        at = [k for k, name in enumerate(names) if name in set(numeric)]
+        values = [row if None not in row else _nan_numeric(row, at) for row in values]
+    features = list(map(dict, map(zip, repeat(names), values)))
+    attributes = list(map(_ATTRIBUTES, docs))
+    if any(a is None for a in attributes):
+        attributes = [{} if a is None else a for a in attributes]
+    return list(map(Prediction, map(_ID, docs), repeat(model_id), versions, timestamps, features, predictions,
+                    map(_SCORE, docs), repeat(None), attributes))
+
+
+def _nan_numeric(row: tuple[Any, ...], numeric: list[int]) -> tuple[Any, ...]:
+    """``row`` (a features struct's values) with NaN for each missing numeric feature at ``numeric``."""
+    values = list(row)
+    for k in numeric:
+        if values[k] is None:
+            values[k] = math.nan
+    return tuple(values)
+
+
+def _fast_feedbacks(docs: list[Any], check: Any, models: Mapping[str, ModelSchema],
+                    limits: Limits) -> list[Feedback | None]:
+    """:func:`_fast_feedback` of each decoded envelope, column by column when every one is of the
+    common kinds (ids within bounds, a configured classifier's model, epoch timestamps in range,
+    labels all text or all integers); else each alone."""
+    if not docs:
+        return []
+    ids = list(map(_ID, docs))
+    model_ids = list(map(_MODEL, docs))
+    timestamps = list(map(_TIME, docs))
+    labels = list(map(_LABEL, docs))
+    chosen = set(model_ids)
+    kinds = set(map(type, labels))
+    if (min(map(len, ids)) > 0 and max(map(len, ids)) <= limits.max_string_length
+            and all(m and m in models and models[m].task != "regression" for m in chosen)
+            and set(map(type, timestamps)) == _FLOAT and 0.0 <= min(timestamps) and max(timestamps) <= MAX_TIMESTAMP
+            and (kinds == _STR or kinds == _INT)):
+        if kinds == _INT:
+            labels = list(map(str, labels))  # category_text of an integer
+        if max(map(len, labels)) <= limits.max_string_length:
+            return list(map(Feedback, ids, model_ids, timestamps, labels))
+    return [check(doc, models, limits) for doc in docs]
 
 
 class _FeedbackDoc(msgspec.Struct, forbid_unknown_fields=True):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -37,20 +38,21 @@ from detectors.cusum import ReferenceCUSUM, cusum_detection_points
 from detectors.sequential import SCORE_STREAM, stream_means
 from retrain.metrics import monitor_counter
 from streams.config import ConfigError, ModelConfig, WindowConfig
-from streams.evaluation import Evaluation, PairColumns, PredictionColumns
-from streams.events import Prediction
+from streams.evaluation import Evaluation, PairColumns, PredictionBlock, PredictionColumns
 from streams.join import LabelledPair
 from streams.partials import Evidence, Instant, ModelPartial, PaneDelta
 
 NS = 1_000_000_000
+_EMPTY_BLOCK = PredictionBlock()
+"""The block between batches (a monitor holds its batch's block only while it adds the batch)."""
 
 
 class Arrival(NamedTuple):
-    """One item of a model's batch, in arrival order: a prediction (with its Kafka offset), a
-    labelled pair just joined, or a counter mark (a dead letter)."""
+    """One item of a model's batch, in arrival order: a prediction (its row in the batch's
+    :class:`~streams.evaluation.PredictionBlock`), a labelled pair just joined, or a counter mark
+    (a dead letter)."""
 
-    prediction: Prediction | None = None
-    offset: int = -1
+    row: int = -1
     pair: LabelledPair | None = None
     mark: str | None = None
 
@@ -102,6 +104,20 @@ def check_count_windows(models: Mapping[str, ModelConfig], partitions: int) -> N
                 f"models[{model_id}].window.events: count windows need a single source partition, and the "
                 f"source topics have {partitions}; use an event-time window ({{seconds: S}}), which is merged "
                 "across partitions, or one partition")
+
+
+def _feature_columns(events: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
+    """The events' features column by column (``None`` where an event lacks one), each column read
+    in C (``itemgetter`` over the events' feature mappings, ``zip`` to transpose)."""
+    names = list(names)
+    if not events or not names:
+        return {name: [None] * len(events) for name in names}
+    features = [e.features for e in events]
+    try:
+        rows = list(map(itemgetter(*names), features)) if len(names) > 1 else [(f[names[0]],) for f in features]
+    except KeyError:  # a hand-made event without every feature
+        return {name: [f.get(name) for f in features] for name in names}
+    return {name: list(column) for name, column in zip(names, zip(*rows))}
 
 
 class _VersionPanes:
@@ -181,6 +197,8 @@ class ModelMonitor:
         self.versions: dict[str, _VersionPanes] = {}
         self.pending: dict[str, int] = {}
         """Counters noted before this partition saw any event of the model (go to its first pane)."""
+        self._block: PredictionBlock = _EMPTY_BLOCK
+        """The block of the batch being added (:meth:`add_batch`)."""
 
     def evaluation_for(self, version: str) -> Evaluation:
         return version_evaluation(self.evaluation, self.registry, self.cfg.id, version)
@@ -193,19 +211,25 @@ class ModelMonitor:
     # -- a batch -------------------------------------------------------------------------------
 
     def add_batch(self, arrivals: Sequence[Arrival], *, source: int, seq: int,
-                  counters: Mapping[str, int] | None = None) -> ModelPartial | None:
-        """The partial of one batch: ``arrivals`` of this model in arrival order, and worker
-        counters (expired, evicted, ...) for the pane open when the batch began. ``None`` when
-        the batch neither touched the model nor moved anything."""
+                  counters: Mapping[str, int] | None = None,
+                  block: PredictionBlock | None = None) -> ModelPartial | None:
+        """The partial of one batch: ``arrivals`` of this model in arrival order (a prediction is
+        its row of ``block``, the batch's predictions of this model), and worker counters
+        (expired, evicted, ...) for the pane open when the batch began. ``None`` when the batch
+        neither touched the model nor moved anything."""
         deltas = _Deltas(self)
+        self._block = block if block is not None else PredictionBlock()
         before = self.watermark
         # the batch's counters go to the pane open when the batch began (else the first one it opens)
         start_pane = (self._current_pane(next(reversed(self.versions.values())))
                       if self.versions and (self.by_events or math.isfinite(before)) else None)
-        if self.by_events:
-            self._by_count(arrivals, deltas)
-        else:
-            self._by_time(arrivals, deltas)
+        try:
+            if self.by_events:
+                self._by_count(arrivals, deltas)
+            else:
+                self._by_time(arrivals, deltas)
+        finally:
+            self._block = _EMPTY_BLOCK
         extra = {name: value for name, value in {**self.pending, **(counters or {})}.items() if value}
         if extra:
             if self.versions:
@@ -245,12 +269,12 @@ class ModelMonitor:
         """Event-time panes; lateness and the pane of each pair and mark are decided with the
         watermark as it was when each item arrived (so batching does not move them)."""
         size = self.pane_size
-        predictions = [(i, a) for i, a in enumerate(arrivals) if a.prediction is not None]
-        timestamps = np.fromiter((a.prediction.timestamp for _, a in predictions),  # type: ignore[union-attr]
-                                 dtype=np.float64, count=len(predictions))
+        block = self._block
+        rows = np.fromiter((a.row for a in arrivals if a.row >= 0), dtype=np.int64)
+        timestamps = block.timestamps[rows]
         seen = np.maximum.accumulate(np.concatenate([[self.watermark], timestamps]))
         # predictions before arrival j: position of j among predictions
-        before = np.cumsum([0] + [a.prediction is not None for a in arrivals]).astype(np.int64)
+        before = np.cumsum([0] + [a.row >= 0 for a in arrivals]).astype(np.int64)
         pane_ids = np.floor(timestamps / size).astype(np.int64)
         late = self.panes.deadline(pane_ids) <= seen[:-1]  # type: ignore[arg-type]
 
@@ -258,15 +282,15 @@ class ModelMonitor:
             return int(math.floor(at / size)) if math.isfinite(at) else 0
 
         by_version: dict[str, list[int]] = {}
-        for k, (_, arrival) in enumerate(predictions):
-            by_version.setdefault(arrival.prediction.model_version, []).append(k)  # type: ignore[union-attr]
+        versions = block.versions
+        for k, row in enumerate(rows.tolist()):
+            by_version.setdefault(versions[row], []).append(k)
         for version_name, chosen in by_version.items():
             version = self._version(version_name)
             mine = np.asarray(chosen, dtype=np.int64)
             keep = mine[~late[mine]]
             for pane_id in np.unique(pane_ids[keep]):
-                rows = keep[pane_ids[keep] == pane_id]
-                self._feed(version, int(pane_id), [predictions[k][1] for k in rows], deltas)
+                self._feed(version, int(pane_id), rows[keep[pane_ids[keep] == pane_id]], deltas)
             for k in mine[late[mine]]:
                 deltas.get(version, home(float(seen[k]))).count("late")
         pairs: dict[tuple[str, int], list[LabelledPair]] = {}
@@ -293,8 +317,10 @@ class ModelMonitor:
         """Count panes: a pane closes right after its N-th prediction; a pair or mark goes to
         the version's pane open when it arrived."""
         size = int(self.pane_size)
+        block = self._block
+        versions, timestamps = block.versions, block.timestamps.tolist()
         marks: list[tuple[int, str]] = []
-        run: list[Arrival] = []
+        run: list[int] = []
         run_version: _VersionPanes | None = None
         waiting: dict[str, tuple[int, list[LabelledPair]]] = {}  # per version: its open pane's pairs
 
@@ -303,15 +329,17 @@ class ModelMonitor:
             self._add_pairs(version, pane, pairs, deltas)
 
         for arrival in arrivals:
-            if arrival.prediction is not None:
-                version = self._version(arrival.prediction.model_version)
+            row = arrival.row
+            if row >= 0:
+                version = self._version(versions[row])
                 if run_version is not version and run:
                     self._feed(run_version, run_version.counter, run, deltas)  # type: ignore[union-attr,arg-type]
                     run = []
                 run_version = version
-                run.append(arrival)
+                run.append(row)
                 version.filled += 1
-                self.watermark = max(self.watermark, arrival.prediction.timestamp)
+                if timestamps[row] > self.watermark:
+                    self.watermark = timestamps[row]
                 if version.filled >= size:
                     self._feed(version, version.counter, run, deltas)
                     flush_pairs(version)
@@ -356,16 +384,18 @@ class ModelMonitor:
                 version.cusum.start_window()
             version.cusum_pane = pane
 
-    def _feed(self, version: _VersionPanes, pane: int, arrivals: Sequence[Arrival], deltas: _Deltas) -> None:
-        if not arrivals:
+    def _feed(self, version: _VersionPanes, pane: int, rows: Sequence[int] | np.ndarray, deltas: _Deltas) -> None:
+        """One pane's predictions of the batch: ``rows`` of the batch's block, in arrival order."""
+        if not len(rows):
             return
-        events = [a.prediction for a in arrivals]
-        cols = version.evaluation.columns(events)  # type: ignore[arg-type]
+        block = self._block
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = version.evaluation.columns(block, rows)
         delta = deltas.get(version, pane)
         delta.n += len(cols)
         delta.start = min(delta.start, float(cols.timestamps.min()))
         delta.end = max(delta.end, float(cols.timestamps.max()))
-        offsets = [a.offset for a in arrivals if a.offset >= 0]
+        offsets = [o for o in map(block.offsets.__getitem__, rows.tolist()) if o >= 0]
         if offsets:
             low, high = min(offsets), max(offsets)
             delta.first_offset = low if delta.first_offset is None else min(delta.first_offset, low)
@@ -373,7 +403,14 @@ class ModelMonitor:
         deltas.summaries(version, pane).add_predictions(cols)
         names = [*version.evaluation.numeric, SCORE_STREAM]
         delta.means.append(stream_means(cols.frame, cols.scores, names))
-        self._evidence(delta, events)  # type: ignore[arg-type]
+        room = self._evidence_room(delta)
+        if room:
+            chosen = rows[:room].tolist()
+            frame = cols.frame
+            features = {name: (frame.numeric[name] if name in frame.numeric else frame.categorical[name])[:room].tolist()
+                        for name in self.cfg.features}
+            self._extend_evidence(delta, block.ids(chosen), features, cols.predictions[:room].tolist(),
+                                  block.scores(chosen))
         self._cusum(version, pane, delta, deltas, cols, None)
 
     def _add_pairs(self, version: _VersionPanes, pane: int, pairs: Sequence[LabelledPair], deltas: _Deltas) -> None:
@@ -385,7 +422,11 @@ class ModelMonitor:
         deltas.summaries(version, pane).add_pairs(cols)
         delta.errors.extend(version.evaluation.errors(cols).tolist())
         known = set(delta.evidence.ids) if delta.evidence is not None else set()
-        self._evidence(delta, [p.prediction for p in pairs if p.prediction.prediction_id not in known])
+        room = self._evidence_room(delta)
+        if room:
+            events = [p.prediction for p in pairs if p.prediction.prediction_id not in known][:room]
+            self._extend_evidence(delta, [e.prediction_id for e in events], _feature_columns(events, self.cfg.features),
+                                  [e.prediction for e in events], [e.score for e in events])
         assert delta.evidence is not None
         kept = set(delta.evidence.ids)
         delta.evidence.labels.update({p.prediction.prediction_id: p.label for p in pairs
@@ -403,19 +444,26 @@ class ModelMonitor:
             version = self._version(version_name)
             deltas.cohort(version, pane).add_pairs(version.evaluation.pair_columns(chosen))
 
-    def _evidence(self, delta: PaneDelta, events: Sequence[Prediction]) -> None:
-        evidence = delta.evidence if delta.evidence is not None else Evidence()
-        delta.evidence = evidence
-        room = self.evidence_cap - len(evidence)
-        chosen = events[:max(room, 0)]
-        if not chosen:
+    def _evidence_room(self, delta: PaneDelta) -> int:
+        """Rows the pane's evidence still takes (its evidence started if it had none)."""
+        if delta.evidence is None:
+            delta.evidence = Evidence()
+        return max(self.evidence_cap - len(delta.evidence), 0)
+
+    @staticmethod
+    def _extend_evidence(delta: PaneDelta, ids: list[str], features: Mapping[str, list[Any]],
+                         predictions: list[Any], scores: list[float | None]) -> None:
+        """Append rows to the pane's evidence, column by column (features as the events hold
+        them: NaN for a missing numeric, ``None`` for a missing category; scores ``None`` when absent)."""
+        evidence = delta.evidence
+        assert evidence is not None
+        if not ids:
             return
-        # column by column (one pass per feature), the same rows as one event at a time
-        evidence.ids.extend([event.prediction_id for event in chosen])
-        for name in self.cfg.features:
-            evidence.features.setdefault(name, []).extend([event.features.get(name) for event in chosen])
-        evidence.predictions.extend([event.prediction for event in chosen])
-        evidence.scores.extend([event.score for event in chosen])
+        evidence.ids.extend(ids)
+        for name, values in features.items():
+            evidence.features.setdefault(name, []).extend(values)
+        evidence.predictions.extend(predictions)
+        evidence.scores.extend(scores)
 
     def _cusum(self, version: _VersionPanes, pane: int, delta: PaneDelta, deltas: _Deltas,
                predictions: PredictionColumns | None, pairs: PairColumns | None) -> None:
