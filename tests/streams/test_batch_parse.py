@@ -88,20 +88,18 @@ def same(got: Any, want: Any) -> None:
         assert repr(g) == repr(w)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_prediction_batches_parse_as_their_messages_alone(seed: int) -> None:
-    corpus = prediction_corpus()
-    rng = random.Random(seed)
-    batch = [rng.choice(corpus) for _ in range(rng.choice([1, 5, 40, 300]))]
-    same(parse_prediction_batch(batch, SCHEMAS), [parse_predictions(p, SCHEMAS) for p in batch])
+KINDS = {"predictions": (prediction_corpus, parse_prediction_batch, parse_predictions),
+         "feedback": (feedback_corpus, parse_feedback_batch, parse_feedback)}
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("seed", range(6))
-def test_feedback_batches_parse_as_their_messages_alone(seed: int) -> None:
-    corpus = feedback_corpus()
+def test_batches_parse_as_their_messages_alone(kind: str, seed: int) -> None:
+    corpus_of, parse_batch, parse_one = KINDS[kind]
+    corpus = corpus_of()
     rng = random.Random(seed)
     batch = [rng.choice(corpus) for _ in range(rng.choice([1, 5, 40, 300]))]
-    same(parse_feedback_batch(batch, SCHEMAS), [parse_feedback(p, SCHEMAS) for p in batch])
+    same(parse_batch(batch, SCHEMAS), [parse_one(p, SCHEMAS) for p in batch])
 
 
 def test_every_message_of_the_corpus_alone_and_together() -> None:
