@@ -43,7 +43,7 @@ def child(events: int, ttl: float | None, workdir: Path, max_entries: int | None
 
     from bench.world import EventStream, encode, write_workspace
     from streams.config import Config
-    from streams.join import DictStore
+    from streams.join_store import ColumnarStore
     from streams.pipeline import FEEDBACK, PREDICTION, RawMessage
     from streams.runtime import pipeline_factory
 
@@ -52,7 +52,7 @@ def child(events: int, ttl: float | None, workdir: Path, max_entries: int | None
         overrides["join.max_entries"] = max_entries
     config = write_workspace(workdir, overrides=overrides)
     cfg = Config.load(str(config))
-    pipeline = pipeline_factory(cfg)(DictStore())
+    pipeline = pipeline_factory(cfg)(ColumnarStore())
     stream = EventStream(seed=3, rate=1000.0, feedback_delay=30.0)
     samples: list[tuple[int, int]] = []
     batch: list[RawMessage] = []

@@ -102,7 +102,8 @@ def run(events: int = 200_000, array_size: int = 1, *, batch: int = 2000, change
     """Seconds and events per second of ``Pipeline.process`` over the traffic (and its profile)."""
     from bench.world import write_workspace
     from streams.config import Config
-    from streams.join import DictStore, labelled_messages
+    from streams.join import labelled_messages
+    from streams.join_store import ColumnarStore
     from streams.runtime import pipeline_factory
     from streams.state import PartitionState
 
@@ -114,7 +115,7 @@ def run(events: int = 200_000, array_size: int = 1, *, batch: int = 2000, change
         def send(_partition: int, key: bytes, value: bytes | None) -> None:
             sent["changelog"] += len(key) + len(value or b"")
 
-        store: Any = PartitionState(0, send=send) if changelog else DictStore()
+        store: Any = PartitionState(0, send=send) if changelog else ColumnarStore()
         pipeline = pipeline_factory(cfg)(store)
         traffic = messages(events, array_size)
         total = sum(1 for _ in traffic)  # messages

@@ -96,11 +96,11 @@ class PipelineRun:
 
 def _pipeline(config: Path) -> Any:
     from streams.config import Config
-    from streams.join import DictStore
+    from streams.join_store import ColumnarStore
     from streams.runtime import pipeline_factory
 
     cfg = Config.load(str(config))
-    return pipeline_factory(cfg)(DictStore())
+    return pipeline_factory(cfg)(ColumnarStore())
 
 
 def run_pipeline(config: Path, cols: Mapping[str, np.ndarray], *, stop_rules: tuple[str, ...] = (),

@@ -51,7 +51,7 @@ EVICTION_WARNING_SECONDS = 60.0
 # An entry is a small list (compact in memory and in the changelog):
 # [event time, model id, state, payload]
 TIME, MODEL, STATE, PAYLOAD = 0, 1, 2, 3
-WAITING_PREDICTION = "p"  # payload: the prediction, packed as a JSON string
+WAITING_PREDICTION = "p"  # payload: the Prediction (the changelog holds it packed: pack_prediction)
 WAITING_LABEL = "l"  # payload: [label, feedback time]
 JOINED = "j"  # payload: None; kept until the TTL so duplicates and redeliveries are recognised
 
@@ -72,6 +72,10 @@ class JoinStore(Protocol):
 
     def oldest(self) -> tuple[str, list[Any]] | None:
         """The entry inserted first (O(1)); ``None`` when empty."""
+        ...
+
+    def expiring(self, horizon: float) -> list[tuple[str, list[Any]]]:
+        """The join entries whose time is before ``horizon``, in insertion order."""
         ...
 
     def __len__(self) -> int: ...
@@ -103,8 +107,16 @@ class DictStore:
     def oldest(self) -> tuple[str, list[Any]] | None:
         return next(iter(self.data.items()), None)
 
+    def expiring(self, horizon: float) -> list[tuple[str, list[Any]]]:
+        return [(key, entry) for key, entry in self.data.items() if _is_timed(entry) and entry[TIME] < horizon]
+
     def __len__(self) -> int:
         return len(self.data)
+
+
+def _is_timed(entry: Any) -> bool:
+    """Whether a stored value is a join entry (``[time, model, state, payload]``), not another record."""
+    return type(entry) is list and len(entry) == 4 and type(entry[TIME]) in (float, int)
 
 
 LABELLED_PER_MESSAGE = 500
@@ -264,7 +276,7 @@ class FeedbackJoin:
             self.store.set(event.prediction_id, [event.timestamp, event.model_id, JOINED, None])
             self.counts.pairs += 1
             return LabelledPair(event, label, feedback_time)
-        self.store.set(event.prediction_id, [event.timestamp, event.model_id, WAITING_PREDICTION, _pack(event)])
+        self.store.set(event.prediction_id, [event.timestamp, event.model_id, WAITING_PREDICTION, event])
         if entry is None:
             self._bound()
         return None
@@ -289,7 +301,7 @@ class FeedbackJoin:
         if entry[STATE] != WAITING_PREDICTION:
             self.counts.duplicate_feedback += 1
             return None
-        prediction = _unpack(event.prediction_id, entry)
+        prediction = unpack_prediction(event.prediction_id, entry)
         self.store.set(event.prediction_id, [entry[TIME], entry[MODEL], JOINED, None])
         self.counts.pairs += 1
         return LabelledPair(prediction, event.label, event.timestamp)
@@ -357,7 +369,7 @@ class FeedbackJoin:
             "join table full (join.max_entries=%d): %d oldest entries evicted since the last warning "
             "(in all: %d predictions waiting for a label, %d labels waiting for a prediction, %d tombstones); "
             "labels for evicted predictions will count as orphan feedback. Raise join.max_entries "
-            "(~0.6 KB of memory per entry) or lower join.ttl_seconds to the real label delay",
+            "(~150 B of memory per entry) or lower join.ttl_seconds to the real label delay",
             self.max_entries, self._unwarned, c.evicted_predictions, c.evicted_feedback, c.evicted_tombstones)
         self._unwarned = 0
         self._warned_at = self.watermark
@@ -379,22 +391,28 @@ class FeedbackJoin:
         while (oldest := self.store.oldest()) is not None and oldest[1][TIME] < horizon:
             self._expire_entry(*oldest)
         if full:
-            for key, entry in self.store.items():
-                if entry[TIME] < horizon:
-                    self._expire_entry(key, entry)
+            for key, entry in self.store.expiring(horizon):
+                self._expire_entry(key, entry)
         expired, self.expired_by_model = self.expired_by_model, {}
         return expired
 
 
-def _pack(event: Prediction) -> str:
-    """The prediction as one compact JSON string: a few hundred bytes per waiting entry, where
-    the same values as Python objects take several times that."""
-    return orjson.dumps([event.model_version, event.prediction, event.score, event.attributes or None,
-                         event.scores, event.features]).decode()
+def pack_prediction(event: Prediction) -> list[Any]:
+    """A waiting prediction as the changelog holds it: ``[version, prediction, score, attributes or
+    None, scores, features]`` (a missing numeric feature, NaN, is written ``null``)."""
+    return [event.model_version, event.prediction, event.score, event.attributes or None, event.scores,
+            event.features]
 
 
-def _unpack(prediction_id: str, entry: list[Any]) -> Prediction:
-    version, prediction, score, attributes, scores, features = orjson.loads(entry[PAYLOAD])
+def unpack_prediction(prediction_id: str, entry: Sequence[Any]) -> Prediction:
+    """The prediction of a waiting entry: its payload itself, or the payload packed by
+    :func:`pack_prediction` (a list, as recovery reads it; a JSON string, as the changelog held it
+    before), whose ``null`` features come back as NaN."""
+    payload = entry[PAYLOAD]
+    if isinstance(payload, Prediction):
+        return payload
+    version, prediction, score, attributes, scores, features = (
+        orjson.loads(payload) if isinstance(payload, str) else payload)
     if None in features.values():  # a missing numeric feature (NaN) was packed as null
         features = {k: (math.nan if v is None else v) for k, v in features.items()}
     return Prediction(prediction_id=prediction_id, model_id=entry[MODEL], model_version=version,

@@ -24,7 +24,7 @@ import orjson
 from streams.config import Config, ConfigError
 from streams.errors import NoValidInput
 from streams.events import decode
-from streams.join import DictStore
+from streams.join_store import ColumnarStore
 from streams.pipeline import FEEDBACK, PREDICTION, Outcome, RawMessage
 from streams.report_page import ReportData, page_html
 from streams.runtime import load_evaluations, pipeline_factory
@@ -120,7 +120,7 @@ def run_replay(config_path: str, predictions: str, feedback: str | None, output:
         if path is not None and not path.exists():
             raise ConfigError(f"input file not found: {path}")
     evaluations = load_evaluations(cfg)
-    pipeline = pipeline_factory(cfg, evaluations)(DictStore())
+    pipeline = pipeline_factory(cfg, evaluations)(ColumnarStore())
     from streams.actions import Actions
 
     actions = Actions(cfg, evaluations)

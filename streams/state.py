@@ -41,13 +41,14 @@ import itertools
 import logging
 import time
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
-from streams.join import JoinStore
+from streams.events import Prediction
+from streams.join import JoinStore, pack_prediction
+from streams.join_store import ColumnarStore
 from streams.kafka import close_client
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,17 @@ Send = Callable[[int, bytes, bytes | None], None]
 """Sends one changelog record: (partition, key, value or None for a tombstone)."""
 
 
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+def record_json(value: Any) -> bytes:
+    """A changelog record's JSON (a waiting entry's prediction packed as it is logged: :func:`_packed`)."""
+    return orjson.dumps(value, default=_packed, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _packed(value: Any) -> Any:
+    """What orjson cannot write itself: a waiting entry's :class:`~streams.events.Prediction`, as
+    :func:`~streams.join.pack_prediction` packs it."""
+    if isinstance(value, Prediction):
+        return pack_prediction(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _fresh_recovery() -> dict[str, Any]:
@@ -99,7 +109,7 @@ def _object(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def _members(items: list[tuple[str, Any]]) -> Iterator[bytes]:
     """``items`` as the comma-separated members of a JSON object, :data:`PART_ENTRIES` at a time."""
     for i in range(0, len(items), PART_ENTRIES):
-        yield _dumps(dict(items[i:i + PART_ENTRIES]))[1:-1]
+        yield record_json(dict(items[i:i + PART_ENTRIES]))[1:-1]
 
 
 def _piece(header: dict[str, Any], body: bytes) -> bytes:
@@ -109,8 +119,8 @@ def _piece(header: dict[str, Any], body: bytes) -> bytes:
     would not make it smaller."""
     packed = zlib.compress(body, 1)
     if len(packed) < len(body):
-        return _dumps({**header, "z": 1}) + b"\n" + packed
-    return _dumps(header) + b"\n" + body
+        return record_json({**header, "z": 1}) + b"\n" + packed
+    return record_json(header) + b"\n" + body
 
 
 def _pieces(stream: Iterable[bytes], header: dict[str, Any]) -> Iterator[bytes]:
@@ -140,13 +150,15 @@ def _split(value: bytes) -> tuple[dict[str, Any], bytes] | None:
     return (orjson.loads(head), body) if newline else None
 
 
-def _joined(pieces: dict[int, tuple[dict[str, Any], bytes]], parts: int | None) -> Any:
+def _joined(pieces: dict[int, tuple[dict[str, Any], bytes]], parts: int | None, *, decode: bool = True) -> Any:
     """The logical record of ``pieces`` (part -> header, bytes) once all ``parts`` are there, else
-    ``None``; decompressed when its header says so (pieces written before compression are not)."""
+    ``None``; decompressed when its header says so (pieces written before compression are not);
+    its JSON decoded unless ``decode`` is false (a binary frame: its bytes)."""
     if parts is None or any(i not in pieces for i in range(parts)):
         return None
-    return orjson.loads(b"".join(zlib.decompress(body) if header.get("z") else body
-                                 for header, body in (pieces[i] for i in range(parts))))
+    whole = b"".join(zlib.decompress(body) if header.get("z") else body
+                     for header, body in (pieces[i] for i in range(parts)))
+    return orjson.loads(whole) if decode else whole
 
 
 @dataclass
@@ -169,7 +181,7 @@ class PartitionState(JoinStore):
 
     partition: int
     send: Send | None = None
-    joins: OrderedDict[str, list[Any]] = field(default_factory=OrderedDict)
+    joins: ColumnarStore = field(default_factory=ColumnarStore)
     snapshot: dict[str, Any] | None = None
     seq: int = 0
     epoch: int = 0
@@ -200,7 +212,10 @@ class PartitionState(JoinStore):
         return iter(list(self.joins.items()))
 
     def oldest(self) -> tuple[str, list[Any]] | None:
-        return next(iter(self.joins.items()), None)
+        return self.joins.oldest()
+
+    def expiring(self, horizon: float) -> list[tuple[str, list[Any]]]:
+        return self.joins.expiring(horizon)
 
     def __len__(self) -> int:
         return len(self.joins)
@@ -218,7 +233,7 @@ class PartitionState(JoinStore):
         reads exactly this range again."""
         self.intent = {"seq": self.seq + 1, "ranges": {t: [int(a), int(b)] for t, (a, b) in sorted(ranges.items())}}
         if self.send is not None:
-            self.send(self.partition, INTENT_KEY, _dumps(self.intent))
+            self.send(self.partition, INTENT_KEY, record_json(self.intent))
 
     def pending(self) -> dict[str, tuple[int, int]] | None:
         """The range of the batch in doubt (intent logged, state not), else None."""
@@ -241,33 +256,34 @@ class PartitionState(JoinStore):
         if progress:
             self.progress.update(progress)
         if self.send is not None:
-            delta = itertools.chain((b'{"del":', _dumps(sorted(self._deletes)), b',"set":'),
+            delta = itertools.chain((b'{"del":', record_json(sorted(self._deletes)), b',"set":'),
                                     _object(_members(list(self._sets.items()))), (b"}",))
             for i, piece in enumerate(_pieces(delta, {"seq": self.seq})):
                 self.send(self.partition, b"d:%d:%d" % (self.seq % DELTA_SLOTS, i), piece)
-            record = _dumps({"seq": self.seq, "snapshot": snapshot, "progress": self.progress})
+            record = record_json({"seq": self.seq, "snapshot": snapshot, "progress": self.progress})
             if len(record) <= RECORD_BYTES:  # one piece (compressed): the record itself
                 self.send(self.partition, MONITORS_KEY, _piece({"seq": self.seq, "part": 0, "parts": 1}, record))
             else:
                 parts = 0
                 for parts, piece in enumerate(_pieces([record], {"seq": self.seq}), start=1):
                     self.send(self.partition, b"s:%d:%d" % (self.seq % 2, parts - 1), piece)
-                self.send(self.partition, MONITORS_KEY, _dumps({"seq": self.seq, "parts": parts}))
+                self.send(self.partition, MONITORS_KEY, record_json({"seq": self.seq, "parts": parts}))
         self._sets.clear()
         self._deletes.clear()
         if self.seq - self.marker_seq >= FULL_EVERY:
             self.save_full()
 
     def save_full(self) -> None:
-        """Log the whole join table (``{"entries": {...}}`` in pieces under ``f:<epoch mod 2>:<part>``),
-        then the marker that makes it the recovery base."""
+        """Log the whole join table (its binary frame, :meth:`~streams.join_store.ColumnarStore.to_frame`,
+        in pieces under ``f:<epoch mod 2>:<part>`` with ``"bin": 1`` in their headers), then the marker
+        that makes it the recovery base. (A table logged before frames, ``{"entries": {...}}`` as
+        JSON, is still read.)"""
         self.epoch += 1
         if self.send is not None:
-            table = itertools.chain((b'{"entries":',), _object(_members(list(self.joins.items()))), (b"}",))
             parts = 0
-            for parts, piece in enumerate(_pieces(table, {"epoch": self.epoch}), start=1):
+            for parts, piece in enumerate(_pieces([self.joins.to_frame()], {"epoch": self.epoch, "bin": 1}), start=1):
                 self.send(self.partition, b"f:%d:%d" % (self.epoch % 2, parts - 1), piece)
-            self.send(self.partition, MARKER_KEY, _dumps({"epoch": self.epoch, "parts": parts, "seq": self.seq}))
+            self.send(self.partition, MARKER_KEY, record_json({"epoch": self.epoch, "parts": parts, "seq": self.seq}))
         self.marker_seq = self.seq
 
     # -- recovery ----------------------------------------------------------------------------
@@ -323,15 +339,18 @@ class PartitionState(JoinStore):
         to it and the deltas after it, not those of a batch whose state record never came."""
         marker = self._recovery["marker"]
         chunks, deltas = self._recovery["chunks"], self._recovery["deltas"]
-        self.joins = OrderedDict()
+        self.joins = ColumnarStore()
         base = 0
         if marker is not None and int(marker["seq"]) > self.seq:  # written after the commit point
             marker = None
         if marker is not None:
             epoch, parts = int(marker["epoch"]), int(marker["parts"])
             pieces = self._recovery["full_pieces"].get(epoch)
-            table = _joined(pieces, parts) if pieces else None
-            if table is not None:
+            binary = bool(pieces) and all(header.get("bin") for header, _ in pieces.values())
+            table = _joined(pieces, parts, decode=not binary) if pieces else None
+            if table is not None and binary:
+                self.joins = ColumnarStore.from_frame(table)
+            elif table is not None:
                 self.joins.update(table["entries"])
             elif all((epoch, i) in chunks for i in range(parts)):  # the older format
                 for i in range(parts):

@@ -24,6 +24,7 @@ from detectors.points import Point
 from streams.config import Config
 from streams.evaluation import Evaluation
 from streams.join import DictStore
+from streams.state import record_json
 from streams.pipeline import FEEDBACK, PREDICTION, DeadLetter, Outcome, Pipeline, RawMessage
 from streams.runtime import pipeline_factory
 
@@ -389,7 +390,7 @@ def test_batch_boundaries_do_not_change_the_points(sizes: list[int], seed: int) 
 
 def through_changelog(value: Any) -> Any:
     """What the worker's changelog does to state: orjson out and back."""
-    return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+    return orjson.loads(record_json(value))
 
 
 def uninterrupted(cfg: Config, messages: Sequence[RawMessage], batch: int = 1) -> tuple[Collected, Pipeline]:

@@ -27,6 +27,7 @@ from streams.cli import main
 from streams.commands import prepare_workspace
 from streams.config import Config
 from streams.join import DictStore
+from streams.state import record_json
 from streams.pipeline import Pipeline
 from streams.replay import merged_messages
 from streams.runtime import pipeline_factory
@@ -344,7 +345,7 @@ def drive(pipeline: Pipeline, messages: list[list[Any]], into: Decisions, offset
 
 
 def through_changelog(value: Any) -> Any:
-    return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+    return orjson.loads(record_json(value))
 
 
 @pytest.fixture(scope="module")
