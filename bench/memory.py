@@ -38,7 +38,8 @@ import numpy as np
 
 from bench.harness import REPO, proc_memory
 
-def child(events: int, ttl: float | None, workdir: Path, max_entries: int | None = None) -> dict[str, Any]:
+def child(events: int, ttl: float | None, workdir: Path, max_entries: int | None = None,
+          feedback_share: float | None = None) -> dict[str, Any]:
     import os
 
     from bench.world import EventStream, encode, write_workspace
@@ -54,6 +55,8 @@ def child(events: int, ttl: float | None, workdir: Path, max_entries: int | None
     cfg = Config.load(str(config))
     pipeline = pipeline_factory(cfg)(ColumnarStore())
     stream = EventStream(seed=3, rate=1000.0, feedback_delay=30.0)
+    if feedback_share is not None:
+        stream.feedback_share = feedback_share
     samples: list[tuple[int, int]] = []
     batch: list[RawMessage] = []
     predictions = 0
@@ -83,9 +86,12 @@ def child(events: int, ttl: float | None, workdir: Path, max_entries: int | None
             "pairs": counts.pairs, "peak": proc_memory(pid).get("VmHWM", 0)}
 
 
-def run_child(events: int, ttl: float | None, max_entries: int | None = None) -> dict[str, Any]:
+def run_child(events: int, ttl: float | None, max_entries: int | None = None,
+              feedback_share: float | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         cmd = [sys.executable, "-m", "bench.memory", "--child", "--events", str(events), "--workdir", tmp]
+        if feedback_share is not None:
+            cmd += ["--feedback-share", str(feedback_share)]
         if ttl:
             cmd += ["--ttl", str(ttl)]
         if max_entries:
@@ -154,12 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ttl", type=float, default=None)
     parser.add_argument("--max-entries", type=int, default=None, help="join.max_entries (default: the config's)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--feedback-share", type=float, default=None,
+                        help="share of predictions that get feedback (default the traffic's, ~50 %%); 0 measures "
+                             "the cost of a prediction waiting for its label alone")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.events, args.ttl, args.workdir, args.max_entries)))
+        print(json.dumps(child(args.events, args.ttl, args.workdir, args.max_entries, args.feedback_share)))
         return
-    if args.ttl is not None or args.max_entries is not None:
-        result = run_child(args.events, args.ttl, args.max_entries)
+    if args.ttl is not None or args.max_entries is not None or args.feedback_share is not None:
+        result = run_child(args.events, args.ttl, args.max_entries, args.feedback_share)
         result.pop("samples")
         print(json.dumps(result, indent=1, default=str))
         return

@@ -200,7 +200,7 @@ class PartitionState(JoinStore):
         return self.joins.get(key)
 
     def set(self, key: str, value: list[Any]) -> None:
-        self.joins[key] = value
+        self.joins.set(key, value)
         self._sets[key] = value
 
     def delete(self, key: str) -> None:

@@ -16,6 +16,7 @@ import math
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import orjson
 
 import pytest
@@ -32,7 +33,8 @@ from streams.state import PartitionState, record_json
 IDS = [f"p{i}" for i in range(12)] + ["ü-ÿ", "x" * 40]
 MODELS = ["m", "other"]
 
-numbers = st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(math.nan), st.just(0.1), st.just(-0.0))
+numbers = st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(math.nan), st.just(-0.0), st.just(1e300),
+                    st.sampled_from([0.1, 0.25, 3.0, 123.456, 41.2345, -7.5, 21474.83647]))
 categories = st.one_of(st.none(), st.sampled_from(["a", "b", "é", ""]), st.text(max_size=3))
 
 
@@ -181,3 +183,32 @@ def test_the_changelog_gives_back_the_columnar_table(tiny_levels: None) -> None:
     recovered.finish_recovery()
     _assert_same_tables(live.joins, recovered.joins, logged=True)
     assert recovered.snapshot == {"end": True}
+
+
+def test_decimal_columns_widen_and_rescale_exactly() -> None:
+    """Numbers stored as decimals come back bit for bit; a column's exponent rises when a value has
+    more digits, and it turns float64 when no exponent fits; codes widen past 255 values."""
+    store = ColumnarStore()
+    join = FeedbackJoin(store, ttl_seconds=1e9)
+    values = [41.0, 41.5, 41.25, 41.125, 0.1 + 0.2, 1e-12, 2.5e9, -0.0, math.nan]
+    made = []
+    for i in range(600):  # more than STAGED_ROWS, so rows are written while exponents change
+        x = values[min(i // 60, len(values) - 1)]
+        made.append(Prediction(f"id-{i}", "m", "1", float(i), {"x": x, "y": round(i / 7, 3), "c": f"v{i}"}, "1",
+                               score=round(i / 600, 6)))
+        join.add_prediction(made[-1])
+    store._write_staged()
+    columns = store._columns[0]
+    assert columns.codes.dtype == np.uint16  # 600 categories
+    assert columns.exponents[1] == 3 and columns.exponents[2] == 6  # y and the score stay decimals
+    assert columns.exponents[0] is None  # x met 0.1 + 0.2, which no decimal exponent gives back
+    for event in made:
+        back = store.get(event.prediction_id)[3]
+        for name, value in event.features.items():
+            got = back.features[name]
+            if isinstance(value, str):
+                assert got == value
+            else:
+                assert got == value and math.copysign(1, got) == math.copysign(1, value) or (
+                    math.isnan(value) and math.isnan(got)), (event.prediction_id, name)
+        assert back.score == event.score
