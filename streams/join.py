@@ -71,11 +71,13 @@ class JoinStore(Protocol):
     def items(self) -> Iterator[tuple[str, list[Any]]]: ...
 
     def oldest(self) -> tuple[str, list[Any]] | None:
-        """The entry inserted first (O(1)); ``None`` when empty."""
+        """The entry inserted first (O(1)); ``None`` when empty. A waiting prediction's payload may
+        be ``None`` here (eviction needs its time, model and state only)."""
         ...
 
     def expiring(self, horizon: float) -> list[tuple[str, list[Any]]]:
-        """The join entries whose time is before ``horizon``, in insertion order."""
+        """The join entries whose time is before ``horizon``, in insertion order (payloads as in
+        :meth:`oldest`)."""
         ...
 
     def __len__(self) -> int: ...

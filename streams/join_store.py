@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import struct
 from array import array
+from itertools import chain
 from operator import attrgetter
 from typing import Any, Iterator, MutableMapping, Sequence
 
@@ -138,13 +139,13 @@ class _Columns:
         self.numeric_prediction = numeric_prediction
         self.num_at = [i for i, n in enumerate(numeric) if n]
         self.cat_at = [i for i, n in enumerate(numeric) if not n]
+        self.order = [(self.num_at + self.cat_at).index(i) for i in range(len(names))]
+        """Where each feature, in the layout's order, is among the numbers then the categories."""
         # coded columns: categorical features, then version, attributes, prediction (a class)
         self.dictionaries = [_Codes() for _ in range(len(self.cat_at) + 2 + (not numeric_prediction))]
         self.dictionaries[len(self.cat_at) + 1].kind = "pairs"
         self.width = len(self.num_at) + 1 + numeric_prediction  # numeric features, score, a numeric prediction
-        self.exponents: list[int | None] = [None] * self.width
-        """Per number column: its decimal exponent, or ``None`` once it is ``float64``; all start at none
-        decided (:attr:`decided` false) and the first write picks them."""
+        self.exponents = [None] * self.width  # the first write picks them (:attr:`decided`)
         self.decided = False
         self.ints = np.zeros((0, 0), dtype=np.int32)
         self.floats = np.zeros((0, 0), dtype=np.float64)
@@ -176,18 +177,19 @@ class _Columns:
         fit (a numeric feature that is not a float, a dictionary full): then nothing is written.
         Each column is read from the events at once (``map`` over attribute getters, in C)."""
         n = len(events)
-        values = list(zip(*map(tuple, map(dict.values, map(_FEATURES, events))))) if self.names else []
+        features = np.fromiter(chain.from_iterable(map(dict.values, map(_FEATURES, events))), dtype=object,
+                               count=n * len(self.names)).reshape(n, len(self.names))
         numbers = np.empty((n, self.width), dtype=np.float64)
-        for j, i in enumerate(self.num_at):
-            column = values[i]
-            if not set(map(type, column)) <= _FLOAT:
+        if self.num_at:
+            given = features[:, self.num_at]
+            if not set(map(type, given.ravel().tolist())) <= _FLOAT:
                 return None
-            numbers[:, j] = column
+            numbers[:, :len(self.num_at)] = given
         scores = list(map(_SCORE, events))
         numbers[:, len(self.num_at)] = [math.nan if s is None else s for s in scores] if None in scores else scores
         if self.numeric_prediction:
             numbers[:, -1] = list(map(_PREDICTION, events))
-        coded: list[Sequence[Any]] = [values[i] for i in self.cat_at]
+        coded: list[Sequence[Any]] = [features[:, i].tolist() for i in self.cat_at]
         coded.append(list(map(_VERSION, events)))
         coded.append(list(map(tuple, map(dict.items, map(_ATTRIBUTES, events)))))
         if not self.numeric_prediction:
@@ -225,7 +227,7 @@ class _Columns:
             if e > 9 or (old is not None and self.decided and not self._rescaled(k, old, e)):
                 self._to_floats(k)
             else:
-                self.exponents[k] = e
+                self._set_exponent(k, e)
         if start == 0:
             self.decided = True
             self.ints = np.zeros((0, len(self.int_columns)), dtype=np.int32)
@@ -242,7 +244,7 @@ class _Columns:
         if np.any(np.abs(scaled[~nan]) >= _INT_LIMIT):
             return False
         self.ints[:self.size, at] = np.where(nan, _NAN_CODE, scaled)
-        self.exponents[k] = new
+        self._set_exponent(k, new)
         return True
 
     def _to_floats(self, k: int) -> None:
@@ -255,7 +257,7 @@ class _Columns:
             self.ints = np.delete(self.ints, at, axis=1)
             place = sum(1 for f in floats if f < k)
             self.floats = np.insert(self.floats, place, decoded, axis=1)
-        self.exponents[k] = None
+        self._set_exponent(k, None)
 
     def _allocate(self, n: int) -> np.ndarray:
         reused = min(n, self.free_count)
@@ -277,6 +279,9 @@ class _Columns:
 
     def numbers(self, row: int) -> list[float]:
         """Row ``row``'s number columns, decoded."""
+        scales = self._scales
+        if len(scales) == self.width:  # every number column a decimal: the common case
+            return [math.nan if q == _NAN_CODE else q / scale for q, scale in zip(self.ints[row].tolist(), scales)]
         out: list[float] = [0.0] * self.width
         floats = iter(self.floats[row].tolist())
         ints = iter(self.ints[row].tolist())
@@ -288,21 +293,30 @@ class _Columns:
                 out[k] = math.nan if q == _NAN_CODE else q / _SCALES[e]
         return out
 
+    @property
+    def exponents(self) -> list[int | None]:
+        """Per number column: its decimal exponent, or ``None`` once it is ``float64``."""
+        return self._exponents
+
+    @exponents.setter
+    def exponents(self, value: list[int | None]) -> None:
+        self._exponents = value
+        self._scales = [_SCALES[e] for e in value if e is not None]
+
+    def _set_exponent(self, k: int, e: int | None) -> None:
+        self.exponents = self._exponents[:k] + [e] + self._exponents[k + 1:]
+
     def read(self, row: int, key: str, model_id: str, timestamp: float) -> Prediction:
         numbers = self.numbers(row)
         codes = self.codes[row].tolist()
-        values: list[Any] = [None] * len(self.names)
-        for j, i in enumerate(self.num_at):
-            values[i] = numbers[j]
         dictionaries = self.dictionaries
-        for j, i in enumerate(self.cat_at):
-            values[i] = dictionaries[j].values[codes[j]]
         k = len(self.cat_at)
+        given = numbers[:len(self.num_at)] + [d.values[c] for d, c in zip(dictionaries[:k], codes)]
         score = numbers[len(self.num_at)]
         prediction = numbers[-1] if self.numeric_prediction else dictionaries[k + 2].values[codes[k + 2]]
         return Prediction(prediction_id=key, model_id=model_id, model_version=dictionaries[k].values[codes[k]],
-                          timestamp=timestamp, features=dict(zip(self.names, values)), prediction=prediction,
-                          score=None if score != score else score,
+                          timestamp=timestamp, features=dict(zip(self.names, map(given.__getitem__, self.order))),
+                          prediction=prediction, score=None if score != score else score,
                           attributes=dict(dictionaries[k + 1].values[codes[k + 1]]))
 
 
@@ -396,7 +410,7 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
             self._start += 1
         if self._start == end:
             return None
-        return self._key(self._start), self._entry(self._start)
+        return self._key(self._start), self._entry(self._start, payload=False)
 
     def expiring(self, horizon: float) -> list[tuple[str, list[Any]]]:
         """The entries whose time is before ``horizon``, in order (one vectorised scan)."""
@@ -404,7 +418,7 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
         times = np.frombuffer(self._times, dtype=np.float64)[self._start:]
         found = np.flatnonzero((states != FREE) & (states != OTHER_STATE) & (times < horizon)) + self._start
         del states, times  # the views pin the arrays' buffers: an append would fail while they live
-        return [(self._key(e), self._entry(e)) for e in found.tolist()]
+        return [(self._key(e), self._entry(e, payload=False)) for e in found.tolist()]
 
     def __len__(self) -> int:
         return self._live
@@ -549,7 +563,9 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
         elif state == LABEL_STATE:
             self._objects[entry] = value[PAYLOAD]
 
-    def _entry(self, entry: int) -> list[Any]:
+    def _entry(self, entry: int, *, payload: bool = True) -> list[Any]:
+        """The entry as :class:`~streams.join.DictStore` holds it; without ``payload``, a waiting
+        prediction's is ``None`` (rebuilding it costs microseconds that eviction and expiry do not need)."""
         state = self._states[entry]
         if state == OTHER_STATE:
             return self._objects[entry]
@@ -558,7 +574,7 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
             return [time, model_id, JOINED, None]
         if state == LABEL_STATE:
             return [time, model_id, WAITING_LABEL, self._objects[entry]]
-        return [time, model_id, WAITING_PREDICTION, self._prediction(entry, time, model_id)]
+        return [time, model_id, WAITING_PREDICTION, self._prediction(entry, time, model_id) if payload else None]
 
     def _prediction(self, entry: int, time: float, model_id: str) -> Prediction:
         staged = self._staged.get(entry)
