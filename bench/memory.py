@@ -8,15 +8,16 @@ records ``VmRSS`` every 1/40 of the run (at least 5,000 predictions). The slope 
 half of the run, in bytes per prediction, projects RSS to 1M and 10M
 predictions (a projection, not a measurement, unless the run was that long).
 
-Three runs. The default TTL (7 days of event time) with the default bound
+Four runs. The default TTL (7 days of event time) with the default bound
 (``join.max_entries``, 1,000,000 entries): predictions that never get a label,
 and the tombstones of those that did, stay in the join table until their TTL
 ends, so the table — and RSS — grows by one entry per prediction until it
 reaches the bound; the projection stops growing there. The default TTL with a
 bound of a fifth of the run's predictions: the bound is reached at 20 % of the
 run, so the second half shows what RSS does beyond it (measured, not
-projected). And a 60 s TTL (most labels, ~30 s late on average, still join),
-where the TTL rather than the bound keeps the table small.
+projected). A 60 s TTL (most labels, ~30 s late on average, still join),
+where the TTL rather than the bound keeps the table small. And no labels at all, so that every
+entry is a prediction waiting for its label: its slope is the RSS of one waiting prediction.
 
 ``python -m bench.memory --events 2000000 --max-entries 200000`` runs one
 configuration (default TTL unless ``--ttl``) and prints its figures.
@@ -140,16 +141,21 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+WAITING = "no labels: every prediction waits (default TTL and bound)"
+"""The run that measures a waiting prediction alone (the issue's "RSS per waiting prediction")."""
+
+
 def run(events: int) -> dict[str, Any]:
     small = max(1, events // 5)
     out = {}
-    for label, ttl, max_entries in (
-        ("default TTL (7 days), default bound (1,000,000)", None, None),
-        (f"default TTL, bound {small:,} (a fifth of the run)", None, small),
-        ("TTL 60 s, default bound", 60.0, None),
+    for label, ttl, max_entries, share in (
+        ("default TTL (7 days), default bound (1,000,000)", None, None, None),
+        (f"default TTL, bound {small:,} (a fifth of the run)", None, small, None),
+        ("TTL 60 s, default bound", 60.0, None, None),
+        (WAITING, None, None, 0.0),
     ):
         print(f"  memory: {events:,} predictions, {label}", flush=True)
-        out[label] = run_child(events, ttl, max_entries)
+        out[label] = run_child(events, ttl, max_entries, share)
     return out
 
 

@@ -210,7 +210,7 @@ class JoinConfig:
     """How long (event time) a prediction waits for its label, and a label for its prediction."""
     max_entries: int = 1_000_000
     """Most entries of one partition's join table; beyond it the oldest are evicted. This, not
-    traffic × TTL, bounds the join's memory: ~0.6 KB per entry (README, "Memory and speed")."""
+    traffic × TTL, bounds the join's memory: ~130 B per entry (README, "Memory and speed")."""
 
 
 @dataclass(frozen=True)
