@@ -37,7 +37,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, MutableMapping, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Mapping, MutableMapping, Protocol, Sequence
 
 import orjson
 
@@ -80,6 +80,11 @@ class JoinStore(Protocol):
         :meth:`oldest`)."""
         ...
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """A hint: the keys the next operations will ask for (a batch's); a store may look them
+        up at once. Changes no answer."""
+        ...
+
     def __len__(self) -> int: ...
 
 
@@ -111,6 +116,9 @@ class DictStore:
 
     def expiring(self, horizon: float) -> list[tuple[str, list[Any]]]:
         return [(key, entry) for key, entry in self.data.items() if _is_timed(entry) and entry[TIME] < horizon]
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        pass
 
     def __len__(self) -> int:
         return len(self.data)
@@ -307,6 +315,10 @@ class FeedbackJoin:
         self.store.set(event.prediction_id, [entry[TIME], entry[MODEL], JOINED, None])
         self.counts.pairs += 1
         return LabelledPair(prediction, event.label, event.timestamp)
+
+    def prefetch(self, events: Iterable[Prediction | Feedback]) -> None:
+        """Tell the store which keys a batch will ask for, in one call (:meth:`JoinStore.prefetch`)."""
+        self.store.prefetch([event.prediction_id for event in events])
 
     def waiting_label(self, key: str) -> str | float | None:
         """The label waiting for prediction ``key``, if one is."""

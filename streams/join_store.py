@@ -306,6 +306,32 @@ class _Columns:
     def _set_exponent(self, k: int, e: int | None) -> None:
         self.exponents = self._exponents[:k] + [e] + self._exponents[k + 1:]
 
+    def read_many(self, rows: Sequence[int], keys: Sequence[str], model_id: str,
+                  timestamps: Sequence[float]) -> list[Prediction]:
+        """The predictions of ``rows``, decoded together: :meth:`read` of each, as one gather."""
+        index = np.asarray(rows, dtype=np.int64)
+        numbers = np.empty((index.shape[0], self.width), dtype=np.float64)
+        ints, floats = self.int_columns, self.float_columns
+        if ints:
+            stored = self.ints[index]
+            numbers[:, ints] = np.where(stored == _NAN_CODE, np.nan, stored / np.asarray(self._scales))
+        if floats:
+            numbers[:, floats] = self.floats[index]
+        dictionaries, names, order = self.dictionaries, self.names, self.order
+        k, n_num = len(self.cat_at), len(self.num_at)
+        categories = dictionaries[:k]
+        version, attributes = dictionaries[k].values, dictionaries[k + 1].values
+        classes = None if self.numeric_prediction else dictionaries[k + 2].values
+        out = []
+        for values, codes, key, timestamp in zip(numbers.tolist(), self.codes[index].tolist(), keys, timestamps):
+            given = values[:n_num] + [d.values[c] for d, c in zip(categories, codes)]
+            score = values[n_num]
+            out.append(Prediction(prediction_id=key, model_id=model_id, model_version=version[codes[k]],
+                                  timestamp=timestamp, features=dict(zip(names, map(given.__getitem__, order))),
+                                  prediction=values[-1] if classes is None else classes[codes[k + 2]],
+                                  score=None if score != score else score, attributes=dict(attributes[codes[k + 1]])))
+        return out
+
     def read(self, row: int, key: str, model_id: str, timestamp: float) -> Prediction:
         numbers = self.numbers(row)
         codes = self.codes[row].tolist()
@@ -378,6 +404,10 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
         self._memo_key: str | None = None
         self._memo_entry = -1
         self._memo_taken = False
+        self._ahead: dict[str, tuple[int, int]] = {}
+        """Per key of the batch in hand (:meth:`prefetch`): its hash and its entry in the sorted level (or -1)."""
+        self._read_ahead: dict[int, Prediction] = {}
+        """Per entry found by :meth:`prefetch`: its waiting prediction, read with the others at once."""
         self._objects: dict[int, Any] = {}
         """Per entry: a waiting prediction that is not in columns, a waiting label's payload, or a
         value that is not a join entry (its whole value)."""
@@ -403,6 +433,36 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
 
     def items(self) -> Iterator[tuple[str, list[Any]]]:  # type: ignore[override]
         return iter([(self._key(e), self._entry(e)) for e in self._entries()])
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Look up a batch's keys in the sorted level at once (one ``searchsorted``), and read the
+        waiting predictions found there together (one gather and decode per model), so that the
+        join's lookups of those keys, one at a time in the batch's order, are dictionary hits.
+        Replaces what an earlier call prefetched; a rebuild of the index forgets it."""
+        hashes = [_hash(key.encode()) for key in keys]
+        found = [-1] * len(keys)
+        sorted_hashes = self._sorted_hashes
+        if sorted_hashes.shape[0] and keys:
+            wanted = np.array(hashes, dtype=np.uint64)
+            at = np.minimum(sorted_hashes.searchsorted(wanted), sorted_hashes.shape[0] - 1)
+            found = np.where(sorted_hashes[at] == wanted, self._sorted_entries[at], -1).tolist()
+        self._ahead = dict(zip(keys, zip(hashes, found)))
+        self._read_ahead = {}
+        entries = [e for e in found if e >= 0]
+        if not entries:
+            return
+        chosen = np.array(entries, dtype=np.int64)
+        states = np.frombuffer(self._states, dtype=np.int8)[chosen]
+        rows = np.frombuffer(self._rows, dtype=np.int32)[chosen]
+        models = np.frombuffer(self._models, dtype=np.int16)[chosen]
+        waiting = (states == PREDICTION_STATE) & (rows >= 0)
+        del states
+        for code in np.unique(models[waiting]).tolist():
+            mine = chosen[waiting & (models == code)].tolist()
+            times = [self._times[e] for e in mine]
+            predictions = self._columns[code].read_many([self._rows[e] for e in mine], [self._key(e) for e in mine],
+                                                        self._model_ids[code], times)
+            self._read_ahead.update(zip(mine, predictions))
 
     def oldest(self) -> tuple[str, list[Any]] | None:
         states, end = self._states, len(self._states)
@@ -483,9 +543,14 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
         if self._collided and key in self._collided:
             return self._collided[key]
         data = key.encode()
-        h = _hash(data)
+        ahead = self._ahead.get(key)
+        h = _hash(data) if ahead is None else ahead[0]
         entry = self._recent.get(h)
-        if entry is None:
+        if entry is None and ahead is not None:
+            if ahead[1] < 0:
+                return -1
+            entry = ahead[1]
+        elif entry is None:
             sorted_hashes = self._sorted_hashes
             if not sorted_hashes.shape[0]:
                 return -1
@@ -577,7 +642,7 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
         return [time, model_id, WAITING_PREDICTION, self._prediction(entry, time, model_id) if payload else None]
 
     def _prediction(self, entry: int, time: float, model_id: str) -> Prediction:
-        staged = self._staged.get(entry)
+        staged = self._staged.get(entry) or self._read_ahead.get(entry)
         if staged is not None:
             return staged
         row = self._rows[entry]
@@ -586,6 +651,8 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
         return self._columns[self._models[entry]].read(row, self._key(entry), model_id, time)
 
     def _clear_payload(self, entry: int) -> None:
+        if self._read_ahead:
+            self._read_ahead.pop(entry, None)
         state = self._states[entry]
         if state == PREDICTION_STATE:
             if self._staged.pop(entry, None) is None:
@@ -646,6 +713,7 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
         """Fold the ``dict`` level into the sorted level; compact the entries first when holes are
         a quarter of them (entry numbers change then: every reference to one is renumbered)."""
         self._memo_key = None
+        self._ahead, self._read_ahead = {}, {}
         span = len(self._states) - self._start
         if span and span - self._live > span // 4:
             self._compact()

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import time
+from itertools import chain
 from datetime import datetime, timezone
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -225,7 +226,9 @@ class SourcePipeline:
                 if rejection.limit is not None:
                     unattributed_limits[rejection.limit] = unattributed_limits.get(rejection.limit, 0) + 1
 
-        for message, (events, rejections) in zip(messages, self._parse(messages)):
+        parsed = self._parse(messages)
+        self.join.prefetch(chain.from_iterable(events for events, _ in parsed))
+        for message, (events, rejections) in zip(messages, parsed):
             budget.update(left=payload_bytes, first=True)
             for rejection in rejections:
                 reject(message, rejection)

@@ -42,7 +42,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import orjson
 
@@ -216,6 +216,9 @@ class PartitionState(JoinStore):
 
     def expiring(self, horizon: float) -> list[tuple[str, list[Any]]]:
         return self.joins.expiring(horizon)
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        self.joins.prefetch(keys)
 
     def __len__(self) -> int:
         return len(self.joins)

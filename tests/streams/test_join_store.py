@@ -60,7 +60,8 @@ def feedbacks(draw: Any) -> Feedback:
                     draw(st.floats(0, 200).map(lambda t: round(t, 1))), draw(st.sampled_from(["0", "1", 2.5])))
 
 
-operations = st.lists(st.one_of(predictions(), feedbacks(), st.sampled_from(["expire", "sweep", "frame"])),
+operations = st.lists(st.one_of(predictions(), feedbacks(), st.sampled_from(["expire", "sweep", "frame"]),
+                                st.lists(st.sampled_from(IDS), max_size=6)),  # a prefetch (a batch's keys)
                       max_size=60)
 
 
@@ -101,6 +102,9 @@ def _run(ops: list[Any], ttl: float, max_entries: int | None) -> None:
     for op in ops:
         if op == "expire" or op == "sweep":
             assert reference.expire(full=op == "sweep") == columnar.expire(full=op == "sweep")
+        elif isinstance(op, list):  # a batch starts: its keys prefetched, which changes no answer
+            reference.store.prefetch(op)
+            columnar.store.prefetch(op)
         elif op == "frame":  # a restart: the columnar table from its frame, the reference from its JSON
             columnar.store = ColumnarStore.from_frame(columnar.store.to_frame())  # type: ignore[attr-defined]
             reference.store = _logged(reference.store)  # type: ignore[arg-type]
