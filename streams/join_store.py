@@ -40,7 +40,7 @@ import math
 import struct
 from array import array
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Iterator, MutableMapping, Sequence
 
 import numpy as np
@@ -139,8 +139,10 @@ class _Columns:
         self.numeric_prediction = numeric_prediction
         self.num_at = [i for i, n in enumerate(numeric) if n]
         self.cat_at = [i for i, n in enumerate(numeric) if not n]
-        self.order = [(self.num_at + self.cat_at).index(i) for i in range(len(names))]
-        """Where each feature, in the layout's order, is among the numbers then the categories."""
+        placed = [(self.num_at + self.cat_at).index(i) for i in range(len(names))]
+        self.order = (lambda given: ()) if not names else (
+            (lambda given: (given[placed[0]],)) if len(names) == 1 else itemgetter(*placed))
+        """The features in the layout's order from a list of the numbers then the categories (in C)."""
         # coded columns: categorical features, then version, attributes, prediction (a class)
         self.dictionaries = [_Codes() for _ in range(len(self.cat_at) + 2 + (not numeric_prediction))]
         self.dictionaries[len(self.cat_at) + 1].kind = "pairs"
@@ -327,7 +329,7 @@ class _Columns:
             given = values[:n_num] + [d.values[c] for d, c in zip(categories, codes)]
             score = values[n_num]
             out.append(Prediction(prediction_id=key, model_id=model_id, model_version=version[codes[k]],
-                                  timestamp=timestamp, features=dict(zip(names, map(given.__getitem__, order))),
+                                  timestamp=timestamp, features=dict(zip(names, order(given))),
                                   prediction=values[-1] if classes is None else classes[codes[k + 2]],
                                   score=None if score != score else score, attributes=dict(attributes[codes[k + 1]])))
         return out
@@ -341,7 +343,7 @@ class _Columns:
         score = numbers[len(self.num_at)]
         prediction = numbers[-1] if self.numeric_prediction else dictionaries[k + 2].values[codes[k + 2]]
         return Prediction(prediction_id=key, model_id=model_id, model_version=dictionaries[k].values[codes[k]],
-                          timestamp=timestamp, features=dict(zip(self.names, map(given.__getitem__, self.order))),
+                          timestamp=timestamp, features=dict(zip(self.names, self.order(given))),
                           prediction=prediction, score=None if score != score else score,
                           attributes=dict(dictionaries[k + 1].values[codes[k + 1]]))
 
@@ -436,8 +438,8 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
 
     def prefetch(self, keys: Sequence[str]) -> None:
         """Look up a batch's keys in the sorted level at once (one ``searchsorted``), and read the
-        waiting predictions found there together (one gather and decode per model), so that the
-        join's lookups of those keys, one at a time in the batch's order, are dictionary hits.
+        waiting predictions found in either level together (one gather and decode per model), so
+        that the join's lookups of those keys, one at a time in the batch's order, are dictionary hits.
         Replaces what an earlier call prefetched; a rebuild of the index forgets it."""
         hashes = [_hash(key.encode()) for key in keys]
         found = [-1] * len(keys)
@@ -448,7 +450,8 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
             found = np.where(sorted_hashes[at] == wanted, self._sorted_entries[at], -1).tolist()
         self._ahead = dict(zip(keys, zip(hashes, found)))
         self._read_ahead = {}
-        entries = [e for e in found if e >= 0]
+        recent = self._recent
+        entries = list(dict.fromkeys([e for e in map(recent.get, hashes) if e is not None] + [e for e in found if e >= 0]))
         if not entries:
             return
         chosen = np.array(entries, dtype=np.int64)
