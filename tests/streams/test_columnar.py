@@ -171,13 +171,23 @@ def _entries(live: PartitionState, n: int, start: int = 0) -> None:
         live.set(f"p{i}", [1.7e9 + i, "m", "p", orjson.dumps(["1", "1", 0.5, None, None, {"x": i / 7}]).decode()])
 
 
-@pytest.mark.parametrize("compressed", [True, False])
-def test_the_changelog_recovers_compressed_and_uncompressed_pieces(compressed: bool,
+def _zlib_piece(header: dict[str, object], body: bytes) -> bytes:
+    """The writer between issue 15's first step and Zstandard: zlib level 1, ``"z": 1``."""
+    import zlib
+
+    return orjson.dumps({**header, "z": 1}) + b"\n" + zlib.compress(body, 1)
+
+
+@pytest.mark.parametrize("writer", ["zstd", "zlib", "plain"])
+def test_the_changelog_recovers_compressed_and_uncompressed_pieces(writer: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Records written compressed recover the same table and snapshot; so do the uncompressed pieces
-    that the changelog held before (a worker upgraded mid-log reads both)."""
-    if not compressed:  # the writer before issue 15: header, newline, the bytes as they are
+    """Records written compressed recover the same table and snapshot; so do the zlib-compressed and
+    the uncompressed pieces that the changelog held before (a worker upgraded mid-log reads them all)."""
+    compressed = writer != "plain"
+    if writer == "plain":  # the writer before issue 15: header, newline, the bytes as they are
         monkeypatch.setattr(state_module, "_piece", lambda header, body: orjson.dumps(header) + b"\n" + body)
+    elif writer == "zlib":
+        monkeypatch.setattr(state_module, "_piece", _zlib_piece)
     monkeypatch.setattr(state_module, "RECORD_BYTES", 4096)  # several pieces per record
     log: list[tuple[bytes, bytes | None]] = []
     live = PartitionState(0, send=lambda _p, key, value: log.append((key, value)))
@@ -189,8 +199,9 @@ def test_the_changelog_recovers_compressed_and_uncompressed_pieces(compressed: b
     live.save_snapshot({"monitors": list(range(10))})
     headers = [orjson.loads(value.partition(b"\n")[0]) for key, value in log
                if value is not None and b"\n" in value and key[:2] in (b"d:", b"f:", b"s:")]
-    assert headers and sum("z" in h for h in headers) >= (len(headers) - 2 if compressed else 0)
-    assert compressed or not any("z" in h for h in headers)
+    mark = {"zstd": "zs", "zlib": "z", "plain": None}[writer]
+    assert headers and sum(mark in h for h in headers) >= (len(headers) - 2 if compressed else 0)
+    assert compressed or not any("z" in h or "zs" in h for h in headers)
     recovered = _recover(log)
     assert list(recovered.joins.items()) == list(live.joins.items())
     assert recovered.snapshot == {"monitors": list(range(10))}
