@@ -500,9 +500,14 @@ class ModelWindows:
                       for stat, value in sorted(stats.items()))
         if not self.by_events:
             points.extend(self._close_cohort(version, pane_id, pane.n, window))
-        evidence = Evidence()
-        for p in panes:
-            evidence.extend(p.evidence, limit=self.evidence_limit)
+        if len(panes) == 1 and version.closed.maxlen == 0:
+            # tumbling: the pane is dropped now, and its evidence (unique ids, at most the limit:
+            # Evidence.extend made it) is what a copy of it would be
+            evidence = pane.evidence
+        else:
+            evidence = Evidence()
+            for p in panes:
+                evidence.extend(p.evidence, limit=self.evidence_limit)
         latest = self.evaluation_for(version.version)
         if latest is not version.evaluation:  # a new reference was registered for this version
             version.evaluation = latest
