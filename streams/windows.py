@@ -471,7 +471,10 @@ class ModelWindows:
         if len(panes) == 1:  # tumbling: the pane is the window
             window = pane.summaries
         else:
-            window = panes[0].summaries.copy()
+            # the oldest pane leaves the window with this close (the deque is full): merge into it,
+            # as into its copy (its summaries are read by no later window, snapshot or detection)
+            leaving = len(version.closed) == version.closed.maxlen
+            window = panes[0].summaries if leaving else panes[0].summaries.copy()
             for other in panes[1:]:
                 window.merge(other.summaries)
         version.closed.append(pane)
