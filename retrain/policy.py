@@ -194,6 +194,10 @@ class Condition:
         for key, value in self.tags.items():
             if point.tags.get(key) != value:
                 return None
+        return self._observe(point)
+
+    def _observe(self, point: Point) -> Observation | None:
+        """:meth:`observe` of a point already known to have this measurement and these tags."""
         value = point.fields.get(self.field)
         if value is None or isinstance(value, str):
             return None
@@ -228,8 +232,12 @@ class Condition:
             return bool(value) == self.threshold
         return OPS[self.op](float(value), float(self.threshold))
 
-    def evaluate(self, points: Iterable[Point]) -> ConditionResult:
-        matching = tuple(o for o in (self.observe(p) for p in points) if o is not None)
+    def evaluate(self, points: Iterable[Point] | WindowPoints) -> ConditionResult:
+        if isinstance(points, WindowPoints):  # only the points of this measurement with these tags, in order
+            observed = (self._observe(p) for p in points.matching(self.measurement, self.tags))
+        else:
+            observed = (self.observe(p) for p in points)
+        matching = tuple(o for o in observed if o is not None)
         breaching = tuple(o for o in matching if self.breaches(o))
         if not matching:
             verdict = Verdict.NO_DATA
@@ -281,6 +289,42 @@ class Condition:
             return cls(**data)
         except PolicyError as exc:
             raise PolicyError(f"{where}: {exc}") from None
+
+
+class WindowPoints:
+    """One window's points grouped for the conditions: by measurement, then by a condition's tags
+    (each group built once per window, on first use, the points in their order). A condition reads
+    only its group, so a window costs one pass over its points, not one per condition; the
+    verdicts and observations are those of :meth:`Condition.evaluate` on the plain points (the
+    group holds exactly the points :meth:`Condition.observe` would not reject for their
+    measurement or tags, in the same order)."""
+
+    __slots__ = ("points", "_by_measurement", "_by_tags")
+
+    def __init__(self, points: Iterable[Point]) -> None:
+        self.points: Sequence[Point] = points if isinstance(points, (list, tuple)) else list(points)
+        """The window's points, in their order."""
+        by_measurement: dict[str, list[Point]] = {}
+        for point in self.points:
+            group = by_measurement.get(point.measurement)
+            if group is None:
+                by_measurement[point.measurement] = [point]
+            else:
+                group.append(point)
+        self._by_measurement = by_measurement
+        self._by_tags: dict[tuple[str, tuple[tuple[str, str], ...]], list[Point]] = {}
+
+    def matching(self, measurement: str, tags: Mapping[str, str]) -> list[Point]:
+        """The points of ``measurement`` that carry every tag of ``tags`` with its value."""
+        key = (measurement, tuple(tags.items()))
+        found = self._by_tags.get(key)
+        if found is None:
+            found = self._by_measurement.get(measurement, [])
+            if tags:
+                items = tuple(tags.items())
+                found = [p for p in found if all(p.tags.get(k) == v for k, v in items)]
+            self._by_tags[key] = found
+        return found
 
 
 # -- rules --------------------------------------------------------------------------------
@@ -350,8 +394,10 @@ class Rule:
         if not isinstance(self.description, str):
             raise PolicyError(f"{where}: description must be a string, got {self.description!r}")
 
-    def evaluate(self, points: Sequence[Point]) -> tuple[Verdict, tuple[ConditionResult, ...]]:
+    def evaluate(self, points: Sequence[Point] | WindowPoints) -> tuple[Verdict, tuple[ConditionResult, ...]]:
         """The rule's verdict on one window's points, and what each condition saw."""
+        if not isinstance(points, WindowPoints):
+            points = WindowPoints(points)
         results = tuple(c.evaluate(points) for c in self.conditions)
         verdicts = [r.verdict for r in results]
         if self.combine == "all":
@@ -649,13 +695,14 @@ class PolicyEngine:
             if p.tags.get("model_id", model_id) == model_id
             and p.tags.get("model_version", model_version) == model_version
         ]
+        window = WindowPoints(own)
         alerts: list[Alert] = []
         fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]] = []
         for rule in self.rules:
             if rule.cohort:
                 continue
             state = self._state(rule, model_id, model_version, window_start_ns, window_end_ns, alerts)
-            verdict, results = rule.evaluate(own)
+            verdict, results = rule.evaluate(window)
             if verdict is Verdict.NO_DATA:
                 continue
             if state.last_end_ns is not None and window_end_ns <= state.last_end_ns:
@@ -674,12 +721,13 @@ class PolicyEngine:
         ``clear_after`` and the cooldown in the order they were decided."""
         own = [p for p in points if p.tags.get("model_id", model_id) == model_id
                and p.tags.get("model_version", model_version) == model_version]
+        window = WindowPoints(own)
         alerts: list[Alert] = []
         fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]] = []
         for rule in self.rules:
             if not rule.cohort:
                 continue
-            verdict, results = rule.evaluate(own)
+            verdict, results = rule.evaluate(window)
             if verdict is Verdict.NO_DATA:
                 continue
             state = self._state(rule, model_id, model_version, window_start_ns, window_end_ns, alerts)
@@ -743,12 +791,13 @@ class PolicyEngine:
             model_version = str(model_version)
         own = [p for p in points if p.tags.get("model_id", model_id) == model_id
                and p.tags.get("model_version", model_version) == model_version]
+        window = WindowPoints(own)
         alerts: list[Alert] = []
         fired_retrain: list[tuple[Rule, tuple[ConditionResult, ...]]] = []
         for rule in self.rules:
             if rule.fire_after != 1 or rule.cohort:
                 continue
-            verdict, results = rule.evaluate(own)
+            verdict, results = rule.evaluate(window)
             if verdict is not Verdict.BREACH:
                 continue
             state = self._state(rule, model_id, model_version, time_ns, time_ns, alerts)
@@ -1008,6 +1057,7 @@ __all__ = [
     "RetrainTrigger",
     "Rule",
     "Verdict",
+    "WindowPoints",
     "default_rules",
     "rules_from_config",
 ]

@@ -471,7 +471,10 @@ class ModelWindows:
         if len(panes) == 1:  # tumbling: the pane is the window
             window = pane.summaries
         else:
-            window = panes[0].summaries.copy()
+            # the oldest pane leaves the window with this close (the deque is full): merge into it,
+            # as into its copy (its summaries are read by no later window, snapshot or detection)
+            leaving = len(version.closed) == version.closed.maxlen
+            window = panes[0].summaries if leaving else panes[0].summaries.copy()
             for other in panes[1:]:
                 window.merge(other.summaries)
         version.closed.append(pane)
@@ -500,9 +503,14 @@ class ModelWindows:
                       for stat, value in sorted(stats.items()))
         if not self.by_events:
             points.extend(self._close_cohort(version, pane_id, pane.n, window))
-        evidence = Evidence()
-        for p in panes:
-            evidence.extend(p.evidence, limit=self.evidence_limit)
+        if len(panes) == 1 and version.closed.maxlen == 0:
+            # tumbling: the pane is dropped now, and its evidence (unique ids, at most the limit:
+            # Evidence.extend made it) is what a copy of it would be
+            evidence = pane.evidence
+        else:
+            evidence = Evidence()
+            for p in panes:
+                evidence.extend(p.evidence, limit=self.evidence_limit)
         latest = self.evaluation_for(version.version)
         if latest is not version.evaluation:  # a new reference was registered for this version
             version.evaluation = latest
