@@ -142,6 +142,30 @@ class Outcome:
         self.jobs.extend(decided.jobs)
 
 
+SUB_BATCH_BYTES = 2 * 1024 * 1024
+"""Most message bytes stage 1 evaluates into one partial per model (:meth:`SourcePipeline.process`).
+A partial is ~40 bytes per event once compressed, mostly evidence rows; 2 MiB of messages is a few
+thousand events, so a partial stays far below the ~1 MB a Kafka message may hold."""
+
+
+def sub_batches(messages: Sequence[RawMessage], most: int) -> list[Sequence[RawMessage]]:
+    """``messages`` cut in order into runs of at most ``most`` value bytes (a larger message alone).
+
+    >>> [len(c) for c in sub_batches([RawMessage(PREDICTION, b"x" * 4, None, "p", 0, i) for i in range(5)], 8)]
+    [2, 2, 1]
+    """
+    chunks: list[Sequence[RawMessage]] = []
+    start, size = 0, 0
+    for i, message in enumerate(messages):
+        length = len(message.value)
+        if size and size + length > most:
+            chunks.append(messages[start:i])
+            start, size = i, 0
+        size += length
+    chunks.append(messages[start:])
+    return chunks
+
+
 @contextmanager
 def one_collection_per_batch() -> Iterator[None]:
     """Run a batch with Python's cyclic garbage collector paused, so it collects once after the
@@ -190,9 +214,24 @@ class SourcePipeline:
         self.internal_errors = 0
 
     def process(self, messages: Sequence[RawMessage]) -> SourceOutcome:
-        """Process one batch of messages in order; never raises on bad input."""
+        """Process one batch of messages in order; never raises on bad input.
+
+        A batch of more than :data:`SUB_BATCH_BYTES` of messages is evaluated in consecutive
+        sub-batches, each its own partial per model (its own ``seq``), so that no partial outgrows
+        the broker's message limit (a fetch of 2,000 arrays of 100 events would be one partial of
+        ~10 MB, which the producer refuses). The cut depends on the messages alone, so a batch read
+        again after a crash is cut the same way; batch boundaries do not change the figures."""
         with one_collection_per_batch():
-            return self._process(messages)
+            chunks = sub_batches(messages, SUB_BATCH_BYTES)
+            if len(chunks) == 1:
+                return self._process(messages)
+            outcome = SourceOutcome()
+            for chunk in chunks:
+                part = self._process(chunk)
+                outcome.dead_letters += part.dead_letters
+                outcome.pairs += part.pairs
+                outcome.partials += part.partials
+            return outcome
 
     def _process(self, messages: Sequence[RawMessage]) -> SourceOutcome:
         outcome = SourceOutcome()

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from detectors.points import Point
 from streams.config import Config
 from streams.evaluation import Evaluation
+import streams.pipeline as pipeline_module
 from streams.join import DictStore
-from streams.state import record_json
 from streams.pipeline import FEEDBACK, PREDICTION, DeadLetter, Outcome, Pipeline, RawMessage
 from streams.runtime import pipeline_factory
+from streams.state import record_json
 
 N = 10  # events per window
 TIME_DEPENDENT = {"throughput", "lag"}
@@ -382,6 +383,24 @@ def test_batch_boundaries_do_not_change_the_points(sizes: list[int], seed: int) 
     batched = make_builder(cfg)(DictStore())
     got = run(batched, stream.messages, batch_sizes=sizes * 100)
     got.extend(batched.flush())
+    assert_same_points(got.points, expected.points)
+
+
+def test_a_large_batch_is_evaluated_in_sub_batches_with_the_same_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch over SUB_BATCH_BYTES gives several partials per model (each its own seq, so stage 2
+    merges each once), and the same points as the batch in one piece."""
+    cfg = make_config()
+    stream = make_stream(5, n_predictions=80)
+    whole = make_builder(cfg)(DictStore())
+    expected = run(whole, stream.messages, batch_sizes=[len(stream.messages)])
+    expected.extend(whole.flush())
+    monkeypatch.setattr(pipeline_module, "SUB_BATCH_BYTES", 2000)
+    cut = make_builder(cfg)(DictStore())
+    source = cut.source.process(stream.messages)
+    assert len({p.seq for p in source.partials}) > 3  # one seq per sub-batch
+    cut = make_builder(cfg)(DictStore())
+    got = run(cut, stream.messages, batch_sizes=[len(stream.messages)])
+    got.extend(cut.flush())
     assert_same_points(got.points, expected.points)
 
 
