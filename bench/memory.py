@@ -47,11 +47,12 @@ def child(events: int, ttl: float | None, workdir: Path, max_entries: int | None
     from streams.config import Config
     from streams.join_store import ColumnarStore
     from streams.pipeline import FEEDBACK, PREDICTION, RawMessage
-    from streams.runtime import pipeline_factory
+    from streams.runtime import pipeline_factory, release_large_blocks
 
     overrides: dict[str, Any] = {"join.ttl_seconds": ttl} if ttl else {}
     if max_entries:
         overrides["join.max_entries"] = max_entries
+    release_large_blocks()  # as the worker does at start
     config = write_workspace(workdir, overrides=overrides)
     cfg = Config.load(str(config))
     pipeline = pipeline_factory(cfg)(ColumnarStore())

@@ -713,12 +713,14 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
                     self._objects[entry] = staged[entry]
 
     def _rebuild(self) -> None:
-        """Fold the ``dict`` level into the sorted level; compact the entries first when holes are
-        a quarter of them (entry numbers change then: every reference to one is renumbered)."""
+        """Fold the ``dict`` level into the sorted level; compact the entries first when holes —
+        deleted entries, including the expired or evicted ones before the oldest live entry — are a
+        quarter of them (entry numbers change then: every reference to one is renumbered), so the
+        arrays hold at most 4/3 of the live entries whatever the traffic."""
         self._memo_key = None
         self._ahead, self._read_ahead = {}, {}
-        span = len(self._states) - self._start
-        if span and span - self._live > span // 4:
+        entries = len(self._states)  # the expired and evicted prefix before ``_start`` counts too
+        if entries and entries - self._live > entries // 4:
             self._compact()
         live = self._live_entries()
         if self._collided:

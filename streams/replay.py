@@ -27,7 +27,7 @@ from streams.events import decode
 from streams.join_store import ColumnarStore
 from streams.pipeline import FEEDBACK, PREDICTION, Outcome, RawMessage
 from streams.report_page import ReportData, page_html
-from streams.runtime import load_evaluations, pipeline_factory
+from streams.runtime import load_evaluations, pipeline_factory, release_large_blocks
 from streams.sinks import LineProtocolFile
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def run_replay(config_path: str, predictions: str, feedback: str | None, output:
         if path is not None and not path.exists():
             raise ConfigError(f"input file not found: {path}")
     evaluations = load_evaluations(cfg)
+    release_large_blocks()
     pipeline = pipeline_factory(cfg, evaluations)(ColumnarStore())
     from streams.actions import Actions
 

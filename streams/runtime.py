@@ -123,3 +123,32 @@ def model_windows(cfg: Config, evaluations: dict[str, Evaluation], rules: dict[s
                                    policy=PolicyEngine(rules[model_id]), registry=registry,
                                    label_ttl=cfg.join.ttl_seconds)
             for model_id, evaluation in evaluations.items()}
+
+
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+"""Allocations at least this large get their own pages from the kernel (:func:`release_large_blocks`)."""
+
+
+def release_large_blocks() -> bool:
+    """Make glibc give every allocation of 1 MiB or more its own mapping, returned to the kernel when
+    freed; false where there is no glibc (the setting is then the platform's).
+
+    glibc raises its ``mmap`` threshold each time such a block is freed (up to 32 MiB), so after the
+    first the join table's periodic arrays — a rebuilt index, a grown column, a full snapshot's
+    buffers, tens of MB at a million entries — come from the heap, and the heap keeps the peak:
+    RSS grew ~60 bytes per prediction more than the table holds (``python -m bench.memory``).
+    A fixed threshold (``mallopt(M_MMAP_THRESHOLD)``, which also stops the raising) keeps RSS to what
+    is live. Called once when a worker (or replay, or the memory benchmark) starts: it is
+    process-wide, so a library import must not do it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD_BYTES))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+

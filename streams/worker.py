@@ -13,7 +13,7 @@ from streams.broker import all_topics, create_topics, partition_counts
 from streams.config import Config, ConfigError, redacted
 from streams.kafka import client_options
 from streams.monitor import check_count_windows
-from streams.runtime import load_evaluations, worker_factories
+from streams.runtime import load_evaluations, release_large_blocks, worker_factories
 from streams.sinks import DiscardSink, FanOutSink, InfluxSink, LineProtocolFile, PointSink
 from streams.state import changelog_topic
 from streams.updates import UpdateFollower, VersionRegistry
@@ -110,6 +110,7 @@ def run_worker(config_path: str) -> int:
 
     cfg = Config.load(config_path)
     log.info("driftwarden worker starting: %s", redacted(cfg))
+    release_large_blocks()
     evaluations = load_evaluations(cfg)
     create_topics(cfg.kafka.bootstrap, all_topics(cfg.kafka.topics), cfg.kafka.partitions, **client_options(cfg))
     cfg = with_source_partitions(cfg)

@@ -216,3 +216,26 @@ def test_decimal_columns_widen_and_rescale_exactly() -> None:
                 assert got == value and math.copysign(1, got) == math.copysign(1, value) or (
                     math.isnan(value) and math.isnan(got)), (event.prediction_id, name)
         assert back.score == event.score
+
+
+def test_large_blocks_are_given_back_to_the_kernel_where_glibc_allows() -> None:
+    """The worker fixes glibc's mmap threshold at start (``streams.runtime.release_large_blocks``);
+    on glibc the call takes, elsewhere it says it did nothing."""
+    import platform
+
+    from streams.runtime import release_large_blocks
+
+    assert release_large_blocks() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_expired_entries_do_not_hold_memory(tiny_levels: None) -> None:
+    """Entries that expire oldest-first leave holes before the oldest live entry; the compaction
+    reclaims them, so the table's arrays track the live entries, not every entry ever inserted."""
+    store = ColumnarStore()
+    join = FeedbackJoin(store, ttl_seconds=10.0)
+    for i in range(2000):
+        join.add_prediction(Prediction(f"id-{i}", "m", "1", float(i), {"x": 1.5}, "1"))
+        join.expire(full=False)
+    assert len(store) <= 12
+    assert len(store._states) <= 4 * 12 + join_store.RECENT_ENTRIES + 1
+    assert len(store._arena) <= 10 * len(store._states)
