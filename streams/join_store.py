@@ -1,15 +1,17 @@
-"""The join table in columns: a :class:`~streams.join.JoinStore` that costs ~100 B per entry, not ~600.
+"""The join table in columns: a :class:`~streams.join.JoinStore` at ~134 B per waiting prediction, not ~570.
 
 A waiting prediction used to be a Python list holding a float, the model id, a state and a
 ~330-character JSON string, behind its key string and an ``OrderedDict`` node: ~570 B of RSS
 per prediction (``python -m bench memory``). With the default bound (1,000,000 entries per
-partition) that was most of a worker's memory. Here an entry is a row of a few numpy arrays,
-and a waiting prediction's values are a row of its model's column block:
+partition) that was most of a worker's memory. Here an entry is a row of a few typed arrays,
+and a waiting prediction's values are a row of its model's column block (``python -m bench
+memory --full``: 134 B per waiting prediction, 87 B per prediction with half of them labelled):
 
 - **entries**, in arrival order (the join evicts oldest-first): event time ``f8``, the key's
   64-bit xxh3 hash ``u8``, model code ``i2``, state ``i1``, payload row ``i4``, and where its
   key's UTF-8 bytes are in one ``bytearray`` (``u4`` offset, ``u2`` length). A deleted entry is
-  a hole (state ``FREE``) until the next :meth:`ColumnarStore._rebuild` compacts them.
+  a hole (state ``FREE``) until the next :meth:`ColumnarStore._rebuild` compacts them (when holes
+  are a quarter of the entries).
 - **the index** from key to entry: the entries since the last rebuild in a ``dict`` (hash →
   entry, at most :data:`RECENT_ENTRIES`), the others in two sorted arrays (hash, entry) searched
   with ``numpy.searchsorted`` — an LSM tree of two levels; the rebuild sorts the live entries'
@@ -17,12 +19,14 @@ and a waiting prediction's values are a row of its model's column block:
   and the rare second key with the same hash lives in a small ``dict`` of its own, so a hash
   collision never joins the wrong pair.
 - **payloads** (:class:`_Columns`, per model): numeric features, score (and a regression's
-  prediction) as ``f8`` columns; categorical features, the version, the prediction class and the
-  sensitive attributes (interned as one tuple) as ``u2`` codes of per-column dictionaries. Freed
+  prediction) as exact decimals (``int32``) or ``f8`` columns; categorical features, the version,
+  the prediction class and the sensitive attributes (interned as one tuple) as one-byte (past 255
+  values, two-byte) codes of per-column dictionaries. Freed
   rows are reused. A prediction that does not fit (``scores``, type errors, a dictionary full at
   :data:`CODES` values) is kept as its object (:attr:`ColumnarStore._objects`): exact, just not
   compact. The newest :data:`STAGED_ROWS` predictions stay objects until they are written to the
-  columns together (one vectorised write per model), so a pair that joins soon never is.
+  columns together (one vectorised write per model), so a pair that joins soon never is; a
+  batch's keys are looked up, and its joined rows decoded, at once (:meth:`ColumnarStore.prefetch`).
 - waiting labels (``[label, feedback time]``) and values that are not join entries (the tests'
   generic records) are kept as objects.
 
