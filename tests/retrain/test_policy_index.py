@@ -61,7 +61,7 @@ def conditions(draw: st.DrawFn) -> Condition:
                      min_coverage=draw(st.sampled_from([0.0, 0.5])) if measurement.startswith("cohort_") else 0.0)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(window=st.lists(points(), max_size=40), drawn=st.lists(conditions(), max_size=8))
 def test_grouped_points_give_each_condition_what_every_point_gives(window, drawn):
     grouped = WindowPoints(window)  # one grouping shared by every condition, as the engine does
@@ -99,7 +99,7 @@ def _run(engine, windows):
     return out, engine.snapshot()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(windows=st.lists(st.lists(points(), max_size=30), max_size=6), drawn=st.lists(conditions(), max_size=4))
 def test_engine_decides_as_rules_reading_every_point(windows, drawn):
     """The engine's decisions (alerts, jobs, state) against the same engine whose conditions read every point."""

@@ -28,7 +28,7 @@ def typed(evidence: Evidence) -> object:
                                                     for v in col]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(parts=st.lists(deltas(), max_size=6), limit=st.integers(1, 40))
 def test_a_copy_of_built_evidence_is_the_evidence(parts: list[Evidence], limit: int) -> None:
     pane = Evidence()
