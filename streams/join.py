@@ -115,7 +115,7 @@ class DictStore:
         return next(iter(self.data.items()), None)
 
     def expiring(self, horizon: float) -> list[tuple[str, list[Any]]]:
-        return [(key, entry) for key, entry in self.data.items() if _is_timed(entry) and entry[TIME] < horizon]
+        return [(key, entry) for key, entry in self.data.items() if is_join_entry(entry) and entry[TIME] < horizon]
 
     def prefetch(self, keys: Sequence[str]) -> None:
         pass
@@ -124,9 +124,11 @@ class DictStore:
         return len(self.data)
 
 
-def _is_timed(entry: Any) -> bool:
-    """Whether a stored value is a join entry (``[time, model, state, payload]``), not another record."""
-    return type(entry) is list and len(entry) == 4 and type(entry[TIME]) in (float, int)
+def is_join_entry(value: Any) -> bool:
+    """Whether a stored value is a join entry (``[time, model, state, payload]``), not another record
+    (a store also holds what tests and older changelogs put in it)."""
+    return (type(value) is list and len(value) == 4 and type(value[TIME]) in (float, int)
+            and type(value[MODEL]) is str and type(value[STATE]) is str)
 
 
 LABELLED_PER_MESSAGE = 500
@@ -383,7 +385,7 @@ class FeedbackJoin:
             "join table full (join.max_entries=%d): %d oldest entries evicted since the last warning "
             "(in all: %d predictions waiting for a label, %d labels waiting for a prediction, %d tombstones); "
             "labels for evicted predictions will count as orphan feedback. Raise join.max_entries "
-            "(~150 B of memory per entry) or lower join.ttl_seconds to the real label delay",
+            "(~130 B of memory per entry) or lower join.ttl_seconds to the real label delay",
             self.max_entries, self._unwarned, c.evicted_predictions, c.evicted_feedback, c.evicted_tombstones)
         self._unwarned = 0
         self._warned_at = self.watermark

@@ -52,8 +52,8 @@ import orjson
 import xxhash
 
 from streams.events import Prediction
-from streams.join import (JOINED, MODEL, PAYLOAD, STATE, TIME, WAITING_LABEL, WAITING_PREDICTION, pack_prediction,
-                          unpack_prediction)
+from streams.join import (JOINED, MODEL, PAYLOAD, STATE, TIME, WAITING_LABEL, WAITING_PREDICTION, is_join_entry,
+                          pack_prediction, unpack_prediction)
 
 FREE, PREDICTION_STATE, LABEL_STATE, JOINED_STATE, OTHER_STATE = 0, 1, 2, 3, 4
 _STATE_CODE = {WAITING_PREDICTION: PREDICTION_STATE, WAITING_LABEL: LABEL_STATE, JOINED: JOINED_STATE}
@@ -609,7 +609,7 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
 
     def _store(self, entry: int, key: str, value: list[Any]) -> None:
         """Keep ``value`` at ``entry`` (whose payload is clear)."""
-        state = _STATE_CODE.get(value[STATE]) if _is_entry(value) else None
+        state = _STATE_CODE.get(value[STATE]) if is_join_entry(value) else None
         if state is None:
             self._states[entry] = OTHER_STATE
             self._objects[entry] = value
@@ -841,11 +841,6 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
                     store._objects[entry] = unpack_prediction(key, [times[i], store._model_ids[models[i]],
                                                                     WAITING_PREDICTION, objects[i]])
         return store
-
-
-def _is_entry(value: Any) -> bool:
-    return (type(value) is list and len(value) == 4 and type(value[TIME]) in (float, int)
-            and type(value[MODEL]) is str and type(value[STATE]) is str)
 
 
 def _plain(value: Any) -> Any:

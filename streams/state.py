@@ -27,8 +27,8 @@ its range is read again, exactly, as the first batch (see :mod:`streams.consumer
 Every record is cut by its encoded size, never by a count of entries: a record
 is encoded once as a byte stream, which is sent in *pieces* of at most
 :data:`RECORD_BYTES` each (``{"seq"|"epoch", "part"[, "parts"]}\n`` then the
-bytes, Zstandard-compressed (``"zs": 1`` in the header; zlib, ``"z": 1``, before) unless that would not make them smaller: in the
-header; the last piece says how many there are). Recovery joins a record's pieces and decodes it only when all of them are back, so no changelog record
+bytes, Zstandard-compressed unless that would not make them smaller: ``"zs": 1`` in the
+header (zlib, ``"z": 1``, before); the last piece says how many there are). Recovery joins a record's pieces and decodes it only when all of them are back, so no changelog record
 exceeds the broker's limit whatever the entries hold (a 50 KB category value, a
 join entry of a whole megabyte), and a record cut short by a crash is ignored
 like a missing one. Records written before this format (one JSON document each)
