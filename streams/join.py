@@ -420,6 +420,15 @@ def pack_prediction(event: Prediction) -> list[Any]:
             event.features]
 
 
+def packed_json(value: Any) -> Any:
+    """orjson's ``default`` for join entries: a waiting entry's :class:`Prediction` as
+    :func:`pack_prediction` packs it (the one way entries reach JSON: the changelog's deltas, a
+    binary frame's objects)."""
+    if isinstance(value, Prediction):
+        return pack_prediction(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def unpack_prediction(prediction_id: str, entry: Sequence[Any]) -> Prediction:
     """The prediction of a waiting entry: its payload itself, or the payload packed by
     :func:`pack_prediction` (a list, as recovery reads it; a JSON string, as the changelog held it

@@ -53,7 +53,7 @@ import xxhash
 
 from streams.events import Prediction
 from streams.join import (JOINED, MODEL, PAYLOAD, STATE, TIME, WAITING_LABEL, WAITING_PREDICTION, is_join_entry,
-                          pack_prediction, unpack_prediction)
+                          packed_json, unpack_prediction)
 
 FREE, PREDICTION_STATE, LABEL_STATE, JOINED_STATE, OTHER_STATE = 0, 1, 2, 3, 4
 _STATE_CODE = {WAITING_PREDICTION: PREDICTION_STATE, WAITING_LABEL: LABEL_STATE, JOINED: JOINED_STATE}
@@ -785,9 +785,9 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
             buffers += [mine.astype(np.int64), column.ints[rows[mine]], column.floats[rows[mine]],
                         column.codes[rows[mine]]]
         positions = {int(e): i for i, e in enumerate(entries.tolist())}
-        objects = [[positions[e], _plain(v)] for e, v in self._objects.items()]
+        objects = [[positions[e], v] for e, v in self._objects.items()]
         header = orjson.dumps({"models": self._model_ids, "keys": keys, "columns": columns, "objects": objects},
-                              option=orjson.OPT_SERIALIZE_NUMPY)
+                              default=packed_json, option=orjson.OPT_SERIALIZE_NUMPY)
         return struct.pack("<Q", len(header)) + header + b"".join(np.ascontiguousarray(b).tobytes() for b in buffers)
 
     @classmethod
@@ -841,11 +841,6 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
                     store._objects[entry] = unpack_prediction(key, [times[i], store._model_ids[models[i]],
                                                                     WAITING_PREDICTION, objects[i]])
         return store
-
-
-def _plain(value: Any) -> Any:
-    """An object of the table as JSON (a waiting prediction kept as an object: its packed list)."""
-    return pack_prediction(value) if isinstance(value, Prediction) else value
 
 
 def _tuples(value: Any) -> Any:

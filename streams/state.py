@@ -47,8 +47,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import orjson
 import zstandard
 
-from streams.events import Prediction
-from streams.join import JoinStore, pack_prediction
+from streams.join import JoinStore, packed_json
 from streams.join_store import ColumnarStore
 from streams.kafka import close_client
 
@@ -76,16 +75,8 @@ Send = Callable[[int, bytes, bytes | None], None]
 
 
 def record_json(value: Any) -> bytes:
-    """A changelog record's JSON (a waiting entry's prediction packed as it is logged: :func:`_packed`)."""
-    return orjson.dumps(value, default=_packed, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _packed(value: Any) -> Any:
-    """What orjson cannot write itself: a waiting entry's :class:`~streams.events.Prediction`, as
-    :func:`~streams.join.pack_prediction` packs it."""
-    if isinstance(value, Prediction):
-        return pack_prediction(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
+    """A changelog record's JSON (a waiting entry's prediction packed as it is logged: :func:`~streams.join.packed_json`)."""
+    return orjson.dumps(value, default=packed_json, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _fresh_recovery() -> dict[str, Any]:
