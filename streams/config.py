@@ -204,6 +204,12 @@ class ModelConfig:
         return self.drift.get(feature) or self.drift.get("*") or DriftMethod()
 
 
+MAX_FULL_SNAPSHOT_EVERY = 499
+"""Largest ``join.full_snapshot_every``: recovery may need every delta since the previous complete
+snapshot (two intervals, when a crash cut the newest one short), and the changelog keeps the
+deltas of the last ``streams.state.DELTA_SLOTS`` (1000) batches only, so two intervals must stay below it."""
+
+
 @dataclass(frozen=True)
 class JoinConfig:
     ttl_seconds: float = 7 * 24 * 3600.0
@@ -211,6 +217,11 @@ class JoinConfig:
     max_entries: int = 1_000_000
     """Most entries of one partition's join table; beyond it the oldest are evicted. This, not
     traffic × TTL, bounds the join's memory: ~130 B per entry (README, "Memory and speed")."""
+    full_snapshot_every: int = 200
+    """Batches between two full snapshots of a partition's join table in the state changelog (one
+    delta per batch in between): recovery loads the newest snapshot and applies the deltas after
+    it, so a lower value means fewer deltas to replay and more bytes written. At most
+    :data:`MAX_FULL_SNAPSHOT_EVERY`."""
 
 
 @dataclass(frozen=True)
@@ -453,6 +464,12 @@ def _join(raw: Mapping[str, Any]) -> JoinConfig:
     given = raw.get("max_entries", cfg.max_entries)
     if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) or cfg.max_entries < 1:
         raise ConfigError(f"join.max_entries: expected a positive whole number of entries, got {given!r}")
+    given = raw.get("full_snapshot_every", cfg.full_snapshot_every)
+    if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) \
+            or not 1 <= cfg.full_snapshot_every <= MAX_FULL_SNAPSHOT_EVERY:
+        raise ConfigError(f"join.full_snapshot_every: expected a whole number of batches from 1 to "
+                          f"{MAX_FULL_SNAPSHOT_EVERY} (the changelog keeps the deltas of the last 1000 batches, and "
+                          f"recovery may need two intervals of them), got {given!r}")
     return cfg
 
 

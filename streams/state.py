@@ -59,7 +59,8 @@ INTENT_KEY = b"i:batch"
 DELTA_SLOTS = 1000
 """Delta records cycle through this many keys; compaction keeps the latest of each."""
 FULL_EVERY = 200
-"""Batches between two full snapshots of the join table (must stay below DELTA_SLOTS / 2)."""
+"""Default batches between two full snapshots of the join table (``join.full_snapshot_every``, which
+reaches :attr:`PartitionState.full_every`); must stay below DELTA_SLOTS / 2."""
 RECORD_BYTES = 512 * 1024
 """Most bytes in one changelog record's value (the broker's and producer's limit is about 1 MB)."""
 READ_POLL_SECONDS = 0.2
@@ -165,7 +166,7 @@ class PartitionState(JoinStore):
 
     The join table is logged as one *delta* record per batch (the entries set and
     deleted in it, keys ``d:<seq mod DELTA_SLOTS>:<part>``) and, every
-    ``FULL_EVERY`` batches, as a *full snapshot* (keys ``f:<epoch mod 2>:<part>``)
+    ``full_every`` batches (``join.full_snapshot_every``), as a *full snapshot* (keys ``f:<epoch mod 2>:<part>``)
     followed by a marker (``m:join``) naming it. Recovery loads the newest complete
     snapshot and applies the deltas logged after it. Keys are reused, so on a
     compacted topic the log stays bounded (``DELTA_SLOTS`` + two snapshots). A
@@ -179,6 +180,8 @@ class PartitionState(JoinStore):
 
     partition: int
     send: Send | None = None
+    full_every: int = field(default_factory=lambda: FULL_EVERY)
+    """Batches between two full snapshots (``join.full_snapshot_every``; read at construction)."""
     joins: ColumnarStore = field(default_factory=ColumnarStore)
     snapshot: dict[str, Any] | None = None
     seq: int = 0
@@ -188,9 +191,16 @@ class PartitionState(JoinStore):
     """Input topic -> next offset to read, as of the last saved batch (``seq``)."""
     intent: dict[str, Any] | None = None
     """The last intent logged: ``{"seq": n, "ranges": {topic: [start, end]}}``."""
+    recovered_from: str | None = None
+    """What :meth:`finish_recovery` built the join table from, when a full snapshot was its base."""
     _sets: dict[str, list[Any]] = field(default_factory=dict)
     _deletes: set[str] = field(default_factory=set)
     _recovery: dict[str, Any] = field(default_factory=lambda: _fresh_recovery())
+
+    def __post_init__(self) -> None:
+        if self.full_every < 1 or 2 * self.full_every >= DELTA_SLOTS:
+            raise ValueError(f"full_every={self.full_every}: expected 1 to {(DELTA_SLOTS - 1) // 2} batches "
+                             f"(recovery may need two intervals of deltas; {DELTA_SLOTS} are kept)")
 
     # -- JoinStore ---------------------------------------------------------------------------
 
@@ -271,7 +281,7 @@ class PartitionState(JoinStore):
                 self.send(self.partition, MONITORS_KEY, record_json({"seq": self.seq, "parts": parts}))
         self._sets.clear()
         self._deletes.clear()
-        if self.seq - self.marker_seq >= FULL_EVERY:
+        if self.seq - self.marker_seq >= self.full_every:
             self.save_full()
 
     def save_full(self) -> None:
@@ -361,6 +371,8 @@ class PartitionState(JoinStore):
             if marker is not None:
                 base = int(marker["seq"])
                 self.epoch = epoch
+                self.recovered_from = (f"full snapshot {epoch} ({'frame' if binary else 'JSON'}, batch {base}, "
+                                       f"{len(self.joins)} entries), then the deltas to batch {self.seq}")
         self.marker_seq = base
         logged: dict[tuple[int, int], Any] = dict(deltas)
         for seq, pieces in self._recovery["delta_pieces"].items():

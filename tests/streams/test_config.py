@@ -272,6 +272,19 @@ def test_join_max_entries_from_yaml_numbers() -> None:
     assert Config.from_mapping({"join": {"max_entries": "7"}}, environ={}).join.max_entries == 7
 
 
+def test_join_full_snapshot_every_defaults_to_200_and_reads_whole_numbers() -> None:
+    assert Config.from_mapping({}, environ={}).join.full_snapshot_every == 200
+    assert Config.from_mapping({"join": {"full_snapshot_every": 3}}, environ={}).join.full_snapshot_every == 3
+    assert Config.from_mapping({"join": {"full_snapshot_every": "499"}}, environ={}).join.full_snapshot_every == 499
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, 500, 10_000])
+def test_join_full_snapshot_every_must_leave_room_for_two_intervals_of_deltas(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^join\.full_snapshot_every: expected a whole number of batches from 1 "
+                                          r"to 499 .*got"):
+        Config.from_mapping({"join": {"full_snapshot_every": value}}, environ={})
+
+
 INVALID_MODELS = [
     (model(task="ranking"), "models[m].task: expected one of binary, multiclass, regression, got 'ranking'"),
     (model(features={"x": "text"}), "models[m].features.x: expected numeric or categorical, got 'text'"),

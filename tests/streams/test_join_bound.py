@@ -111,7 +111,6 @@ def replay(log: list[tuple[bytes, bytes | None]]) -> PartitionState:
 def test_any_interleaving_stays_within_the_bound_and_matches_the_list_oracle(run: Any) -> None:
     events, max_entries, sizes = run
     with pytest.MonkeyPatch.context() as patch:  # full snapshots and multi-part records even in tiny runs
-        patch.setattr(state_module, "FULL_EVERY", 3)
         patch.setattr(state_module, "PART_ENTRIES", 2)
         check_bounded_run(events, max_entries, split(events, sizes))
 
@@ -119,7 +118,7 @@ def test_any_interleaving_stays_within_the_bound_and_matches_the_list_oracle(run
 def check_bounded_run(events: list[Prediction | Feedback], max_entries: int,
                       batches: list[list[Prediction | Feedback]]) -> None:
     log: list[tuple[bytes, bytes | None]] = []
-    store = PartitionState(0, send=lambda _p, key, value: log.append((key, value)))
+    store = PartitionState(0, send=lambda _p, key, value: log.append((key, value)), full_every=3)
     join = FeedbackJoin(store, ttl_seconds=NO_TTL, max_entries=max_entries)
     oracle = ListJoin(max_entries)
     pairs: dict[str, list[Any]] = {}

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streams.state as state_module
+from streams.config import MAX_FULL_SNAPSHOT_EVERY, JoinConfig
 from streams.state import PartitionState
 
 Log = list[tuple[bytes, bytes | None]]
@@ -44,15 +45,14 @@ operations = st.lists(
 @given(batches=operations, full_every=st.integers(1, 6), part=st.integers(1, 5), record=st.integers(1, 200))
 def test_replaying_the_log_gives_back_every_batch_boundary(batches, full_every, part, record):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(state_module, "FULL_EVERY", full_every)
         patch.setattr(state_module, "PART_ENTRIES", part)
         patch.setattr(state_module, "RECORD_BYTES", record)
-        _check_batches(batches)
+        _check_batches(batches, full_every)
 
 
-def _check_batches(batches: list[list[tuple[str, int, int]]]) -> None:
+def _check_batches(batches: list[list[tuple[str, int, int]]], full_every: int) -> None:
     log: Log = []
-    live = PartitionState(0, send=_record(log))
+    live = PartitionState(0, send=_record(log), full_every=full_every)
     boundaries: list[tuple[int, dict[str, Any]]] = []  # (records logged so far, joins then)
     for number, batch in enumerate(batches):
         for op, key, value in batch:
@@ -76,10 +76,9 @@ def _check_batches(batches: list[list[tuple[str, int, int]]]) -> None:
 
 
 def test_a_snapshot_cut_short_by_a_crash_falls_back_to_the_previous_one(monkeypatch):
-    monkeypatch.setattr(state_module, "FULL_EVERY", 2)
     monkeypatch.setattr(state_module, "RECORD_BYTES", 16)
     log: Log = []
-    live = PartitionState(0, send=_record(log))
+    live = PartitionState(0, send=_record(log), full_every=2)
     for i in range(6):
         live.set(f"p{i}", {"t": float(i)})
         live.save_snapshot({"batch": i})
@@ -119,6 +118,22 @@ def test_an_empty_join_table_is_still_state():
 def test_full_every_leaves_room_for_the_deltas_recovery_needs():
     # Recovery may need every delta since the previous complete snapshot: up to two intervals.
     assert state_module.FULL_EVERY * 2 < state_module.DELTA_SLOTS
+    assert MAX_FULL_SNAPSHOT_EVERY * 2 < state_module.DELTA_SLOTS  # the largest join.full_snapshot_every
+    assert JoinConfig().full_snapshot_every == state_module.FULL_EVERY
+    PartitionState(0, full_every=MAX_FULL_SNAPSHOT_EVERY)
+    for wrong in (0, state_module.DELTA_SLOTS // 2):
+        with pytest.raises(ValueError, match="full_every"):
+            PartitionState(0, full_every=wrong)
+
+
+def test_the_default_full_every_is_the_module_constant_read_at_construction(monkeypatch):
+    monkeypatch.setattr(state_module, "FULL_EVERY", 3)
+    log: Log = []
+    live = PartitionState(0, send=_record(log))
+    for i in range(7):
+        live.set(f"p{i}", {"t": float(i)})
+        live.save_snapshot({})
+    assert [key for key, _ in log].count(state_module.MARKER_KEY) == 2
 
 
 def test_no_record_exceeds_the_size_limit_whatever_the_entries_hold(monkeypatch):
