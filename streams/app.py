@@ -147,10 +147,13 @@ class _Partitions(Generic[H]):
         if found is None:
             state = self.recovered.pop(partition, None) or PartitionState(partition)
             state.send = self._send
+            state.full_every = self.cfg.join.full_snapshot_every
             holder = self.build(state, partition)
             if state.snapshot:
                 holder.restore(state.snapshot)
                 log.info("%s partition %d: resumed from %s", self.label, partition, self.changelog)
+            if state.recovered_from is not None:
+                self.echo(f"{self.label} partition {partition}: join table from {state.recovered_from}")
             if self.taken is not None:
                 self.taken(partition, holder)
             found = self.held[partition] = (holder, state)

@@ -326,6 +326,11 @@ class SourceConsumer(Service, Generic[W]):
         self.faults.check("after-outputs", number)
         ends = {p: {topic: end for topic, (_, end) in r.items()} for p, r in ranges.items()}
         self.stage.save(work, ends)
+        if self.faults.armed_at("mid-state", number) and self.outbox.queued:
+            held = self.outbox.queued[-1]
+            await self.outbox.send(producer, first=len(self.outbox.queued) - 1)
+            await self.outbox.delivered()
+            self.faults.check("mid-state", number, f" (held back {(held[1] or b'').decode(errors='replace')})")
         await self.outbox.send(producer)
         await self.outbox.delivered()
         self.faults.check("after-state", number)

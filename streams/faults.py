@@ -9,6 +9,9 @@ order a batch passes them (:mod:`streams.consumer` describes the protocol):
 - ``after-intent``: the batch's intent records are acknowledged, no output sent;
 - ``mid-outputs``: half of the batch's output messages are acknowledged, not the rest, no points;
 - ``after-outputs``: outputs and points acknowledged, state not saved;
+- ``mid-state``: the batch's state records acknowledged but the last: when the batch writes a full
+  snapshot of its join table, its pieces without the marker that makes it the recovery base; else
+  its delta without the monitors' record (the commit point);
 - ``after-state``: state acknowledged, offsets not committed.
 
 Read once at start; an unknown point is a start-up error. Never set it in production.
@@ -25,7 +28,7 @@ from typing import Mapping
 log = logging.getLogger(__name__)
 
 ENV = "DRIFTWARDEN_FAULT"
-POINTS = ("after-intent", "mid-outputs", "after-outputs", "after-state")
+POINTS = ("after-intent", "mid-outputs", "after-outputs", "mid-state", "after-state")
 STAGES = ("source", "windows")
 """The worker's stages: ``source`` (stage 1, the default) and ``windows`` (stage 2)."""
 
@@ -60,9 +63,10 @@ class Faults:
     def armed_at(self, point: str, batch: int) -> bool:
         return (point, batch) in self.armed
 
-    def check(self, point: str, batch: int) -> None:
-        """SIGKILL this process if a fault is armed at ``point`` of batch number ``batch``."""
+    def check(self, point: str, batch: int, detail: str = "") -> None:
+        """SIGKILL this process if a fault is armed at ``point`` of batch number ``batch`` (``detail``:
+        what was cut, for the line it prints)."""
         if self.armed_at(point, batch):
             where = point if self.stage == "source" else f"{self.stage}.{point}"
-            print(f"FAULT kill at {where} of batch {batch}", flush=True)
+            print(f"FAULT kill at {where} of batch {batch}{detail}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)

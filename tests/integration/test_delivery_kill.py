@@ -3,8 +3,10 @@
 One source partition, a backlog of predictions and feedback (event-time
 windows of 60 s), the real broker and VictoriaMetrics. The worker is killed
 with SIGKILL six times — by ``DRIFTWARDEN_FAULT`` after a batch's intent, in
-the middle of its outputs, after its outputs before its state, after its state
-before its commit, and from outside — and started again each time. Then:
+the middle of its outputs, after its outputs before its state, between a full
+snapshot's pieces and its marker (``join.full_snapshot_every`` is 2, so recoveries
+load the binary frame of a full snapshot and the deltas after it), after its
+state before its commit, and from outside — and started again each time. Then:
 
 - every labelled pair is on ``labelled``, copies of a pair are identical
   (without Kafka transactions a re-sent batch leaves a copy; consumers dedup by
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import time
 from collections import defaultdict
@@ -47,7 +50,16 @@ the cost of ten."""
 RATE = 10.0  # predictions per second of event time: 600 per window
 WALL_CLOCK = {"throughput", "lag", "influx_outage_seconds"}
 """``monitor`` stats stamped with processing time, not part of a window's points."""
-FAULTS = ["kill:after-outputs:3", "kill:mid-outputs:2", "kill:after-state:3", "kill:after-intent:2"]
+FAULTS = ["kill:after-outputs:3", "kill:mid-state:2", "kill:mid-outputs:2", "kill:after-state:3",
+          "kill:after-intent:2"]
+"""With a full snapshot every 2 batches (``FULL_SNAPSHOT_EVERY``) the source partition's batches go: run 1
+saves 1, 2 (a full snapshot), is killed in 3; run 2 re-reads 3, then its batch 2 (seq 4) writes a full
+snapshot and is killed with its pieces acknowledged, not its marker; run 3 recovers from the frame of
+seq 2 plus the deltas 3 and 4; later runs recover from a frame alone or a frame and a delta. The test
+checks in the logs that the cut and the recoveries happened so."""
+FULL_SNAPSHOT_EVERY = 2
+"""``join.full_snapshot_every`` of the test's worker: every recovery loads a binary frame (not only deltas)."""
+RECOVERED = re.compile(r"join table from full snapshot \d+ \(frame, batch (\d+), (\d+) entries\), then the deltas to batch (\d+)")
 
 
 def _stream(model_id: str, rng: np.random.Generator) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -184,7 +196,7 @@ def test_sigkill_at_every_point_of_a_batch_loses_and_changes_nothing(broker, vic
                                                                       unique):
     model_id = f"m-{unique}"
     overrides = {**topic_overrides(unique), "models.*.window": {"seconds": WINDOW_SECONDS},
-                 "kafka.batch_size": 500}
+                 "kafka.batch_size": 500, "join.full_snapshot_every": FULL_SNAPSHOT_EVERY}
     config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
                                models=(model_id,), overrides=overrides)
     topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
@@ -225,6 +237,11 @@ def test_sigkill_at_every_point_of_a_batch_loses_and_changes_nothing(broker, vic
     assert _wait_consumed(broker.bootstrap, group, source, timeout=180), worker.log()[-3000:]
     assert worker.stop() == 0, worker.log()[-3000:]
     assert any("was in doubt when the last owner stopped" in log for log in logs + [worker.log()])
+    # the kill between a full snapshot's pieces and its marker, and recoveries from a frame plus deltas
+    assert "FAULT kill at mid-state of batch 2 (held back m:join)" in logs[FAULTS.index("kill:mid-state:2")]
+    recoveries = [tuple(map(int, m)) for log in logs + [worker.log()] for m in RECOVERED.findall(log)]
+    assert any(entries > 0 and last > base for base, entries, last in recoveries), recoveries
+    assert any(base + 2 <= last for base, _, last in recoveries), recoveries  # past the cut snapshot
 
     # labelled: every pair, copies identical
     labelled = [pair for value in _read(broker.bootstrap, topics["labelled"]) for pair in json.loads(value)]
