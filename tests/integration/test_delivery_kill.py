@@ -124,10 +124,10 @@ def _replay_points(config: Path, predictions: list[Any], feedback: list[Any], tm
     return _point_values(points)
 
 
-def _same_batches_points(config: Path, bootstrap: str, topics: dict[str, str], group: str) -> dict[tuple, float]:
+def _same_batches_points(config: Path, bootstrap: str, topics: dict[str, str], group: str) -> tuple[dict[tuple, float], Any]:
     """The points of one uninterrupted in-process run over the worker's own batches: every batch's
     range as its intent in the changelog names it (all attempts of a batch must name the same
-    range), merged by event time as the worker merges them."""
+    range), merged by event time as the worker merges them; and that run's join table at the end."""
     from collections import deque
 
     from kafka import TopicPartition
@@ -155,7 +155,7 @@ def _same_batches_points(config: Path, bootstrap: str, topics: dict[str, str], g
                         for o in range(start, end)]
             buffers[TopicPartition(topic, 0)] = deque((event_time(m), m) for m in messages)
         points.extend(pipeline.process(_merged(buffers, rank.__getitem__, lambda tp: False, limit=None)).points)
-    return _point_values(points)
+    return _point_values(points), pipeline.join.store
 
 
 STABLE = {"performance_n", "performance_value", "monitor_value", "data_quality_rate", "data_quality_count",
@@ -276,7 +276,14 @@ def test_sigkill_at_every_point_of_a_batch_loses_and_changes_nothing(broker, vic
     rewrites = sum(len(v) - 1 for v in stored.values())
     print(f"points: {len(stored)} series-timestamps, {rewrites} rewritten with the same value")
     # the same batches in one uninterrupted process give exactly these points, no more, no fewer
-    expected = _same_batches_points(config, broker.bootstrap, topics, group)
+    expected, table = _same_batches_points(config, broker.bootstrap, topics, group)
+    # the join table the changelog gives back (full snapshot and deltas; every restart rebuilt it from
+    # one) is that run's, entry by entry and in order: a recovery that lost or changed an entry, even
+    # one no output shows (a tombstone, a prediction never labelled), would leave it different
+    from streams.state import changelog_topic, recover
+    from tests.streams.test_join_store import _assert_same_tables
+
+    _assert_same_tables(table, recover(broker.bootstrap, changelog_topic(group))[0].joins, logged=True)
     missing = sorted(set(expected) - set(stored))
     assert not missing, (len(missing), missing[:5])
     extra = sorted(set(stored) - set(expected))
