@@ -120,8 +120,9 @@ def test_fault_specs() -> None:
     faults = Faults.from_environ({"DRIFTWARDEN_FAULT": "kill:after-outputs:7, kill:mid-outputs:2"})
     assert faults.armed_at("after-outputs", 7) and faults.armed_at("mid-outputs", 2)
     assert not faults.armed_at("after-outputs", 6)
+    assert Faults.from_environ({"DRIFTWARDEN_FAULT": "kill:windows.mid-state:3"}, stage="windows").armed_at("mid-state", 3)
     assert not Faults.from_environ({}).armed
-    with pytest.raises(ValueError, match="after-intent, mid-outputs, after-outputs, after-state"):
+    with pytest.raises(ValueError, match="after-intent, mid-outputs, after-outputs, mid-state, after-state"):
         Faults.from_environ({"DRIFTWARDEN_FAULT": "kill:somewhere:3"})
     # a stage prefix arms the fault in that stage only
     spec = {"DRIFTWARDEN_FAULT": "kill:windows.after-state:2, kill:after-intent:4"}
