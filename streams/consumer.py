@@ -131,16 +131,10 @@ class Stage(Protocol[W]):
 
 
 def event_time(message: RawMessage) -> float:
-    """The event time of a predictions/feedback message: its (first event's) ``timestamp``; -inf
-    when it has none (such messages go first, as in ``replay``)."""
-    from streams.events import EventError, _timestamp, decode
+    """The event time of a predictions/feedback message (:func:`streams.events.message_time`)."""
+    from streams.events import message_time
 
-    try:
-        doc = decode(message.value)
-        first = doc[0] if isinstance(doc, list) and doc else doc
-        return _timestamp(first["timestamp"]) if isinstance(first, dict) else float("-inf")
-    except (EventError, KeyError, TypeError, ValueError):
-        return float("-inf")
+    return message_time(message.value)
 
 
 @dataclass

@@ -809,6 +809,59 @@ def _required_str(doc: Mapping[str, Any], name: str) -> str:
     return value
 
 
+class _Stamped(msgspec.Struct):
+    """The one field :func:`message_time` reads (msgspec skips the others without building them)."""
+
+    timestamp: Any = None
+
+
+_STAMPED = msgspec.json.Decoder(_Stamped)
+_STAMPED_ARRAY = msgspec.json.Decoder(list[_Stamped])
+
+
+def message_time(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> float:
+    """The event time of a predictions/feedback message: its (first event's) ``timestamp`` in epoch
+    seconds; ``-inf`` when it has none that is valid (such messages go first when the worker and
+    ``replay`` merge their inputs by event time).
+
+    Only the timestamps are read (msgspec, skipping the other fields): the message is decoded in
+    full later, by the batch parser, and this runs once per message before it, at a fifth of the
+    cost (0.9 against 3.1 µs for one event; 33 against 216 µs for an array of 100). What msgspec
+    cannot read (NaN, big integers, not JSON) takes :func:`decode`, so the answer is that of the
+    full decoder — but for a message nested deeper than ``limits.max_depth``, whose time is read
+    here although the parser rejects it (it goes to the dead letters either way; the worker and
+    ``replay`` place it alike).
+
+    >>> message_time(b'{"timestamp": 12.5, "features": {"x": 1}}'), message_time(b'[{"timestamp": "1970-01-01T00:01:00Z"}]')
+    (12.5, 60.0)
+    >>> message_time(b'not json'), message_time(b'{"timestamp": -1}'), message_time(b'[]')
+    (-inf, -inf, -inf)
+    """
+    if len(raw) > limits.max_message_bytes:
+        return -math.inf
+    try:
+        try:
+            value = _STAMPED.decode(raw).timestamp
+        except msgspec.ValidationError:  # an array of events (or not an object at all)
+            stamped = _STAMPED_ARRAY.decode(raw)
+            if not stamped:
+                return -math.inf
+            value = stamped[0].timestamp
+    except (msgspec.MsgspecError, RecursionError):  # not JSON to msgspec (NaN, big integers), or very deep
+        try:
+            doc = decode(raw, limits)
+            first = doc[0] if isinstance(doc, list) and doc else doc
+            value = first.get("timestamp") if isinstance(first, dict) else None
+        except EventError:
+            return -math.inf
+    if value is None:
+        return -math.inf
+    try:
+        return _timestamp(value)
+    except EventError:
+        return -math.inf
+
+
 def _timestamp(value: Any) -> float:
     if type(value) is float and 0.0 <= value <= MAX_TIMESTAMP:
         return value

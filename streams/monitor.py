@@ -40,7 +40,7 @@ from retrain.metrics import monitor_counter
 from streams.config import ConfigError, ModelConfig, WindowConfig
 from streams.evaluation import Evaluation, PairColumns, PredictionBlock, PredictionColumns
 from streams.join import LabelledPair
-from streams.partials import Evidence, Instant, ModelPartial, PaneDelta
+from streams.partials import Evidence, Instant, ModelPartial, PaneDelta, fit_evidence
 
 NS = 1_000_000_000
 _EMPTY_BLOCK = PredictionBlock()
@@ -247,6 +247,9 @@ class ModelMonitor:
         panes = deltas.finish()
         if not panes and not deltas.instants and self.watermark == before:
             return None
+        trimmed = fit_evidence(panes)
+        if trimmed:
+            panes[-1].count("evidence_trimmed", trimmed)
         return ModelPartial(self.cfg.id, source, seq, self.watermark if math.isfinite(self.watermark) else None,
                             panes, deltas.instants)
 

@@ -67,16 +67,22 @@ class Evidence:
         self.predictions.extend(other.predictions if whole else [other.predictions[i] for i in keep])
         self.scores.extend(other.scores if whole else [other.scores[i] for i in keep])
         self.labels.update(other.labels)
-        if len(self.ids) > limit:
-            cut = len(self.ids) - limit
-            dropped = self.ids[:cut]
-            self.ids = self.ids[cut:]
-            self.features = {k: v[cut:] for k, v in self.features.items()}
-            self.predictions = self.predictions[cut:]
-            self.scores = self.scores[cut:]
-            for pid in dropped:
-                self.labels.pop(pid, None)
+        self.keep_last(limit)
         return self
+
+    def keep_last(self, rows: int) -> int:
+        """Keep the last ``rows`` rows (and the labels of their ids); return how many were dropped."""
+        cut = len(self.ids) - max(rows, 0)
+        if cut <= 0:
+            return 0
+        dropped = self.ids[:cut]
+        self.ids = self.ids[cut:]
+        self.features = {k: v[cut:] for k, v in self.features.items()}
+        self.predictions = self.predictions[cut:]
+        self.scores = self.scores[cut:]
+        for pid in dropped:
+            self.labels.pop(pid, None)
+        return cut
 
     def to_dict(self) -> dict[str, Any]:
         return {"ids": self.ids, "features": self.features, "predictions": self.predictions,
@@ -213,6 +219,49 @@ class ModelPartial:
         return cls(doc["model_id"], int(doc["source"]), int(doc["seq"]), doc["watermark"],
                    [PaneDelta.from_dict(p) for p in doc["panes"]], [Instant.from_dict(i) for i in doc["instants"]],
                    bool(doc["idle"]), bool(doc["final"]))
+
+
+EVIDENCE_BYTES = 512 * 1024
+"""Most bytes of evidence (as JSON, before compression) one partial carries. A Kafka message holds
+~1 MB; evidence rows repeat the events' own values, so a sub-batch of events with long strings
+(1,024-character categories, say) would otherwise make a partial the producer refuses — and
+stage 2 would lose that batch's panes. Evidence is a sample for the retrain report: past this,
+the oldest rows are dropped (counted as ``evidence_trimmed``), never a summary."""
+
+
+def fit_evidence(panes: list[PaneDelta], most: int = EVIDENCE_BYTES) -> int:
+    """Drop the oldest evidence rows of ``panes`` until their evidence is at most ``most`` bytes of
+    JSON; return the rows dropped (0 almost always: 1,000 rows of 20 features are ~300 KB).
+
+    The cut depends on the rows alone, so a batch processed again drops the same rows. The largest
+    evidence is cut first, to the share of its rows that would fit, until all fit.
+
+    >>> big = PaneDelta("1", 0, evidence=Evidence([f"p{i}" for i in range(100)], {"x": ["a" * 100] * 100},
+    ...                                          [0] * 100, [None] * 100, {"p0": 1, "p99": 0}))
+    >>> fit_evidence([big], most=2_000), len(big.evidence), sorted(big.evidence.labels)
+    (84, 16, ['p99'])
+    """
+    sizes = {i: _json_size(d.evidence.to_dict()) for i, d in enumerate(panes) if d.evidence is not None and len(d.evidence)}
+    total = sum(sizes.values())
+    dropped = 0
+    while total > most and sizes:
+        i = max(sizes, key=lambda k: (sizes[k], -k))
+        evidence = panes[i].evidence
+        assert evidence is not None
+        rows = len(evidence)
+        room = most - (total - sizes[i])
+        keep = min(int(rows * max(room, 0) / sizes[i]), rows - 1)
+        dropped += evidence.keep_last(keep)
+        total -= sizes[i]
+        sizes[i] = _json_size(evidence.to_dict()) if len(evidence) else 0
+        total += sizes[i]
+        if not sizes[i]:
+            del sizes[i]
+    return dropped
+
+
+def _json_size(doc: Any) -> int:
+    return len(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def encode(partial: ModelPartial) -> bytes:

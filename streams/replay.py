@@ -23,7 +23,7 @@ import orjson
 
 from streams.config import Config, ConfigError
 from streams.errors import NoValidInput
-from streams.events import decode
+from streams.events import message_time
 from streams.join_store import ColumnarStore
 from streams.pipeline import FEEDBACK, PREDICTION, Outcome, RawMessage
 from streams.report_page import ReportData, page_html
@@ -42,18 +42,7 @@ def _timed_lines(path: Path, kind: str) -> Iterator[tuple[float, int, RawMessage
             line = line.strip()
             if not line:
                 continue
-            yield _event_time(line), number, RawMessage(kind, line, None, str(path), 0, number)
-
-
-def _event_time(line: bytes) -> float:
-    from streams.events import EventError, _timestamp
-
-    try:
-        doc = decode(line)
-        first = doc[0] if isinstance(doc, list) and doc else doc
-        return _timestamp(first["timestamp"]) if isinstance(first, dict) else float("-inf")
-    except (EventError, KeyError, TypeError):
-        return float("-inf")
+            yield message_time(line), number, RawMessage(kind, line, None, str(path), 0, number)
 
 
 def merged_messages(predictions: Path, feedback: Path | None) -> Iterator[RawMessage]:

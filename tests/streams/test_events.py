@@ -673,3 +673,71 @@ def test_any_feedback_field_replaced_by_any_json_value_yields_one_event_or_one_r
     doc[field] = value
     events, rejections = parse_feedback(json.dumps(doc).encode(), PROP_SCHEMAS)
     assert len(events) + len(rejections) == 1
+
+
+# -- message_time: the merge's event time, read without decoding the whole message --------------------
+
+
+def _full_decode_time(raw: bytes) -> float:
+    """The oracle: decode the whole message as the parser does, then read the first event's time."""
+    from streams.events import EventError, _timestamp, decode
+
+    try:
+        doc = decode(raw)
+        first = doc[0] if isinstance(doc, list) and doc else doc
+        return _timestamp(first["timestamp"]) if isinstance(first, dict) else float("-inf")
+    except (EventError, KeyError, TypeError, ValueError):
+        return float("-inf")
+
+
+_stamps = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**70), 2**70), st.booleans(), st.none(),
+    st.sampled_from(["2024-05-01T12:00:00Z", "2024-05-01 12:00:00+02:00", "2024-05-01", "yesterday", "",
+                     "9999-01-01T00:00:00Z", "1969-12-31T23:59:59Z"]),
+    st.lists(st.integers(0, 3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+_events = st.fixed_dictionaries({}, optional={"timestamp": _stamps, "prediction_id": st.text(max_size=5),
+                                              "features": st.dictionaries(st.text(max_size=3), st.floats(), max_size=3)})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=st.one_of(_events, st.lists(_events, max_size=3), _stamps), framing=st.sampled_from(["json", "python"]))
+def test_message_time_equals_the_time_of_the_fully_decoded_message(doc: Any, framing: str) -> None:
+    from streams.events import message_time
+
+    # Python's json writes NaN/Infinity and big integers, which take the full decoder's slow paths
+    raw = json.dumps(doc).encode() if framing == "python" else orjson.dumps(doc, default=str) \
+        if not _has_big_or_nan(doc) else json.dumps(doc).encode()
+    assert message_time(raw) == _full_decode_time(raw) or (math.isnan(message_time(raw)) and math.isnan(_full_decode_time(raw)))
+
+
+def _has_big_or_nan(doc: Any) -> bool:
+    if isinstance(doc, float):
+        return not math.isfinite(doc)
+    if isinstance(doc, int) and not isinstance(doc, bool):
+        return abs(doc) >= 2**63
+    if isinstance(doc, dict):
+        return any(_has_big_or_nan(v) for v in doc.values())
+    if isinstance(doc, list):
+        return any(_has_big_or_nan(v) for v in doc)
+    return False
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"\xff\xfe", b'{"timestamp": 1', b'{"timestamp": 5} trailing',
+                                 b'{"timestamp": 5, "timestamp": 7}', b'[[{"timestamp": 5}]]', b'[1, {"timestamp": 5}]',
+                                 b'{"timestamp": NaN}', b'{"timestamp": 123456789012345678901234567890}',
+                                 b'{"timestamp": "\\ud800"}', b'{"a": ' + b"[" * 40 + b"]" * 40 + b', "timestamp": 3}',
+                                 b'{"timestamp": 3, "x": "' + b"a" * 1_000_001 + b'"}',
+                                 b'{"a": ' + b"[" * 400_000 + b"]" * 400_000 + b', "timestamp": 3}', b"[" * 900_000])
+def test_message_time_on_hostile_bytes_equals_the_full_decoder(raw: bytes) -> None:
+    from streams.events import LimitError, decode, message_time
+
+    try:
+        decode(raw)
+    except LimitError as exc:
+        if exc.limit == "max_depth":  # the one documented difference: the time is read, the parser rejects it
+            # (msgspec reads 40 levels; 400,000 exceed its own recursion limit: the full decoder, -inf)
+            assert message_time(raw) == (3.0 if raw.endswith(b'"timestamp": 3}') and len(raw) < 1000 else -math.inf)
+            return
+    except Exception:  # noqa: BLE001 - not JSON: the oracle says -inf
+        pass
+    assert message_time(raw) == _full_decode_time(raw)

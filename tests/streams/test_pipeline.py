@@ -404,6 +404,48 @@ def test_a_large_batch_is_evaluated_in_sub_batches_with_the_same_points(monkeypa
     assert_same_points(got.points, expected.points)
 
 
+def test_no_partial_outgrows_a_kafka_message_whatever_the_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evidence rows repeat the events' values: 1,000-character random categories (the parser's
+    limit is 1,024) in a 2 MiB sub-batch would make a partial of ~2 MB, which the producer refuses
+    (stage 2 would lose the batch's panes). The oldest evidence rows are dropped instead, counted as
+    ``evidence_trimmed``; every figure is what it is without the cut."""
+    import streams.monitor as monitor_module
+    from streams.partials import encode
+
+    rng = random.Random(3)
+    window = 2000
+    cfg = make_config(window)
+    events = [prediction_event(f"p{i}", float(i)) for i in range(window)]
+    for event in events:
+        event["features"]["c"] = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(1000))
+    messages = [message(PREDICTION, e, offset=i) for i, e in enumerate(events)]
+
+    pipeline = make_builder(cfg)(DictStore())
+    source = pipeline.source.process(messages)
+    trimmed, first = 0, 0
+    for partial in source.partials:
+        assert len(encode(partial)) < 1_000_000
+        for delta in partial.panes:
+            trimmed += delta.counters.get("evidence_trimmed", 0)
+            kept = len(delta.evidence) if delta.evidence is not None else 0
+            assert delta.evidence is not None and kept > 100
+            # the newest rows of the pane's events are the ones kept
+            assert delta.evidence.ids == [f"p{i}" for i in range(first + delta.n - kept, first + delta.n)]
+            first += delta.n
+    assert first == window and trimmed > 0
+
+    def figures(points: Iterable[Point]) -> list[tuple[Any, ...]]:
+        return comparable(p for p in points if not (p.measurement == "monitor" and p.tags["stat"] == "evidence_trimmed"))
+
+    cut = make_builder(cfg)(DictStore())
+    got = run(cut, messages, batch_sizes=[len(messages)])
+    monkeypatch.setattr(monitor_module, "fit_evidence", lambda panes: 0)
+    whole = make_builder(cfg)(DictStore())
+    expected = run(whole, messages, batch_sizes=[len(messages)])
+    assert figures(got.points) == figures(expected.points) and expected.points
+    assert sum(stat(got.points, "evidence_trimmed")) == trimmed
+
+
 # -- snapshot / restore -----------------------------------------------------------------------
 
 
