@@ -92,6 +92,7 @@ MONITOR_COUNTERS: frozenset[str] = frozenset(
      "evicted",  # unjoined entries dropped because the join table was full (join.max_entries)
      "dead_letters_unattributed",  # rejected input of no known model, counted on every model
      "internal_errors",  # batches a model's detectors failed on (logged; the worker goes on)
+     "evidence_trimmed",  # evidence rows dropped so that a partial fits a Kafka message (streams/partials.py)
      # input beyond a validation limit (dead-lettered, counted in dead_letters too), per limit key:
      # streams.events.Limits and the time checks against the stream (streams/pipeline.py)
      *(f"rejected_{key}" for key in ("max_message_bytes", "max_array_length", "max_fields", "max_string_length",

@@ -249,7 +249,7 @@ class ModelMonitor:
             return None
         trimmed = fit_evidence(panes)
         if trimmed:
-            panes[-1].count("evidence_trimmed", trimmed)
+            panes[-1].count(monitor_counter("evidence_trimmed"), trimmed)
         return ModelPartial(self.cfg.id, source, seq, self.watermark if math.isfinite(self.watermark) else None,
                             panes, deltas.instants)
 
