@@ -69,6 +69,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, TypeVar
 from mode import Service
 
 from streams.config import Config
+from streams.events import message_time
 from streams.faults import Faults
 from streams.kafka import client_options
 from streams.outbox import Outbox
@@ -132,8 +133,6 @@ class Stage(Protocol[W]):
 
 def event_time(message: RawMessage) -> float:
     """The event time of a predictions/feedback message (:func:`streams.events.message_time`)."""
-    from streams.events import message_time
-
     return message_time(message.value)
 
 
