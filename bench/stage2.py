@@ -7,9 +7,10 @@ runs stage 1 (:class:`~streams.pipeline.SourcePipeline`) once over the traffic o
 (the :class:`~streams.pipeline.Merger` of a new pipeline) takes them batch by batch as the worker
 does: each partial encoded (:func:`streams.partials.encode`), decoded and merged, then the
 merger's snapshot taken and serialised (the worker saves it after every batch). It prints the CPU
-µs per event (``time.process_time``) of each part, the median over the repeats, and a SHA-256 of
-every output (points, windows, alerts, jobs, the final snapshot, the encoded partials), so two
-versions of the code can be held to the same outputs on the same traffic. ``--seconds`` replaces
+µs per event (``time.process_time``) of each part, the median over the repeats, the encoded
+partials' bytes per event, a SHA-256 of every output (points, windows, alerts, jobs, the final
+snapshot), so two versions of the code can be held to the same outputs on the same traffic, and
+one of the encoded partials (it changes with the codec; the outputs must not). ``--seconds`` replaces
 the benchmark's count windows of 1,000 events by event-time windows (the cohort path).
 """
 
@@ -64,10 +65,13 @@ def run(events: int = 40_000, array_size: int = 1, *, repeats: int = 5, seconds:
         batches.append(source.end_of_input())
         n_events = source.events_seen
         figures: dict[str, list[float]] = {"encode": [], "merge": [], "snapshot": [], "stage 2": []}
-        digest = ""
+        digest = partials_digest = ""
+        partial_bytes = 0
         for _ in range(repeats):
             merger = build(DictStore()).merger
             h = hashlib.sha256()
+            encoded = hashlib.sha256()
+            partial_bytes = 0
             spent = {"encode": 0.0, "merge": 0.0, "snapshot": 0.0}
             for partials in batches:
                 outcome = Outcome()
@@ -84,18 +88,20 @@ def run(events: int = 40_000, array_size: int = 1, *, repeats: int = 5, seconds:
                 spent["merge"] += t2 - t1
                 spent["snapshot"] += t3 - t2
                 for message in data:
-                    h.update(message)
+                    encoded.update(message)
+                    partial_bytes += len(message)
                 h.update(repr(_canonical([outcome.points, outcome.windows, outcome.alerts, outcome.jobs])).encode())
             h.update(snapshot)
             h.update(repr(merger.internal_errors).encode())
             for name, value in spent.items():
                 figures[name].append(value / n_events * 1e6)
             figures["stage 2"].append(sum(spent.values()) / n_events * 1e6)
-            if digest and h.hexdigest() != digest:
+            if digest and (h.hexdigest(), encoded.hexdigest()) != (digest, partials_digest):
                 raise AssertionError("stage 2 gave different outputs on the same partials")
-            digest = h.hexdigest()
+            digest, partials_digest = h.hexdigest(), encoded.hexdigest()
     return {"events": n_events, "batches": len(batches), "us_per_event": {k: statistics.median(v) for k, v in figures.items()},
-            "runs": figures, "digest": digest}
+            "runs": figures, "digest": digest, "partials_digest": partials_digest,
+            "partial_bytes_per_event": partial_bytes / n_events}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.events, args.array_size, repeats=args.repeats, seconds=args.seconds, slide=args.slide)
     print(f"{result['events']:,} events, {result['batches']} batches; stage 2 CPU µs per event (median of "
           f"{args.repeats}): " + "; ".join(f"{k} {v:.2f}" for k, v in result["us_per_event"].items()))
+    print(f"partials {result['partial_bytes_per_event']:.1f} B per event, sha256 {result['partials_digest']}")
     print(f"outputs sha256 {result['digest']}")
     return 0
 
