@@ -13,8 +13,10 @@ Model-level windows run in two stages (Flink's local–global aggregation):
 One :class:`ModelPartial` per (model, batch) carries the source partition, the batch's
 sequence number in that partition (stage 2 merges each ``(source, seq)`` once) and the
 partition's event-time watermark for the model. :func:`encode` / :func:`decode` are the
-codec of the internal topic: JSON (orjson) compressed with zlib, deterministic bytes for
-the same partial (a re-processed batch publishes the same message).
+codec of the internal topic (codec 2): JSON (orjson) compressed with zstd level 1,
+deterministic bytes for the same partial (a re-processed batch publishes the same message).
+:func:`decode` also reads codec 1 (the same JSON compressed with zlib), so a rolling upgrade
+drains what older workers published.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import orjson
+import zstandard
 
 from detectors.points import Point
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2
+READS_CODECS = (1, 2)
+"""Codec versions :func:`decode` reads: 1 is the same JSON compressed with zlib."""
 
 
 @dataclass
@@ -213,9 +218,9 @@ class ModelPartial:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ModelPartial:
-        if doc.get("codec") != CODEC_VERSION:
-            raise ValueError(f"partial codec {doc.get('codec')!r} is not {CODEC_VERSION}: "
-                             "stage 1 and stage 2 run different driftwarden versions")
+        if doc.get("codec") not in READS_CODECS:
+            raise ValueError(f"partial codec {doc.get('codec')!r} is not one of {READS_CODECS}: "
+                             "stage 1 runs a newer driftwarden than stage 2; upgrade the stage 2 workers")
         return cls(doc["model_id"], int(doc["source"]), int(doc["seq"]), doc["watermark"],
                    [PaneDelta.from_dict(p) for p in doc["panes"]], [Instant.from_dict(i) for i in doc["instants"]],
                    bool(doc["idle"]), bool(doc["final"]))
@@ -264,14 +269,29 @@ def _json_size(doc: Any) -> int:
     return len(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first bytes; a zlib stream's first is 0x78
+_compressor = zstandard.ZstdCompressor(level=1)
+_decompressor = zstandard.ZstdDecompressor()
+
+
 def encode(partial: ModelPartial) -> bytes:
-    """The internal topic's bytes for ``partial`` (orjson, then zlib level 1: JSON of counts and
-    bin edges compresses 4-8x and level 1 costs little CPU)."""
-    return zlib.compress(orjson.dumps(partial.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY), 1)
+    """The internal topic's bytes for ``partial``: orjson, then zstd level 1.
+
+    JSON of counts, bin edges and evidence rows compresses ~3x; on the benchmark's partials zstd
+    level 1 costs half of zlib level 1's CPU to encode and a third less to decompress, and its
+    bytes are ~10 % fewer (``python -m bench.stage2``).
+
+    >>> p = ModelPartial("credit", 0, 7, 1.7e9, [PaneDelta("1", 3, n=10, errors=[0.5] * 10)])
+    >>> data = encode(p); data[:4] == _ZSTD_MAGIC, decode(data) == p
+    (True, True)
+    """
+    return _compressor.compress(orjson.dumps(partial.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def decode(data: bytes) -> ModelPartial:
-    """Inverse of :func:`encode`."""
+    """Inverse of :func:`encode`; also reads codec 1 (zlib)."""
+    if data[:4] == _ZSTD_MAGIC:
+        return ModelPartial.from_dict(orjson.loads(_decompressor.decompress(data)))
     return ModelPartial.from_dict(orjson.loads(zlib.decompress(data)))
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import orjson
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2
@@ -365,6 +367,23 @@ def test_partials_are_compact_and_round_trip(case: Case, published: dict[int, li
     panes = sum(len(decode(m).panes) for ms in published.values() for m in ms)
     total = sum(len(m) for ms in published.values() for m in ms)
     assert panes > 0 and total / panes < 64_000
+
+
+def test_partials_of_codec_1_still_decode_to_the_same_partials(published: dict[int, list[bytes]]) -> None:
+    """A rolling upgrade: stage 2 of this version drains what stage 1 of the last one published
+    (the same JSON compressed with zlib, ``"codec": 1``), to the partials codec 2 carries."""
+    for data in published[0][:5]:
+        partial = decode(data)
+        assert data[:1] != b"\x78"  # codec 2 is zstd, not zlib
+        old = zlib.compress(orjson.dumps({**partial.to_dict(), "codec": 1}, option=orjson.OPT_SERIALIZE_NUMPY), 1)
+        assert decode(old) == partial
+
+
+def test_a_partial_of_an_unknown_codec_is_refused_saying_what_to_upgrade(published: dict[int, list[bytes]]) -> None:
+    doc = decode(published[0][0]).to_dict()
+    newer = zstandard.ZstdCompressor(level=1).compress(orjson.dumps({**doc, "codec": 99}))
+    with pytest.raises(ValueError, match=r"partial codec 99 .*upgrade the stage 2 workers"):
+        decode(newer)
 
 
 def test_an_idle_marker_names_the_last_batch_and_a_copy_of_it_changes_nothing() -> None:
