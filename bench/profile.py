@@ -10,7 +10,8 @@ With ``--changelog`` the join table is a :class:`~streams.state.PartitionState` 
 records are encoded (not sent) after each batch, and the ``labelled`` messages of the
 batch's pairs are built, as the worker does: their bytes per event are reported.
 ``--cprofile`` prints the top functions by cumulative and own time; ``--stages`` the CPU time per
-event of stage 1 (and within it the parsing and the monitors) and of stage 2. The rate per CPU second
+event of stage 1 (and within it the parsing and the monitors), of stage 2, and (``--changelog``)
+of the windows' snapshot stage 2 saves after every batch. The rate per CPU second
 (``time.process_time``) is the figure to compare on a shared machine: wall time there
 depends on what else runs.
 
@@ -60,8 +61,10 @@ def messages(events: int, array_size: int) -> list[Any]:
 STAGES = (("stage 1", "streams.pipeline", "SourcePipeline", "process"),
           ("parsing", "streams.pipeline", "SourcePipeline", "_parse"),
           ("monitors", "streams.monitor", "ModelMonitor", "add_batch"),
-          ("stage 2", "streams.pipeline", "Pipeline", "_merge"))
-"""What ``--stages`` times: (name, module, class, method); parsing and monitors are within stage 1."""
+          ("stage 2", "streams.pipeline", "Pipeline", "_merge"),
+          ("stage 2 snapshot", "streams.windows", "ModelWindows", "snapshot"))
+"""What ``--stages`` times: (name, module, class, method); parsing and monitors are within stage 1.
+The windows' snapshot is taken only with ``--changelog`` (the worker saves it after every batch)."""
 
 
 class _StageTimer:
