@@ -22,7 +22,9 @@ for batch *n* of a partition, in this order:
 3. **state**: the batch's state change, carrying the offsets consumed (the
    *progress*), is logged and acknowledged;
 4. **commit**: the group offsets are committed (for lag dashboards and
-   handovers; the progress in the state is what a restart resumes from).
+   handovers; the progress in the state is what a restart resumes from). A
+   worker that died between 3 and 4 owes that commit: its successor makes it
+   on assignment, where the state's progress is ahead of the group's offset.
 
 On assignment each input partition is read from the progress in its state
 (fallback: the committed offset, else the earliest). A partition whose last
@@ -503,28 +505,40 @@ class SourceConsumer(Service, Generic[W]):
         assigned = list(assigned)
         partitions = sorted({tp.partition for tp in assigned})
         async with self._batch_lock:  # no batch of a new partition before its state is back
-            committed = set()
-            for tp in assigned:
-                if tp.partition not in committed and (await self._consumer.committed(tp) or 0) > 0:
-                    committed.add(tp.partition)
+            offsets = {tp: await self._consumer.committed(tp) for tp in assigned}
+            committed = {tp.partition for tp, offset in offsets.items() if (offset or 0) > 0}
             await self.stage.assigned(partitions, committed)
+            behind: Ranges = {}
             for partition in partitions:
-                await self._seek(partition, [tp for tp in assigned if tp.partition == partition])
+                resumed = await self._seek(partition, [tp for tp in assigned if tp.partition == partition])
+                for tp, position in resumed.items():
+                    if position > (offsets[tp] or 0):
+                        behind.setdefault(partition, {})[tp.topic] = (position, position)
                 self._heard[partition] = time.monotonic()
                 self._quiet.discard(partition)
+            if behind:
+                # the last owner saved these batches' state and died before their commit: commit the
+                # state's progress now, or the group's lag stays at the old offsets until more input comes
+                log.warning("%s: the last owner saved state it did not commit; committing the progress saved in "
+                            "the state, ahead of the group's offsets: %s", self.name,
+                            {p: {t: end for t, (_, end) in r.items()} for p, r in behind.items()})
+                await self._drain()
+                self._committing = asyncio.ensure_future(self._commit(behind))
 
-    async def _seek(self, partition: int, tps: list[Any]) -> None:
+    async def _seek(self, partition: int, tps: list[Any]) -> dict[Any, int]:
         """Position a newly assigned partition's topic-partitions: at the batch in doubt, else at the
         progress in its state, else at the committed offset, else at the beginning — always by an
         explicit seek, so the offset each one is read from is known (the merge and the filter of
-        records fetched twice rely on it)."""
+        records fetched twice rely on it). Returns the topic-partitions positioned at their state's
+        progress, with that offset (every batch before it is done: its commit is owed)."""
         resume = self.stage.resume(partition) or Resume()
         pending = {t: span for t, span in (resume.pending or {}).items() if span[1] > span[0]}
+        resumed: dict[Any, int] = {}
         for tp in tps:
             if tp.topic in pending:
                 target = pending[tp.topic][0]
             elif tp.topic in resume.positions:
-                target = resume.positions[tp.topic]
+                target = resumed[tp] = resume.positions[tp.topic]
             else:
                 committed = await self._consumer.committed(tp) if self.stateless_from_committed else None
                 target = committed if committed is not None else (await self._consumer.beginning_offsets([tp]))[tp]
@@ -539,6 +553,7 @@ class SourceConsumer(Service, Generic[W]):
             self._pending[partition] = _Pending(pending)
             log.warning("partition %d: a batch was in doubt when the last owner stopped; reading exactly %s first",
                         partition, pending)
+        return resumed
 
 
 def _merged(buffers: dict[Any, deque[tuple[float, RawMessage]]], rank: Callable[[str], int],

@@ -314,3 +314,29 @@ def test_sigkill_at_every_point_of_a_batch_loses_and_changes_nothing(broker, vic
     assert max(in_data) < 2 * min(in_data), n_by_window
     joined = pd.DataFrame(predictions).merge(pd.DataFrame(feedback), on="prediction_id")
     assert len(joined) == len(expected_ids)
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_killed_before_its_last_commit_leaves_no_lag_behind(broker, victoria, worker_factory, tmp_path,
+                                                                     unique):
+    """kill -9 after the last batch's state is acknowledged, before its commit: the next worker finds
+    nothing to read past the state's progress, so no batch of its own would ever commit. It commits
+    that progress on assignment, and the group's committed offsets (what lag dashboards show) reach
+    the end of the input."""
+    model_id = f"m-{unique}"
+    overrides = {**topic_overrides(unique), "models.*.window": {"seconds": WINDOW_SECONDS}}
+    config = prepare_workspace(tmp_path / "ws", bootstrap=broker.bootstrap, influx_url=victoria.url,
+                               models=(model_id,), overrides=overrides)
+    topics = {k.split(".")[-1]: v for k, v in overrides.items() if k.startswith("kafka.topics.")}
+    create_topics(broker.bootstrap, topics.values(), partitions=1)
+    _produce(broker.bootstrap, topics["predictions"], _events(model_id, 50, 0, np.random.default_rng(3)))
+    group = f"driftwarden-{unique}"
+    source = [topics["predictions"], topics["feedback"]]
+
+    killed = worker_factory(config, env={"DRIFTWARDEN_FAULT": "kill:after-state:1"}).start()
+    assert _wait_exit(killed, 120) == -signal.SIGKILL, killed.log()[-3000:]
+    killed.process = None
+    worker = worker_factory(config).start()
+    assert _wait_consumed(broker.bootstrap, group, source, timeout=120), worker.log()[-3000:]
+    assert "committing the progress saved in the state" in worker.log()
+    assert worker.stop() == 0, worker.log()[-3000:]

@@ -216,3 +216,83 @@ def test_a_caught_up_partition_is_quiet_once_per_spell_after_the_idle_timeout() 
     consumer._quiet.discard(0)
     asyncio.run(consumer._announce_quiet())
     assert stage.calls == [[0], [1]]
+
+
+# -- the commit a killed worker owed -----------------------------------------------------------------
+
+
+class _ResumingStage:
+    """A stage whose partitions resume where their (given) state says."""
+
+    def __init__(self, resumes: dict[int, Any]) -> None:
+        self.resumes = resumes
+
+    async def assigned(self, partitions: list[int], committed: set[int]) -> None:
+        pass
+
+    def resume(self, partition: int) -> Any:
+        return self.resumes.get(partition)
+
+
+class _GroupKafka:
+    """What SourceConsumer asks aiokafka's consumer for on assignment: committed offsets, seeks,
+    pauses, commits."""
+
+    def __init__(self, committed: dict[Any, int]) -> None:
+        self.offsets = dict(committed)
+        self.positions: dict[Any, int] = {}
+        self.paused: set[Any] = set()
+        self.commits: list[dict[Any, int]] = []
+
+    async def committed(self, tp: Any) -> int | None:
+        return self.offsets.get(tp)
+
+    async def beginning_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: 0 for tp in tps}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def pause(self, *tps: Any) -> None:
+        self.paused.update(tps)
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append(dict(offsets))
+        self.offsets.update(offsets)
+
+
+def test_a_successor_commits_the_progress_its_killed_predecessor_saved_but_did_not_commit() -> None:
+    """A worker killed after a batch's state was acknowledged and before its commit (``after-state``)
+    leaves the group's offsets behind the state's progress. Its successor resumes at the progress;
+    had that batch been the last of the input, nothing would commit again until more input came,
+    and the lag would show work that is done. On assignment it commits the progress where that is
+    ahead — never a batch in doubt (it is read again, then committed), never a partition without
+    state."""
+    import asyncio
+
+    from streams.config import Config
+    from streams.consumer import Resume, SourceConsumer
+    from streams.outbox import Outbox
+    from streams.sinks import DiscardSink
+
+    p0, f0, p1, f1, p2, f2 = (_TP(t, p) for p in (0, 1, 2) for t in ("predictions", "feedback"))
+    stage = _ResumingStage({
+        0: Resume(positions={"predictions": 10, "feedback": 4}),  # predictions' last commit owed
+        1: Resume(positions={"predictions": 5, "feedback": 6}, pending={"predictions": (5, 9)}),
+    })
+    kafka = _GroupKafka({p0: 7, f0: 4, p2: 3})
+    consumer = SourceConsumer(Config.from_mapping({}, environ={}), topics={"predictions": PREDICTION,
+                                                                           "feedback": FEEDBACK},
+                              stage=stage, outbox=Outbox(), producer=_Producer, sink=DiscardSink())
+    consumer._consumer = kafka
+
+    async def assign() -> None:
+        await consumer._on_assigned([p0, f0, p1, f1, p2, f2])
+        await consumer._drain()
+
+    asyncio.run(assign())
+    assert kafka.positions == {p0: 10, f0: 4, p1: 5, f1: 6, p2: 3, f2: 0}
+    assert kafka.paused == {f1}  # partition 1 re-reads its batch in doubt first
+    assert kafka.commits == [{p0: 10, f1: 6}]
+    asyncio.run(assign())  # assigned again (a rebalance): nothing is owed any more
+    assert kafka.commits == [{p0: 10, f1: 6}]
