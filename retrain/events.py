@@ -189,8 +189,10 @@ class Observation:
         detector, the number and its threshold, the comparison, ``n`` and, for a CUSUM, the change
         its detecting column is tuned to."""
         tags = self.tags
-        stream = tags.get("feature") or (f"{tags['attribute']}={tags['group']}" if "attribute" in tags else None) \
-            or tags.get("target") or tags.get("metric") or tags.get("check")
+        attribute, group = tags.get("attribute"), tags.get("group")
+        # a fairness series is its attribute's group (``sex=f``), or the attribute alone without a group tag
+        fairness = f"{attribute}={group}" if attribute and group else attribute
+        stream = tags.get("feature") or fairness or tags.get("target") or tags.get("metric") or tags.get("check")
         out: dict[str, Any] = {"series": self.key, "stream": stream,
                                "method": tags.get("method") or tags.get("detector"),
                                "value": self.number, "threshold": self.number_threshold,

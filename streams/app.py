@@ -35,6 +35,7 @@ from faust.app.base import BootStrategy
 from kafka.partitioner.default import murmur2
 
 from detectors.points import Point
+from streams import caught
 from streams.config import Config
 from streams.consumer import Batch, Resume, SourceConsumer
 from streams.faults import Faults
@@ -261,7 +262,7 @@ class SourceStage:
             try:
                 outcome = pipeline.process(messages)
             except Exception:  # never a crashed worker: log, count, go on with the next batch
-                log.exception("partition %d: a batch of %d messages failed", partition, len(messages))
+                caught.report(log, "partition %d: a batch of %d messages failed", partition, len(messages))
                 self.stats.failed_batches += 1
                 outcome = SourceOutcome()
             work.append(_PartitionWork(partition, state, outcome, pipeline.snapshot()))

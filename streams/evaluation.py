@@ -10,6 +10,7 @@ this module only routes arrays to them and their results to points.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from operator import itemgetter, methodcaller
 from typing import Any, Mapping, Sequence
@@ -83,7 +84,9 @@ class PredictionBlock:
     def __init__(self, events: Sequence[Prediction] = (), offsets: Sequence[int] | None = None) -> None:
         self.events: list[Prediction] = list(events)
         self.offsets: list[int] = list(offsets) if offsets is not None else [-1] * len(self.events)
-        self._columns: dict[int, PredictionColumns] = {}
+        # per evaluation, dropped with it: keyed by the object, not by id(), which a later evaluation
+        # (another model or config) can reuse and so read a dead one's columns
+        self._columns: weakref.WeakKeyDictionary[Evaluation, PredictionColumns] = weakref.WeakKeyDictionary()
         self._versions: list[str] | None = None
         self._timestamps: np.ndarray | None = None
 
@@ -159,9 +162,9 @@ class Evaluation:
         (:meth:`_block_columns`), a subset is an index operation on them."""
         if not isinstance(block, PredictionBlock):
             block = PredictionBlock(block)
-        whole = block._columns.get(id(self))
+        whole = block._columns.get(self)
         if whole is None:
-            whole = block._columns[id(self)] = self._block_columns(block)
+            whole = block._columns[self] = self._block_columns(block)
         return whole if rows is None else whole.take(rows)
 
     def _block_columns(self, block: PredictionBlock) -> PredictionColumns:

@@ -415,9 +415,16 @@ class FeedbackJoin:
 
 def pack_prediction(event: Prediction) -> list[Any]:
     """A waiting prediction as the changelog holds it: ``[version, prediction, score, attributes or
-    None, scores, features]`` (a missing numeric feature, NaN, is written ``null``)."""
-    return [event.model_version, event.prediction, event.score, event.attributes or None, event.scores,
-            event.features]
+    None, scores, features]``, and after them, when a feature is ``None`` (a missing category), the
+    names of those features. JSON writes a missing number (NaN) and a missing category both
+    ``null``; the names are what lets :func:`unpack_prediction` give each its own back, so that a
+    restored prediction is typed as the parser typed it (the columnar table lays a model's columns
+    out by those types)."""
+    features = event.features
+    packed = [event.model_version, event.prediction, event.score, event.attributes or None, event.scores, features]
+    if None in features.values():
+        packed.append([name for name, value in features.items() if value is None])
+    return packed
 
 
 def packed_json(value: Any) -> Any:
@@ -432,14 +439,17 @@ def packed_json(value: Any) -> Any:
 def unpack_prediction(prediction_id: str, entry: Sequence[Any]) -> Prediction:
     """The prediction of a waiting entry: its payload itself, or the payload packed by
     :func:`pack_prediction` (a list, as recovery reads it; a JSON string, as the changelog held it
-    before), whose ``null`` features come back as NaN."""
+    before), whose ``null`` features come back as ``None`` where the payload names them (a missing
+    category), else as NaN (a missing number; and every ``null`` of a payload packed before the
+    names were)."""
     payload = entry[PAYLOAD]
     if isinstance(payload, Prediction):
         return payload
-    version, prediction, score, attributes, scores, features = (
+    version, prediction, score, attributes, scores, features, *categories = (
         orjson.loads(payload) if isinstance(payload, str) else payload)
-    if None in features.values():  # a missing numeric feature (NaN) was packed as null
-        features = {k: (math.nan if v is None else v) for k, v in features.items()}
+    if None in features.values():
+        missing = set(categories[0]) if categories else ()
+        features = {k: (math.nan if v is None and k not in missing else v) for k, v in features.items()}
     return Prediction(prediction_id=prediction_id, model_id=entry[MODEL], model_version=version,
                       timestamp=entry[TIME], features=features, prediction=prediction, score=score, scores=scores,
                       attributes=attributes or {})

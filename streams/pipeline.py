@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import orjson
 
 from detectors.points import Point
+from streams import caught
 from streams.config import Config
 from retrain.events import Alert
 from retrain.metrics import monitor_counter
@@ -325,7 +326,7 @@ class SourcePipeline:
                                             block=blocks.get(model_id))
             except Exception:  # a detector bug must not stop the other models or the worker
                 self.internal_errors += 1
-                log.exception("model %s: a batch of %d items could not be evaluated", model_id, len(mine))
+                caught.report(log, "model %s: a batch of %d items could not be evaluated", model_id, len(mine))
                 partial = monitor.add_batch([], source=self.partition, seq=seq, counters={"internal_errors": 1})
             if partial is not None:
                 outcome.partials.append(partial)
@@ -430,7 +431,7 @@ class Merger:
             outcome.add(windows.merge(partial))
         except Exception:  # a detector bug must not stop the other models or the worker
             self.internal_errors += 1
-            log.exception("model %s: windows could not be merged", partial.model_id)
+            caught.report(log, "model %s: windows could not be merged", partial.model_id)
 
     def merge_message(self, data: bytes, outcome: Outcome) -> None:
         """Decode one message of the internal topic and merge it."""

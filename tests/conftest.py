@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from streams.broker import EmbeddedBroker, free_port, wait_for_port
+from tests.internal_errors import (  # noqa: F401 - the hooks of the plugin: a caught exception fails the test
+    pytest_configure, pytest_runtest_call, pytest_runtest_setup, pytest_runtest_teardown, pytest_unconfigure)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -155,6 +155,20 @@ def test_alert_with_non_finite_value_is_valid_json():
     assert d["value"] is None
 
 
+def test_detail_names_a_fairness_stream_with_or_without_its_group():
+    def fairness(**tags: str) -> Observation:
+        return Observation(measurement="fairness", field="value", tags={"metric": "selection_rate", **tags},
+                           value=0.4, op=">", threshold=0.3, n=200)
+
+    with_group = fairness(attribute="sex", group="f").detail()
+    assert (with_group["stream"], with_group["series"]) == (
+        "sex=f", "fairness.value{attribute=sex,group=f,metric=selection_rate}")
+    # a point with the attribute but no group tag (a rule's or a point's own tags): the attribute alone
+    without = fairness(attribute="sex").detail()
+    assert without == {"series": "fairness.value{attribute=sex,metric=selection_rate}", "stream": "sex",
+                       "method": None, "value": 0.4, "threshold": 0.3, "condition": "value > 0.3", "n": 200}
+
+
 def test_alert_rejects_bad_state_and_severity():
     with pytest.raises(EventError, match="state"):
         make_alert(state="pending")

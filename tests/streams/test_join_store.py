@@ -66,12 +66,12 @@ operations = st.lists(st.one_of(predictions(), feedbacks(), st.sampled_from(["ex
 
 
 def _same_prediction(a: Prediction, b: Prediction, *, logged: bool = False) -> bool:
-    """Equal, with NaN equal to NaN (a missing numeric feature). ``logged``: one of them has been
-    through the changelog, which keeps neither ``type_errors`` nor the kind of a missing value
-    (``null`` is read back as NaN), so those are not compared."""
+    """Equal, with NaN equal to NaN (a missing numeric feature) and told apart from ``None`` (a
+    missing category). ``logged``: one of them has been through the changelog, which does not keep
+    ``type_errors``, so those are not compared."""
     def plain(p: Prediction) -> Any:
         def missing(v: Any) -> Any:
-            return "missing" if v is None and logged or isinstance(v, float) and math.isnan(v) else v
+            return "NaN" if isinstance(v, float) and math.isnan(v) else v
         return (p.prediction_id, p.model_id, p.model_version, p.timestamp, p.prediction, p.score, p.scores,
                 dict(p.attributes), () if logged else p.type_errors, {k: missing(v) for k, v in p.features.items()})
     return plain(a) == plain(b)
@@ -187,6 +187,18 @@ def test_the_changelog_gives_back_the_columnar_table(tiny_levels: None) -> None:
     recovered.finish_recovery()
     _assert_same_tables(live.joins, recovered.joins, logged=True)
     assert recovered.snapshot == {"end": True}
+
+
+def test_a_missing_number_and_a_missing_category_come_back_apart_from_the_changelog() -> None:
+    event = Prediction("a", "m", "1", 1.0, {"age": math.nan, "channel": None, "region": "north"}, "1")
+    logged = orjson.loads(record_json([1.0, "m", "p", event]))
+    assert logged[3][-1] == ["channel"]  # the missing categories are named beside the features
+    back = unpack_prediction("a", logged)
+    assert math.isnan(back.features["age"]) and back.features["channel"] is None
+    assert back.features["region"] == "north" and len(orjson.loads(record_json([1.0, "m", "p", back]))[3]) == 7
+    # a payload logged before the names were (six items): every null is a missing number, as then
+    old = unpack_prediction("a", [1.0, "m", "p", ["1", "1", None, None, None, {"age": None, "channel": None}]])
+    assert all(math.isnan(v) for v in old.features.values())
 
 
 def test_decimal_columns_widen_and_rescale_exactly() -> None:

@@ -190,3 +190,91 @@ def test_a_state_read_ends_at_the_fetched_high_watermark_not_at_a_first_empty_po
     for _ in range(3):
         records = list(state_module.read_to_end(broker.bootstrap, topic, idle_seconds=0.001))
         assert sorted(int(r.value.split(b":")[0]) for r in records) == list(range(40))
+
+
+# -- a waiting prediction's missing category, through the changelog's deltas ---------------------------------
+
+
+def _missing_values_config() -> Any:
+    import numpy as np
+    import pandas as pd
+
+    from detectors.profile import ReferenceProfile
+    from streams.config import Config
+    from streams.evaluation import Evaluation
+    from streams.runtime import pipeline_factory
+
+    features = {"x": "numeric", "c": "categorical"}
+    cfg = Config.from_mapping({"models": [{"id": "m", "task": "binary", "positive_label": 1, "features": features,
+                                           "window": {"events": 10}}]}, environ={})
+    rng = np.random.default_rng(3)
+    reference = pd.DataFrame({"x": rng.normal(3.0, 2.0, 400), "c": rng.choice(["a", "b"], 400)})
+    profile = ReferenceProfile.from_frame(reference, model_id="m", features=features)
+    return pipeline_factory(cfg, {"m": Evaluation(cfg.models["m"], profile)})
+
+
+def _missing_values_messages() -> list[Any]:
+    """Predictions whose category (every third) and number (every fifth) are missing, each label
+    coming eight predictions later, so that some wait in the join table at any cut."""
+    import orjson
+
+    from streams.pipeline import FEEDBACK, PREDICTION, RawMessage
+
+    out: list[Any] = []
+    for i in range(60):
+        features = {"x": None if i % 5 == 0 else float(i % 7), "c": None if i % 3 == 0 else "ab"[i % 2]}
+        event = {"prediction_id": f"p{i}", "model_id": "m", "model_version": "1", "timestamp": float(i),
+                 "features": features, "prediction": str(i % 2), "score": 0.25 + (i % 4) / 8}
+        out.append(RawMessage(PREDICTION, orjson.dumps(event), None, "predictions", 0, i))
+        if i >= 8:
+            label = {"prediction_id": f"p{i - 8}", "model_id": "m", "timestamp": i + 0.5, "label": str(i % 3 % 2)}
+            out.append(RawMessage(FEEDBACK, orjson.dumps(label), None, "feedback", 0, i - 8))
+    return out
+
+
+def _figures(points: list[Any]) -> list[tuple[Any, ...]]:
+    return sorted((p.measurement, tuple(sorted(p.tags.items())), tuple(sorted(p.fields.items())), p.time_ns)
+                  for p in points if not (p.measurement == "monitor" and p.tags.get("stat") in ("throughput", "lag")))
+
+
+def _features(prediction: Any) -> dict[str, Any]:
+    """A prediction's features, a missing number (NaN) told apart from a missing category (None)."""
+    return {k: "NaN" if isinstance(v, float) and v != v else v for k, v in prediction.features.items()}
+
+
+def test_a_missing_category_comes_back_from_the_deltas_as_none_and_the_figures_stay_the_same(monkeypatch):
+    # A waiting prediction's missing category (None) was read back from the changelog as NaN, a float:
+    # recovery then laid the model's columns out with that category as a number, and every later
+    # prediction of the model failed to fit them (each kept as an object, four times the memory).
+    import streams.join_store as join_store
+
+    monkeypatch.setattr(join_store, "STAGED_ROWS", 2)  # rows written to the columns even in a short run
+    build, messages, cut = _missing_values_config(), _missing_values_messages(), 50
+    whole = build(PartitionState(0))
+    expected = [whole.process([m]) for m in messages] + [whole.flush()]
+
+    log: Log = []
+    first = build(PartitionState(0, send=_record(log), full_every=499))  # deltas only: no full snapshot
+    got = []
+    for m in messages[:cut]:
+        got.append(first.process([m]))
+        first.join.store.save_snapshot(first.snapshot())
+    live = first.join.store
+    recovered = _replay(log)
+    waiting = [(k, e[3]) for k, e in live.items() if e[2] == "p"]
+    assert any(p.features["c"] is None for _, p in waiting) and any(p.features["x"] != p.features["x"]
+                                                                   for _, p in waiting)
+    assert [(k, _features(e[3])) for k, e in recovered.joins.items() if e[2] == "p"] == [
+        (k, _features(p)) for k, p in waiting]
+
+    second = build(recovered)
+    second.restore(recovered.snapshot)
+    got += [second.process([m]) for m in messages[cut:]] + [second.flush()]
+    assert [(c.names, c.numeric) for c in recovered.joins._columns.values()] == [
+        (c.names, c.numeric) for c in whole.join.store.joins._columns.values()]
+    assert not recovered.joins._objects  # every waiting prediction in the columns, as without the restart
+    pairs = [(p.prediction.prediction_id, _features(p.prediction)) for o in got for p in o.pairs]
+    assert pairs == [(p.prediction.prediction_id, _features(p.prediction)) for o in expected for p in o.pairs]
+    points = [p for o in got for p in o.points]
+    assert {"data_quality", "feature_drift"} <= {p.measurement for p in points}
+    assert _figures(points) == _figures([p for o in expected for p in o.points])
