@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,10 @@ or None for now)."""
 class Outbox:
     """Messages queued by a batch; sent in order; awaited as one."""
 
-    def __init__(self, dead_letters: str = "dead-letters") -> None:
+    def __init__(self, dead_letters: str = "dead-letters", *, warn_every: float = 30.0) -> None:
         self.dead_letters = dead_letters
+        self.warn_every = warn_every
+        """Seconds between the warnings while the broker leaves records unacknowledged."""
         self.queued: list[Message] = []
         self.in_flight: list[tuple[Any, Message | None]] = []
         self.refused = 0
@@ -63,7 +66,7 @@ class Outbox:
         in_flight, self.in_flight = self.in_flight, []
         if not in_flight:
             return
-        results = await asyncio.gather(*(future for future, _ in in_flight), return_exceptions=True)
+        results = await self._acknowledged([future for future, _ in in_flight])
         refused = []
         for (_, record), result in zip(in_flight, results):
             if not isinstance(result, BaseException):
@@ -73,6 +76,27 @@ class Outbox:
             refused.append(await self._refer(record, result))
         if refused:
             await asyncio.gather(*refused)
+
+    async def _acknowledged(self, futures: list[Any]) -> list[Any]:
+        """The outcome of each delivery (a result or its exception), once all are known; every
+        :attr:`warn_every` seconds until then, a warning of how many wait and for how long. A broker
+        that stops answering without closing its connections (a network partition, a frozen host)
+        holds the batch here until the producer's request timeout (Faust's default: 20 minutes), and
+        a silent wait would look like a hung worker."""
+        gathered = asyncio.gather(*futures, return_exceptions=True)
+        started = time.monotonic()
+        warned = False
+        while True:
+            done, _ = await asyncio.wait({gathered}, timeout=self.warn_every)
+            if done:
+                break
+            warned = True
+            log.warning("the broker has not acknowledged %d of %d records for %.0f s; the batch waits for them "
+                        "(nothing is committed meanwhile)", sum(not f.done() for f in futures), len(futures),
+                        time.monotonic() - started)
+        if warned:
+            log.warning("the broker acknowledged the batch's records after %.0f s", time.monotonic() - started)
+        return gathered.result()
 
     async def _refer(self, record: Message, exc: Exception) -> Any:
         """Send the dead letter that stands for a refused record; return its delivery future."""

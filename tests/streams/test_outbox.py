@@ -74,6 +74,48 @@ def test_a_broker_that_is_away_still_fails_the_batch() -> None:
         asyncio.run(run())
 
 
+class HeldProducer:
+    """Accepts every record and acknowledges none until :meth:`acknowledge` (a frozen broker)."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+
+    async def send(self, *record: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return future
+
+    def acknowledge(self) -> None:
+        for future in self.futures:
+            future.set_result(None)
+
+
+def test_a_broker_that_stops_answering_is_waited_for_with_a_warning_every_interval(caplog) -> None:
+    """A frozen broker holds the batch (Faust's producer waits up to its 20-minute request timeout);
+    the outbox says so every ``warn_every`` seconds, how many records wait, and when they came."""
+    caplog.set_level("WARNING", logger="streams.outbox")
+
+    def waiting() -> int:
+        return sum("has not acknowledged" in r.getMessage() for r in caplog.records)
+
+    async def run() -> None:
+        producer, outbox = HeldProducer(), Outbox("dl", warn_every=0.01)
+        for i in range(3):
+            outbox.put("labelled", None, b"v%d" % i)
+        await outbox.send(producer)
+        delivery = asyncio.ensure_future(outbox.delivered())
+        while waiting() < 2:  # the warnings come while the batch waits: no clock in the assertion
+            await asyncio.sleep(0.005)
+        assert not delivery.done()
+        producer.acknowledge()
+        await delivery
+
+    asyncio.run(run())
+    first = next(r.getMessage() for r in caplog.records if "has not acknowledged" in r.getMessage())
+    assert first.startswith("the broker has not acknowledged 3 of 3 records for")
+    assert "acknowledged the batch's records after" in caplog.records[-1].getMessage()
+
+
 def test_labelled_arrays_are_cut_by_size() -> None:
     from streams.events import Prediction
     from streams.join import LABELLED_BYTES, LabelledPair, decode_pairs, labelled_messages
