@@ -285,7 +285,7 @@ class SourceStage:
 
     def _publish(self, partials: list[Any]) -> None:
         for partial in partials:
-            self.outbox.put(self.panes, partial.model_id.encode(), encode(partial),
+            self.outbox.put(self.panes, partial.model_id.encode(), encode(partial, self.cfg.kafka.panes_codec),
                             panes_partition(partial.model_id, self.panes_partitions))
 
     def save(self, work: list[_PartitionWork[SourcePipeline]], ends: dict[int, dict[str, int]]) -> None:

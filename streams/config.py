@@ -121,6 +121,10 @@ class KafkaConfig:
     the internal topic, so that it stops holding the model windows' watermark back (Flink's
     ``withIdleness``); its next event makes it count again. Stage 2 adds at most this much latency
     when a partition stops receiving events."""
+    panes_codec: int = 2
+    """The codec stage 1 writes the internal topic's partials in: 2 (JSON and Zstandard), or 1 (JSON
+    and zlib) while a rolling upgrade from a version before codec 2 still runs old workers, whose
+    stage 2 reads codec 1 only. Stage 2 reads both."""
     panes_retention_hours: float = 24.0
     """Retention (delete, not compacted) of the internal topic ``<group_id>-panes`` when driftwarden
     creates it: how long stage 2 may be down before the partials it has not merged are deleted."""
@@ -350,6 +354,11 @@ class Config:
         topics = _build(Topics, "kafka.topics", _section(kafka_raw, "topics"))
         kafka_raw["topics"] = topics
         kafka = _kafka(_build(KafkaConfig, "kafka", kafka_raw), base_dir)
+        given = kafka_raw.get("panes_codec", kafka.panes_codec)
+        if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) \
+                or kafka.panes_codec not in (1, 2):
+            raise ConfigError(f"kafka.panes_codec: expected 2, or 1 while workers older than codec 2 still run "
+                              f"(their stage 2 reads codec 1 only), got {given!r}")
         influx = _build(InfluxConfig, "influx", _section(merged, "influx"))
         influx = replace(influx, token=Secret(influx.token),
                          ssl_ca_cert=_existing_file("influx.ssl_ca_cert", influx.ssl_ca_cert, base_dir))

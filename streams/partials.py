@@ -274,8 +274,9 @@ _compressor = zstandard.ZstdCompressor(level=1)
 _decompressor = zstandard.ZstdDecompressor()
 
 
-def encode(partial: ModelPartial) -> bytes:
-    """The internal topic's bytes for ``partial``: orjson, then zstd level 1.
+def encode(partial: ModelPartial, codec: int = CODEC_VERSION) -> bytes:
+    """The internal topic's bytes for ``partial``: orjson, then zstd level 1 (``codec`` 1: zlib
+    level 1, what a stage 2 older than codec 2 reads — ``kafka.panes_codec`` during a rolling upgrade).
 
     JSON of counts, bin edges and evidence rows compresses ~3x; on the benchmark's partials zstd
     level 1 costs half of zlib level 1's CPU to encode and a third less to decompress, and its
@@ -285,7 +286,12 @@ def encode(partial: ModelPartial) -> bytes:
     >>> data = encode(p); data[:4] == _ZSTD_MAGIC, decode(data) == p
     (True, True)
     """
-    return _compressor.compress(orjson.dumps(partial.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
+    doc = partial.to_dict()
+    if codec == 1:
+        return zlib.compress(orjson.dumps({**doc, "codec": 1}, option=orjson.OPT_SERIALIZE_NUMPY), 1)
+    if codec != CODEC_VERSION:
+        raise ValueError(f"partial codec {codec!r}: this version writes {READS_CODECS}")
+    return _compressor.compress(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def decode(data: bytes) -> ModelPartial:

@@ -508,7 +508,8 @@ class Pipeline:
 
     def _merge(self, partials: Sequence[ModelPartial], outcome: Outcome) -> None:
         for partial in partials:
-            self.merger.merge_message(encode(partial), outcome)  # exactly what the internal topic carries
+            # exactly what the internal topic carries
+            self.merger.merge_message(encode(partial, self.cfg.kafka.panes_codec), outcome)
 
     def snapshot(self) -> dict[str, Any]:
         return {"source": self.source.snapshot(),

@@ -285,6 +285,18 @@ def test_join_full_snapshot_every_must_leave_room_for_two_intervals_of_deltas(va
         Config.from_mapping({"join": {"full_snapshot_every": value}}, environ={})
 
 
+def test_kafka_panes_codec_defaults_to_2_and_takes_1_for_a_rolling_upgrade() -> None:
+    assert Config.from_mapping({}, environ={}).kafka.panes_codec == 2
+    assert Config.from_mapping({"kafka": {"panes_codec": 1}}, environ={}).kafka.panes_codec == 1
+
+
+@pytest.mark.parametrize("value", [0, 3, True, 1.5])
+def test_kafka_panes_codec_is_1_or_2_and_says_when_1_is_for(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^kafka\.panes_codec: expected 2, or 1 while workers older than codec 2 "
+                                          r"still run .*got"):
+        Config.from_mapping({"kafka": {"panes_codec": value}}, environ={})
+
+
 INVALID_MODELS = [
     (model(task="ranking"), "models[m].task: expected one of binary, multiclass, regression, got 'ranking'"),
     (model(features={"x": "text"}), "models[m].features.x: expected numeric or categorical, got 'text'"),

@@ -371,12 +371,16 @@ def test_partials_are_compact_and_round_trip(case: Case, published: dict[int, li
 
 def test_partials_of_codec_1_still_decode_to_the_same_partials(published: dict[int, list[bytes]]) -> None:
     """A rolling upgrade: stage 2 of this version drains what stage 1 of the last one published
-    (the same JSON compressed with zlib, ``"codec": 1``), to the partials codec 2 carries."""
+    (the same JSON compressed with zlib, ``"codec": 1``), to the partials codec 2 carries; and with
+    ``kafka.panes_codec: 1`` stage 1 writes exactly those bytes, which the old stage 2 reads."""
     for data in published[0][:5]:
         partial = decode(data)
         assert data[:1] != b"\x78"  # codec 2 is zstd, not zlib
         old = zlib.compress(orjson.dumps({**partial.to_dict(), "codec": 1}, option=orjson.OPT_SERIALIZE_NUMPY), 1)
         assert decode(old) == partial
+        assert encode(partial, 1) == old
+    with pytest.raises(ValueError, match="partial codec 3"):
+        encode(partial, 3)
 
 
 def test_a_partial_of_an_unknown_codec_is_refused_saying_what_to_upgrade(published: dict[int, list[bytes]]) -> None:
