@@ -752,12 +752,8 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
         del arena
         self._arena = bytearray(packed)
         for name, code in _ENTRY_ARRAYS:
-            column = getattr(self, name)
-            kept = np.frombuffer(column, dtype=column.typecode)[live].tobytes() if name != "_key_at" else (
-                new_at.astype(np.uint32).tobytes())
-            fresh = array(column.typecode)
-            fresh.frombytes(kept)
-            setattr(self, name, fresh)
+            setattr(self, name, _typed(code, np.frombuffer(getattr(self, name), dtype=code)[live] if name != "_key_at"
+                                       else new_at))
         self._long_keys = {int(renumber[e]): k for e, k in self._long_keys.items()}
         self._staged = {int(renumber[e]): v for e, v in self._staged.items()}
         self._objects = {int(renumber[e]): v for e, v in self._objects.items()}
@@ -792,11 +788,19 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
 
     @classmethod
     def from_frame(cls, frame: bytes) -> ColumnarStore:
-        """The table :meth:`to_frame` wrote, entries in the same order."""
+        """The table :meth:`to_frame` wrote, entries in the same order, built in bulk (recovery's cost).
+
+        The entries are numbered 0..n-1 in the frame's order, so the entry arrays are the frame's
+        buffers; the keys' bytes are one arena, their hashes one pass over them; the index is the
+        sorted level that :meth:`_rebuild` would make, with a key whose hash an earlier key has in
+        ``_collided`` (as :meth:`_insert` puts it); a waiting prediction's row is its position in
+        its model's block. Only the objects (labels, predictions not in columns, other values) are
+        rebuilt one at a time."""
         (length,) = struct.unpack_from("<Q", frame)
         header = orjson.loads(frame[8:8 + length])
         at = 8 + length
-        n = len(header["keys"])
+        keys: list[str] = header["keys"]
+        n = len(keys)
 
         def take(dtype: Any, count: int) -> np.ndarray:
             nonlocal at
@@ -804,12 +808,11 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
             at += out.nbytes
             return out
 
-        times, models, states = take(np.float64, n).tolist(), take(np.int16, n).tolist(), take(np.int8, n).tolist()
+        times, models, states = take(np.float64, n), take(np.int16, n), take(np.int8, n)
         store = cls()
         store._model_ids = list(header["models"])
         store._model_codes = {m: i for i, m in enumerate(store._model_ids)}
-        objects = {int(i): v for i, v in header["objects"]}
-        placed: dict[int, int] = {}
+        rows = np.full(n, -1, dtype=np.int32)
         for spec in header["columns"]:
             column = _Columns(tuple(spec["names"]), tuple(spec["numeric"]), bool(spec["numeric_prediction"]))
             column.dictionaries = [_Codes([_tuples(v) for v in values], "pairs") if j == len(column.cat_at) + 1
@@ -823,24 +826,45 @@ class ColumnarStore(MutableMapping[str, list[Any]]):
             column.codes = take(np.uint16 if spec["wide_codes"] else np.uint8, count * codes).reshape(count, codes)
             column.size = count
             store._columns[int(spec["model"])] = column
-            placed.update(zip(positions.tolist(), range(count)))
-        for i, key in enumerate(header["keys"]):
-            entry = store._insert(key)
-            state = states[i]
-            if state == OTHER_STATE:
-                store._objects[entry] = objects[i]
-                continue
-            store._times[entry], store._models[entry], store._states[entry] = times[i], models[i], state
-            if state == LABEL_STATE:
-                store._objects[entry] = objects[i]
-            elif state == PREDICTION_STATE:
-                row = placed.get(i)
-                if row is not None:
-                    store._rows[entry] = row
-                else:
-                    store._objects[entry] = unpack_prediction(key, [times[i], store._model_ids[models[i]],
-                                                                    WAITING_PREDICTION, objects[i]])
+            rows[positions] = np.arange(count, dtype=np.int32)
+        other = states == OTHER_STATE
+        times[other], models[other] = 0.0, -1  # what :meth:`_insert` leaves for a value that is not a join entry
+
+        data = list(map(str.encode, keys))
+        hashes = np.fromiter(map(_hash, data), dtype=np.uint64, count=n)
+        lengths = np.fromiter(map(len, data), dtype=np.int64, count=n)
+        too_long = np.flatnonzero(lengths >= KEY_BYTES)
+        if too_long.shape[0]:  # kept as strings, not in the arena (as :meth:`_insert` keeps them)
+            store._long_keys = {e: keys[e] for e in too_long.tolist()}
+            lengths[too_long] = 0
+            data = [b"" if len(d) >= KEY_BYTES else d for d in data]
+        key_at = np.concatenate(([0], np.cumsum(lengths)[:-1])) if n else lengths
+        key_at[too_long], lengths[too_long] = 0, KEY_BYTES
+        store._arena = bytearray().join(data)
+        for (name, code), values in zip(_ENTRY_ARRAYS, (times, hashes, models, states, rows, key_at, lengths)):
+            setattr(store, name, _typed(code, values))
+        store._live = n
+
+        order = np.argsort(hashes, kind="stable")
+        ordered = hashes[order]
+        later = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # a key after the first of its hash
+        store._collided = {keys[e]: e for e in order[later].tolist()}
+        store._sorted_hashes = np.delete(ordered, later)
+        store._sorted_entries = np.delete(order, later).astype(np.int32)
+
+        store._objects = objects = {int(i): v for i, v in header["objects"]}
+        for entry in np.flatnonzero((states == PREDICTION_STATE) & (rows < 0)).tolist():  # not in columns
+            model_id = store._model_ids[int(models[entry])]
+            objects[entry] = unpack_prediction(keys[entry], [float(times[entry]), model_id, WAITING_PREDICTION,
+                                                             objects[entry]])
         return store
+
+
+def _typed(code: str, values: np.ndarray) -> array:
+    """``values`` as an :class:`array.array` of typecode ``code`` (a copy of their buffer, cast to it)."""
+    out = array(code)
+    out.frombytes(np.ascontiguousarray(values, dtype=code).view(np.uint8))
+    return out
 
 
 def _tuples(value: Any) -> Any:

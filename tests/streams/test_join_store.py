@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,8 @@ categories = st.one_of(st.none(), st.sampled_from(["a", "b", "é", ""]), st.text
 
 
 @st.composite
-def predictions(draw: Any) -> Prediction:
+def predictions(draw: Any, columns: bool = False) -> Prediction:
+    """A random prediction; with ``columns``, one that fits a model's columns (no ``scores``, no type errors)."""
     model = draw(st.sampled_from(MODELS))
     pid = draw(st.sampled_from(IDS))
     time = draw(st.floats(0, 200).map(lambda t: round(t, 1)))
@@ -47,9 +49,9 @@ def predictions(draw: Any) -> Prediction:
     regression = model == "other"
     prediction = draw(numbers.filter(lambda v: v == v)) if regression else draw(st.sampled_from(["0", "1", "2"]))
     score = None if regression else draw(st.one_of(st.none(), st.floats(0, 1)))
-    scores = draw(st.one_of(st.none(), st.just({"0": 0.25, "1": 0.75}))) if not regression else None
+    scores = draw(st.one_of(st.none(), st.just({"0": 0.25, "1": 0.75}))) if not (regression or columns) else None
     attributes = draw(st.sampled_from([{}, {"sex": "F"}, {"sex": "M", "race": "x"}]))
-    type_errors = draw(st.sampled_from([(), (), ("age",)]))
+    type_errors = () if columns else draw(st.sampled_from([(), (), ("age",)]))
     return Prediction(pid, model, draw(st.sampled_from(["1", "2"])), time, features, prediction, score=score,
                       scores=scores, attributes=attributes, type_errors=type_errors)
 
@@ -63,6 +65,9 @@ def feedbacks(draw: Any) -> Feedback:
 operations = st.lists(st.one_of(predictions(), feedbacks(), st.sampled_from(["expire", "sweep", "frame"]),
                                 st.lists(st.sampled_from(IDS), max_size=6)),  # a prefetch (a batch's keys)
                       max_size=60)
+tables = st.lists(st.one_of(predictions(columns=True), predictions(columns=True), predictions(), feedbacks(),
+                            feedbacks(), st.sampled_from(["expire", "sweep", "frame"])), min_size=12, max_size=40)
+"""Operations that leave a table of most of the keys: predictions in columns, as objects, tombstones, waiting labels."""
 
 
 def _same_prediction(a: Prediction, b: Prediction, *, logged: bool = False) -> bool:
@@ -95,36 +100,42 @@ def _assert_same_tables(reference: Any, columnar: Any, *, logged: bool = False) 
     assert len(reference) == len(columnar)
 
 
+def _step(reference: FeedbackJoin, columnar: FeedbackJoin, op: Any, logged: bool) -> bool:
+    """Apply ``op`` to both joins and check they answer alike; whether the tables are now ``logged``."""
+    if op == "expire" or op == "sweep":
+        assert reference.expire(full=op == "sweep") == columnar.expire(full=op == "sweep")
+    elif isinstance(op, list):  # a batch starts: its keys prefetched, which changes no answer
+        reference.store.prefetch(op)
+        columnar.store.prefetch(op)
+    elif op == "frame":  # a restart: the columnar table from its frame, the reference from its JSON
+        columnar.store = ColumnarStore.from_frame(columnar.store.to_frame())  # type: ignore[attr-defined]
+        reference.store = _logged(reference.store)  # type: ignore[arg-type]
+        logged = True
+    elif isinstance(op, Prediction):
+        duplicate = reference.is_duplicate_prediction(op)
+        assert columnar.is_duplicate_prediction(op) == duplicate
+        if not duplicate:
+            a, b = reference.add_prediction(op), columnar.add_prediction(op)
+            assert (a is None) == (b is None)
+            if a is not None and b is not None:
+                assert _same_prediction(a.prediction, b.prediction, logged=logged)
+                assert (a.label, a.feedback_timestamp) == (b.label, b.feedback_timestamp)
+    else:
+        a, b = reference.add_feedback(op), columnar.add_feedback(op)
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert _same_prediction(a.prediction, b.prediction, logged=logged) and a.label == b.label
+    assert reference.counts == columnar.counts
+    assert reference.take_evicted() == columnar.take_evicted()
+    return logged
+
+
 def _run(ops: list[Any], ttl: float, max_entries: int | None) -> None:
     reference = FeedbackJoin(DictStore(), ttl_seconds=ttl, max_entries=max_entries)
     columnar = FeedbackJoin(ColumnarStore(), ttl_seconds=ttl, max_entries=max_entries)
     logged = False
     for op in ops:
-        if op == "expire" or op == "sweep":
-            assert reference.expire(full=op == "sweep") == columnar.expire(full=op == "sweep")
-        elif isinstance(op, list):  # a batch starts: its keys prefetched, which changes no answer
-            reference.store.prefetch(op)
-            columnar.store.prefetch(op)
-        elif op == "frame":  # a restart: the columnar table from its frame, the reference from its JSON
-            columnar.store = ColumnarStore.from_frame(columnar.store.to_frame())  # type: ignore[attr-defined]
-            reference.store = _logged(reference.store)  # type: ignore[arg-type]
-            logged = True
-        elif isinstance(op, Prediction):
-            duplicate = reference.is_duplicate_prediction(op)
-            assert columnar.is_duplicate_prediction(op) == duplicate
-            if not duplicate:
-                a, b = reference.add_prediction(op), columnar.add_prediction(op)
-                assert (a is None) == (b is None)
-                if a is not None and b is not None:
-                    assert _same_prediction(a.prediction, b.prediction, logged=logged)
-                    assert (a.label, a.feedback_timestamp) == (b.label, b.feedback_timestamp)
-        else:
-            a, b = reference.add_feedback(op), columnar.add_feedback(op)
-            assert (a is None) == (b is None)
-            if a is not None and b is not None:
-                assert _same_prediction(a.prediction, b.prediction, logged=logged) and a.label == b.label
-        assert reference.counts == columnar.counts
-        assert reference.take_evicted() == columnar.take_evicted()
+        logged = _step(reference, columnar, op, logged)
     _assert_same_tables(reference.store, columnar.store, logged=logged)
     _assert_same_tables(reference.store, ColumnarStore.from_frame(columnar.store.to_frame()),  # type: ignore[attr-defined]
                         logged=True)
@@ -132,10 +143,11 @@ def _run(ops: list[Any], ttl: float, max_entries: int | None) -> None:
 
 @pytest.fixture
 def tiny_levels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Index levels, staging and dictionaries small enough that every sequence crosses them."""
+    """Index levels, staging, dictionaries and the arena's longest key small enough that every sequence crosses them."""
     monkeypatch.setattr(join_store, "RECENT_ENTRIES", 3)
     monkeypatch.setattr(join_store, "STAGED_ROWS", 2)
     monkeypatch.setattr(join_store, "CODES", 4)
+    monkeypatch.setattr(join_store, "KEY_BYTES", 30)  # "x" * 40 is a long key
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -151,6 +163,33 @@ def test_a_hash_shared_by_every_key_joins_no_wrong_pair(tiny_levels: None, monke
                                                         ops: list[Any], max_entries: int | None) -> None:
     monkeypatch.setattr(join_store, "_hash", lambda data: len(data) % 2)
     _run(ops, 60.0, max_entries)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=tables, after=operations, ttl=st.sampled_from([15.0, 60.0, 1e9]),
+       max_entries=st.sampled_from([None, 5, 12]), shared_hash=st.booleans())
+def test_a_table_from_its_frame_is_the_table_and_goes_on_as_it(tiny_levels: None, monkeypatch: pytest.MonkeyPatch,
+                                                              before: list[Any], after: list[Any], ttl: float,
+                                                              max_entries: int | None, shared_hash: bool) -> None:
+    """``from_frame(to_frame(s))`` builds the table in bulk; it is ``s`` (order, times, states and
+    tombstones, payloads with a missing category None and a missing number NaN, size), and a further
+    random sequence of predictions, feedback, expiry and eviction gets the same answers from both,
+    the two tables ending the same."""
+    if shared_hash:  # every key's hash is one of two: the index's collided keys, in bulk
+        monkeypatch.setattr(join_store, "_hash", lambda data: len(data) % 2)
+    reference = FeedbackJoin(DictStore(), ttl_seconds=ttl, max_entries=max_entries)
+    live = FeedbackJoin(ColumnarStore(), ttl_seconds=ttl, max_entries=max_entries)
+    logged = False
+    for op in before:  # a random table (held to the reference on the way)
+        logged = _step(reference, live, op, logged)
+    store = ColumnarStore.from_frame(live.store.to_frame())  # type: ignore[attr-defined]
+    _assert_same_tables(live.store, store, logged=True)
+    assert [store.get(key, [])[:3] for key in live.store] == [entry[:3] for _, entry in live.store.items()]  # the index
+    restored = replace(live, store=store, counts=replace(live.counts), expired_by_model=dict(live.expired_by_model),
+                       evicted_by_model=dict(live.evicted_by_model))
+    for op in after:
+        _step(live, restored, op, True)
+    _assert_same_tables(live.store, restored.store, logged=True)
 
 
 def test_predictions_sit_in_columns_not_objects() -> None:
