@@ -35,7 +35,7 @@ join this is the same ``key → [time, model, state, payload]`` store as
 :class:`~streams.join.DictStore`; ``tests/streams/test_join_store.py`` holds the two to the same
 answers on random operation sequences. :meth:`ColumnarStore.to_frame` / :meth:`from_frame` write
 and read the whole table as one binary frame (the changelog's full snapshot: numpy buffers, not a
-JSON document per entry).
+JSON document per entry), read back in bulk, not entry by entry (``python -m bench.recovery``).
 """
 
 from __future__ import annotations
