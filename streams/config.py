@@ -354,11 +354,6 @@ class Config:
         topics = _build(Topics, "kafka.topics", _section(kafka_raw, "topics"))
         kafka_raw["topics"] = topics
         kafka = _kafka(_build(KafkaConfig, "kafka", kafka_raw), base_dir)
-        given = kafka_raw.get("panes_codec", kafka.panes_codec)
-        if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) \
-                or kafka.panes_codec not in (1, 2):
-            raise ConfigError(f"kafka.panes_codec: expected 2, or 1 while workers older than codec 2 still run "
-                              f"(their stage 2 reads codec 1 only), got {given!r}")
         influx = _build(InfluxConfig, "influx", _section(merged, "influx"))
         influx = replace(influx, token=Secret(influx.token),
                          ssl_ca_cert=_existing_file("influx.ssl_ca_cert", influx.ssl_ca_cert, base_dir))
@@ -395,6 +390,9 @@ class Config:
 
 def _kafka(cfg: KafkaConfig, base_dir: Path) -> KafkaConfig:
     """Check the security keys together; resolve the certificate paths against the config's directory."""
+    if cfg.panes_codec not in (1, 2):
+        raise ConfigError(f"kafka.panes_codec: expected 2, or 1 while workers older than codec 2 still run "
+                          f"(their stage 2 reads codec 1 only), got {cfg.panes_codec!r}")
     protocol = str(cfg.security_protocol).upper()
     if protocol not in SECURITY_PROTOCOLS:
         raise ConfigError(f"kafka.security_protocol: expected one of {', '.join(SECURITY_PROTOCOLS)}, "
@@ -469,16 +467,13 @@ def _retrain(raw: Mapping[str, Any], base_dir: Path) -> RetrainConfig:
 
 
 def _join(raw: Mapping[str, Any]) -> JoinConfig:
-    cfg = _build(JoinConfig, "join", raw)
-    given = raw.get("max_entries", cfg.max_entries)
-    if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) or cfg.max_entries < 1:
-        raise ConfigError(f"join.max_entries: expected a positive whole number of entries, got {given!r}")
-    given = raw.get("full_snapshot_every", cfg.full_snapshot_every)
-    if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) \
-            or not 1 <= cfg.full_snapshot_every <= MAX_FULL_SNAPSHOT_EVERY:
+    cfg = _build(JoinConfig, "join", raw)  # whole numbers, by _coerce
+    if cfg.max_entries < 1:
+        raise ConfigError(f"join.max_entries: expected a positive whole number of entries, got {cfg.max_entries!r}")
+    if not 1 <= cfg.full_snapshot_every <= MAX_FULL_SNAPSHOT_EVERY:
         raise ConfigError(f"join.full_snapshot_every: expected a whole number of batches from 1 to "
                           f"{MAX_FULL_SNAPSHOT_EVERY} (the changelog keeps the deltas of the last 1000 batches, and "
-                          f"recovery may need two intervals of them), got {given!r}")
+                          f"recovery may need two intervals of them), got {cfg.full_snapshot_every!r}")
     return cfg
 
 
@@ -491,11 +486,10 @@ def _validation(raw: Mapping[str, Any]) -> ValidationConfig:
     cfg = _build(ValidationConfig, "validation", raw)
     if cfg.type_errors not in ("reject", "count"):
         raise ConfigError(f"validation.type_errors: expected 'reject' or 'count', got {cfg.type_errors!r}")
-    for key, least in _WHOLE_LIMITS.items():
-        given = raw.get(key, getattr(cfg, key))
+    for key, least in _WHOLE_LIMITS.items():  # whole numbers, by _coerce
         value = getattr(cfg, key)
-        if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) or value < least:
-            raise ConfigError(f"validation.{key}: expected a whole number >= {least}, got {given!r}")
+        if value < least:
+            raise ConfigError(f"validation.{key}: expected a whole number >= {least}, got {value!r}")
     if cfg.max_depth > 512:
         raise ConfigError(f"validation.max_depth: at most 512 (the JSON decoder's own limit is 1024), "
                           f"got {cfg.max_depth!r}")
@@ -640,7 +634,8 @@ def _has_defaults(cls: type) -> bool:
 
 
 def _coerce(where: str, value: Any, default: Any) -> Any:
-    """Coerce strings from the environment to the type of the default."""
+    """Coerce strings from the environment to the type of the default; a key whose default is a
+    whole number takes whole numbers only (``2.5`` or ``true`` is an error naming the key, not 2 or 1)."""
     if default is None or isinstance(default, (Topics, Mapping)):
         return value
     if isinstance(default, bool):
@@ -649,9 +644,18 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if isinstance(default, (int, float)) and not isinstance(value, bool):
+    if isinstance(default, int):  # a count: never truncated (2.5 is not 2), never a boolean
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
         try:
-            return type(default)(value)
+            return int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}") from None
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if isinstance(default, Path):
