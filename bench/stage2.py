@@ -47,7 +47,8 @@ def run(events: int = 40_000, array_size: int = 1, *, repeats: int = 5, seconds:
     from streams.config import Config
     from streams.join import DictStore
     from streams.partials import encode
-    from streams.pipeline import Outcome, one_collection_per_batch
+    from streams.collector import one_collection_per_batch
+    from streams.pipeline import Outcome
     from streams.runtime import pipeline_factory
 
     overrides: dict[str, Any] = {}

@@ -37,14 +37,14 @@ from kafka.partitioner.default import murmur2
 from detectors.points import Point
 from streams import caught
 from streams.config import Config
+from streams.collector import collect_due, one_collection_per_batch
 from streams.consumer import Batch, Resume, SourceConsumer
 from streams.faults import Faults
 from streams.join import JoinStore, labelled_messages
 from streams.kafka import client_options, faust_credentials
 from streams.outbox import Outbox
 from streams.partials import encode
-from streams.pipeline import (FEEDBACK, PREDICTION, Merger, Outcome, SourceOutcome, SourcePipeline,
-                              one_collection_per_batch)
+from streams.pipeline import FEEDBACK, PREDICTION, Merger, Outcome, SourceOutcome, SourcePipeline
 from streams.sinks import DiscardSink, PointSink
 from streams.state import READ_POLL_SECONDS, PartitionState, changelog_topic, recover
 
@@ -419,6 +419,7 @@ class WorkerRuntime:
         self.app.service(self.source_consumer)
         self.app.service(self.windows_consumer)
         self.app.timer(interval=30.0)(self.report_progress)
+        self.app.timer(interval=1.0)(self.collect_garbage)
 
     @property
     def publish(self) -> Callable[..., None]:
@@ -429,6 +430,12 @@ class WorkerRuntime:
     def totals(self) -> dict[str, int]:
         """Events, labelled pairs and dead letters this worker processed, over all partitions it held."""
         return self.source.totals()
+
+    async def collect_garbage(self) -> None:
+        """The collection that is due, if any, while no batch boundary comes (a batch waiting for
+        acknowledgements, a quiet topic): cyclic garbage waits at most a second
+        (:mod:`streams.collector`)."""
+        collect_due()
 
     async def report_progress(self) -> None:
         """A line every 30 s while messages flow: the worker is alive and how fast it goes."""

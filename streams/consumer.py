@@ -70,6 +70,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, TypeVar
 
 from mode import Service
 
+from streams.collector import collect_due
 from streams.config import Config
 from streams.events import message_time
 from streams.faults import Faults
@@ -284,10 +285,8 @@ class SourceConsumer(Service, Generic[W]):
                 continue
             try:
                 if fetched or self._buffers:
-                    async with self._batch_lock:
-                        batch, ranges = self._batch_of(fetched)
-                        if batch:
-                            await self._run(batch, ranges)
+                    await self._take(fetched)
+                del fetched  # the batch's records go before the collection below
                 if self.idle_timeout is not None:
                     await self._announce_quiet()
             except asyncio.CancelledError:
@@ -298,6 +297,14 @@ class SourceConsumer(Service, Generic[W]):
                 log.exception("a batch could not be handed on; stopping the worker")
                 await self.crash(exc)
                 return
+            collect_due(batch_boundary=True)  # what the batch held is freed: little to scan (streams.collector)
+
+    async def _take(self, fetched: dict[Any, list[Any]]) -> None:
+        """The fetched records (and those buffered before) as one batch through :meth:`_run`."""
+        async with self._batch_lock:
+            batch, ranges = self._batch_of(fetched)
+            if batch:
+                await self._run(batch, ranges)
 
     async def _run(self, batch: Batch, ranges: Ranges) -> None:
         """One batch through the protocol: intent, outputs, state, commit."""

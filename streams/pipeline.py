@@ -18,14 +18,12 @@ the internal topic carries them (``replay`` runs it) — the same :class:`Merger
 from __future__ import annotations
 
 import base64
-import gc
 import hashlib
 import logging
 import math
 import time
 from itertools import chain
 from datetime import datetime, timezone
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -33,6 +31,7 @@ import orjson
 
 from detectors.points import Point
 from streams import caught
+from streams.collector import one_collection_per_batch
 from streams.config import Config
 from retrain.events import Alert
 from retrain.metrics import monitor_counter
@@ -165,28 +164,6 @@ def sub_batches(messages: Sequence[RawMessage], most: int) -> list[Sequence[RawM
         size += length
     chunks.append(messages[start:])
     return chunks
-
-
-@contextmanager
-def one_collection_per_batch() -> Iterator[None]:
-    """Run a batch with Python's cyclic garbage collector paused, so it collects once after the
-    batch instead of every 700 net allocations within it.
-
-    A batch allocates a few objects per event that live until its end (the decoded envelopes, the
-    events, the blocks), so the collector's youngest generation fills every few hundred events,
-    and each tenth of those collections scans the older generation too — the join table and
-    the windows' state, tens of thousands of containers that never become garbage: about a
-    quarter of the worker's CPU time at one event per message (``python -m bench.profile``).
-    Reference counting frees the batch's objects as before; only cyclic garbage waits, at most
-    one batch. Nested uses (``Pipeline.process`` around stage 1) pause once."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class SourcePipeline:

@@ -10,6 +10,7 @@ from detectors.points import Point
 
 from streams.app import WorkerRuntime, panes_topic, windows_changelog_topic
 from streams.broker import all_topics, create_topics, partition_counts
+from streams.collector import collection_at_batch_boundaries
 from streams.config import Config, ConfigError, redacted
 from streams.kafka import client_options
 from streams.monitor import check_count_windows
@@ -135,7 +136,8 @@ def run_worker(config_path: str) -> int:
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     worker = _worker_class()(app, loglevel="INFO" if verbose else "WARNING", quiet=True, redirect_stdouts=False)
     try:
-        worker.execute_from_commandline()
+        with collection_at_batch_boundaries():
+            worker.execute_from_commandline()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
     else:
