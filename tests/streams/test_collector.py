@@ -29,6 +29,13 @@ def manual_collection() -> Iterator[None]:
     gc.set_threshold(*thresholds)
 
 
+def _unreachable_cycle() -> weakref.ref[Node]:
+    """Two nodes referring to each other and to nothing else: garbage only a collection frees."""
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    return weakref.ref(first)
+
+
 def _allocate(containers: int) -> list[list[int]]:
     return [[i] for i in range(containers)]
 
@@ -96,10 +103,7 @@ def test_a_full_collection_comes_when_the_oldest_generations_count_passes_its_th
 
 def test_a_reference_cycle_made_while_collection_is_manual_is_freed_by_the_next_collection(manual_collection) -> None:
     gc.set_threshold(700, 10, 10)
-    first, second = Node(), Node()
-    first.other, second.other = second, first
-    gone = weakref.ref(first)
-    del first, second
+    gone = _unreachable_cycle()
     _allocate(10)  # automatic collection is off: nothing frees the cycle
     assert gone() is not None
     while collect_due() is None:
@@ -110,10 +114,7 @@ def test_a_reference_cycle_made_while_collection_is_manual_is_freed_by_the_next_
 def test_at_a_batch_boundary_the_young_generation_is_collected_whatever_its_count(manual_collection) -> None:
     """A batch that freed what it allocated leaves the count low; its reference cycles go all the same."""
     gc.set_threshold(700, 10, 10)
-    first, second = Node(), Node()
-    first.other, second.other = second, first
-    gone = weakref.ref(first)
-    del first, second
+    gone = _unreachable_cycle()
     assert gc.get_count()[0] < 700
     assert collect_due() is None and gone() is not None
     assert collect_due(batch_boundary=True) == 0
