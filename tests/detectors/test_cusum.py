@@ -120,6 +120,47 @@ def test_bank_rejects_bad_shapes_and_cannot_merge() -> None:
         bank.update(np.zeros((3, 1)))
     with pytest.raises(DetectorError):
         bank.merge(PageCUSUM([1.0, 2.0]))
+    linear = dict(source_weight=np.ones(2), observed_column=np.zeros(2, dtype=np.int64), observed_weight=np.ones(2))
+    with pytest.raises(DetectorError, match="does not have"):  # a source the batch lacks is not read from memory
+        bank.update_linear(np.zeros((3, 2)), np.zeros((3, 1)), source_column=np.array([0, 2]), **linear)
+    with pytest.raises(DetectorError, match="same rows"):
+        bank.update_linear(np.zeros((3, 2)), np.zeros((4, 1)), source_column=np.array([0, 1]), **linear)
+    with pytest.raises(DetectorError, match="2 columns"):
+        bank.update_linear(np.zeros((3, 2)), np.zeros((3, 1)), source_column=np.array([0]), **linear)
+    assert bank.statistic.tolist() == [0.0, 0.0] and bank.n == 0  # refused batches leave the bank as it was
+
+
+def test_linear_increments_are_read_as_if_materialised() -> None:
+    """``update_linear`` reads each column's increment from its source and observation as the rows
+    are read; the oracle is the bank fed the ``(rows, columns)`` matrix of those increments, built
+    with numpy: the same detections, returns and statistics, to the bit."""
+    rng = np.random.default_rng(8)
+    n, sources, observations = 4000, 5, 3
+    src = rng.normal(0.0, 1.0, (n, sources))
+    src[1000:2000] += 1.5  # changes that come and go
+    src[3000:3400] += 1.5
+    obs = (rng.random((n, observations)) < 0.9).astype(np.float64)
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3])
+    m = groups.size
+    s_col, o_col = rng.integers(0, sources, m), rng.integers(0, observations, m)
+    s_w, o_w = rng.normal(0.3, 0.2, m), rng.uniform(-0.4, -0.1, m)
+    returns = np.array([1, 0, 1, 4, 3, 6, 5, 5, 8])
+    watch = np.array([True, True, False, True, True, True, True, False, True])
+    h = rng.uniform(3.0, 6.0, m)
+    linear = PageCUSUM(h, groups=groups, returns=returns, watch=watch)
+    matrix = PageCUSUM(h, groups=groups, returns=returns, watch=watch)
+    events = returned = 0
+    for lo in range(0, n, 700):
+        rows = slice(lo, lo + 700)
+        linear.update_linear(src[rows], obs[rows], source_column=s_col, source_weight=s_w,
+                             observed_column=o_col, observed_weight=o_w)
+        matrix.update(src[rows][:, s_col] * s_w + obs[rows][:, o_col] * o_w)
+        assert linear.detections == matrix.detections and linear.returned == matrix.returned
+        assert linear.statistic.tolist() == matrix.statistic.tolist()
+        assert linear.changed.tolist() == matrix.changed.tolist() and linear.back.tolist() == matrix.back.tolist()
+        events += len(linear.detections)
+        returned += len(linear.returned)
+    assert events > 20 and returned > 20  # the thresholds are crossed, streams change and come back
 
 
 def test_threshold_solves_walds_arl() -> None:
