@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import streams.collector as collector
 from streams.collector import collect_due, collection_at_batch_boundaries, one_collection_per_batch
 
 
@@ -20,11 +21,13 @@ class Node:
 
 
 @pytest.fixture
-def manual_collection() -> Iterator[None]:
-    """Automatic collection off, the heap collected, thresholds restored afterwards."""
+def manual_collection(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Automatic collection off, the heap collected (and the collector's tally of it started
+    there), thresholds restored afterwards."""
     thresholds = gc.get_threshold()
     with collection_at_batch_boundaries():
         gc.collect()
+        monkeypatch.setattr(collector, "_long_lived", collector._LongLived(total=len(gc.get_objects(2))))
         yield
     gc.set_threshold(*thresholds)
 
@@ -89,16 +92,96 @@ def test_young_and_middle_generations_are_collected_as_cpython_collects_them() -
 
 def test_a_full_collection_comes_when_the_oldest_generations_count_passes_its_threshold(manual_collection) -> None:
     """With thresholds (100, 3, 2) every fifth collection is of the middle generation (its count
-    passes 3); the one after the third of those is of the oldest (its count passes 2), which starts
-    the cycle again."""
+    passes 3); the one after the third of those is of the oldest (its count passes 2) once what it
+    holds has grown by a quarter: at once here, as its tally starts at 400, then not again while
+    what it holds (the interpreter's heap, ~100,000 containers) grows by 16 x 151."""
     gc.set_threshold(100, 3, 2)
+    collector._long_lived = collector._LongLived(total=400)
     generations = []
     held = []
     for _ in range(32):
         held.append(_allocate(150))
         generations.append(collect_due())
     assert generations[:16] == [0, 0, 0, 0, 1] * 3 + [2]
-    assert generations[16:] == generations[:16]
+    assert collector._long_lived.total > 40 * 16 * 151
+    # the oldest generation's count passes 2 again at the 16th, but it has not grown by a quarter
+    assert generations[16:] == [0, 0, 0, 0, 1] * 3 + [0]
+
+
+def _full_collections(steps: int, manual: bool) -> int:
+    """Full collections while ``steps`` times 101 containers are allocated and kept, collected
+    by CPython itself or (``manual``) by :func:`collect_due` after each step (thresholds 100, 3,
+    2: CPython collects once a step, as the manual collection does)."""
+    fulls = []
+    record = lambda phase, info: fulls.append(1) if phase == "start" and info["generation"] == 2 else None  # noqa: E731
+    held = []
+    gc.collect()
+    collector._long_lived = collector._LongLived(total=len(gc.get_objects(2)))
+    gc.callbacks.append(record)
+    try:
+        for _ in range(steps):
+            held.append(_allocate(100))
+            if manual:
+                collect_due()
+    finally:
+        gc.callbacks.remove(record)
+    return len(fulls)
+
+
+def test_full_collections_wait_for_the_heap_to_grow_by_a_quarter_as_cpython_waits(monkeypatch) -> None:
+    """Oracle: CPython's automatic collection of the same allocations. Its full collections wait
+    until the containers promoted into the oldest generation are a quarter of what it held after
+    the last one (``long_lived_pending < long_lived_total / 4``), so a heap of N containers that
+    grows by 101 a step is scanned in full every ~N/400 steps, not every 15th."""
+    monkeypatch.setattr(collector, "_long_lived", collector._LongLived())
+    heap = [_allocate(1000) for _ in range(20)]  # 20,000 long-lived containers besides the interpreter's
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100, 3, 2)
+    try:
+        automatic = _full_collections(1500, manual=False)
+        with collection_at_batch_boundaries():
+            manual = _full_collections(1500, manual=True)
+    finally:
+        gc.set_threshold(*thresholds)
+    del heap
+    assert 1 <= manual <= 10 < 1500 // 15  # not once per 15 collections
+    assert abs(manual - automatic) <= 1
+
+
+def _full_collection() -> None:
+    """Collect until :func:`collect_due` runs a full collection (the heap's growth rule waived)."""
+    gc.set_threshold(1, 0, 0)
+    while True:
+        collector._long_lived.total = 0
+        if collect_due(batch_boundary=True) == 2:
+            return
+
+
+def test_a_full_collection_freezes_the_heap_and_every_eighth_scans_the_frozen_heap_too(manual_collection) -> None:
+    """What survives a full collection is frozen (the next ones do not scan it again); a reference
+    cycle among frozen containers that becomes garbage is freed by the THAW_EVERY-th full collection,
+    which unfreezes the heap first, and not before."""
+    collector._long_lived = collector._LongLived()
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    gone = weakref.ref(first)
+    _full_collection()  # the first full collection: the cycle is alive, and frozen with the heap
+    assert gc.get_freeze_count() > 1000 and collector._long_lived.total == gc.get_freeze_count()
+    del first, second  # now garbage, but frozen
+    assert gone() is not None
+    for _ in range(collector.THAW_EVERY - 2):
+        _full_collection()
+        assert gone() is not None
+    _full_collection()  # the THAW_EVERY-th
+    assert gone() is None
+    assert gc.get_freeze_count() > 1000  # frozen again after it
+
+
+def test_leaving_manual_collection_unfreezes_the_heap(manual_collection) -> None:
+    with collection_at_batch_boundaries():
+        _full_collection()
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_reference_cycle_made_while_collection_is_manual_is_freed_by_the_next_collection(manual_collection) -> None:
