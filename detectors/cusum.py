@@ -107,7 +107,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Self
+from typing import Any, Callable, Mapping, Sequence, Self
 
 import numba
 import numpy as np
@@ -231,7 +231,18 @@ class Return:
     column: int
 
 
-@numba.njit(cache=True, nogil=True)
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` compiled by numba on first use, its machine code cached next to this file
+    (``__pycache__``), in the user's cache directory or in ``NUMBA_CACHE_DIR``; where none of them
+    is writable (a read-only image with no home directory), compiled in each process instead
+    (~1 s at the first batch) rather than failing the import, as numba's ``cache=True`` does."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
+
+
+@_compiled
 def _page_rows(src: np.ndarray, obs: np.ndarray, src_col: np.ndarray, src_weight: np.ndarray, obs_col: np.ndarray,
                obs_weight: np.ndarray, thresholds: np.ndarray, watch: np.ndarray, returns: np.ndarray,
                members: np.ndarray, offsets: np.ndarray, statistic: np.ndarray, changed: np.ndarray,

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from statistics import NormalDist
 
 import numpy as np
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 from detectors.base import DetectorError, FeatureFrame
 from detectors.cusum import DELTAS, PageCUSUM, ReferenceCUSUM, cusum_points, threshold_for
 from detectors.profile import ReferenceProfile
+from tests.conftest import REPO
 
 
 # -- oracle: Page's recursion, one event at a time ------------------------------------------------
@@ -128,6 +132,19 @@ def test_bank_rejects_bad_shapes_and_cannot_merge() -> None:
     with pytest.raises(DetectorError, match="2 columns"):
         bank.update_linear(np.zeros((3, 2)), np.zeros((3, 1)), source_column=np.array([0]), **linear)
     assert bank.statistic.tolist() == [0.0, 0.0] and bank.n == 0  # refused batches leave the bank as it was
+
+
+def test_the_row_loop_runs_where_its_compiled_code_cannot_be_cached() -> None:
+    """A read-only install with no writable cache directory: numba finds no cache locator (forced
+    here with ``NUMBA_CACHE_LOCATOR_CLASSES``), and ``cache=True`` would fail the import; the loop
+    is compiled in the process instead and gives the same detections."""
+    code = ("import numpy as np; from detectors.cusum import PageCUSUM, _page_rows; "
+            "bank = PageCUSUM([2.0]).update(np.ones((5, 1))); "
+            "print(type(_page_rows._cache).__name__, [d.row for d in bank.detections])")
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "numba.core.caching.ZipCacheLocator"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["NullCache", "[1,", "3]"]
 
 
 def test_linear_increments_are_read_as_if_materialised() -> None:
