@@ -34,8 +34,13 @@ from streams.state import PartitionState, record_json
 IDS = [f"p{i}" for i in range(12)] + ["ü-ÿ", "x" * 40]
 MODELS = ["m", "other"]
 
+DECIMALS = [0.1, 0.25, 3.0, 123.456, 41.2345, -7.5, 21474.83647]
 numbers = st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(math.nan), st.just(-0.0), st.just(1e300),
-                    st.sampled_from([0.1, 0.25, 3.0, 123.456, 41.2345, -7.5, 21474.83647]))
+                    st.sampled_from(DECIMALS))
+present_numbers = st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(-0.0), st.just(1e300),
+                            st.sampled_from(DECIMALS))
+"""``numbers`` without NaN (a regression's prediction), drawn, not filtered: a filter's rejects
+made Hypothesis's health check fail the frame test now and then (50 inputs filtered, 9 kept)."""
 categories = st.one_of(st.none(), st.sampled_from(["a", "b", "é", ""]), st.text(max_size=3))
 
 
@@ -47,7 +52,7 @@ def predictions(draw: Any, columns: bool = False) -> Prediction:
     time = draw(st.floats(0, 200).map(lambda t: round(t, 1)))
     features = {"age": draw(numbers), "channel": draw(categories), "income": draw(numbers)}
     regression = model == "other"
-    prediction = draw(numbers.filter(lambda v: v == v)) if regression else draw(st.sampled_from(["0", "1", "2"]))
+    prediction = draw(present_numbers) if regression else draw(st.sampled_from(["0", "1", "2"]))
     score = None if regression else draw(st.one_of(st.none(), st.floats(0, 1)))
     scores = draw(st.one_of(st.none(), st.just({"0": 0.25, "1": 0.75}))) if not (regression or columns) else None
     attributes = draw(st.sampled_from([{}, {"sex": "F"}, {"sex": "M", "race": "x"}]))
@@ -165,7 +170,10 @@ def test_a_hash_shared_by_every_key_joins_no_wrong_pair(tiny_levels: None, monke
     _run(ops, 60.0, max_entries)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# filter_too_much: a table of 12 to 40 operations is a large draw, and Hypothesis discards the
+# draws that overrun its buffer as filtered; on a loaded machine that tripped the health check
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
 @given(before=tables, after=operations, ttl=st.sampled_from([15.0, 60.0, 1e9]),
        max_entries=st.sampled_from([None, 5, 12]), shared_hash=st.booleans())
 def test_a_table_from_its_frame_is_the_table_and_goes_on_as_it(tiny_levels: None, monkeypatch: pytest.MonkeyPatch,
