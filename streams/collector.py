@@ -64,7 +64,9 @@ def collect_due(*, batch_boundary: bool = False) -> int | None:
     Faust, ... and the tables), and a full collection scanned all of them to find none garbage,
     0.1 to 0.4 s each (``python -m bench.spy`` with ``gc.callbacks`` timing them). Frozen containers
     are still freed by reference counting; only a reference cycle among them would wait, so every
-    :data:`THAW_EVERY`-th full collection unfreezes the heap first and scans it all. At a
+    :data:`THAW_EVERY`-th full collection unfreezes the heap first and scans it all. (Only with
+    automatic collection off, :func:`collection_at_batch_boundaries`: otherwise CPython's own
+    collections would never see the frozen heap again.) At a
     ``batch_boundary`` the youngest generation is collected whatever its count: a batch that has
     freed what it allocated leaves that count low even when it made cyclic garbage (an
     exception's traceback holding a fetch's records), which would otherwise wait for a later,
@@ -88,6 +90,9 @@ def collect_due(*, batch_boundary: bool = False) -> int | None:
     elif generation == 1:
         young = len(gc.get_objects(0)) + len(gc.get_objects(1))
         _long_lived.pending += max(young - gc.collect(1), 0)
+    elif gc.isenabled():  # CPython collects too (a test's process, not the worker): no freezing behind its back
+        gc.collect(2)
+        _long_lived.total, _long_lived.pending = len(gc.get_objects(2)), 0
     else:
         _long_lived.fulls += 1
         if _long_lived.fulls % THAW_EVERY == 0:

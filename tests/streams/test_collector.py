@@ -177,6 +177,18 @@ def test_a_full_collection_freezes_the_heap_and_every_eighth_scans_the_frozen_he
     assert gc.get_freeze_count() > 1000  # frozen again after it
 
 
+def test_with_automatic_collection_on_a_full_collection_freezes_nothing(monkeypatch) -> None:
+    """A consumer's loop in a process that collects automatically (a test's, replay's): CPython's
+    own collections would never scan a frozen heap again, so nothing is frozen."""
+    monkeypatch.setattr(collector, "_long_lived", collector._LongLived())
+    thresholds = gc.get_threshold()
+    try:
+        _full_collection()
+    finally:
+        gc.set_threshold(*thresholds)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
 def test_leaving_manual_collection_unfreezes_the_heap(manual_collection) -> None:
     with collection_at_batch_boundaries():
         _full_collection()
