@@ -61,9 +61,11 @@ def messages(events: int, array_size: int) -> list[Any]:
 STAGES = (("stage 1", "streams.pipeline", "SourcePipeline", "process"),
           ("parsing", "streams.pipeline", "SourcePipeline", "_parse"),
           ("monitors", "streams.monitor", "ModelMonitor", "add_batch"),
+          ("CUSUM", "detectors.cusum", "ReferenceCUSUM", "update"),
           ("stage 2", "streams.pipeline", "Pipeline", "_merge"),
           ("stage 2 snapshot", "streams.windows", "ModelWindows", "snapshot"))
-"""What ``--stages`` times: (name, module, class, method); parsing and monitors are within stage 1.
+"""What ``--stages`` times: (name, module, class, method); parsing and monitors are within stage 1,
+the CUSUM banks' predictions (the row loop and the sources it reads) within the monitors.
 The windows' snapshot is taken only with ``--changelog`` (the worker saves it after every batch)."""
 
 
