@@ -109,7 +109,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, Self
 
-import numba
 import numpy as np
 import pandas as pd
 from scipy.special import ndtri
@@ -231,18 +230,32 @@ class Return:
     column: int
 
 
-def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` compiled by numba on first use, its machine code cached next to this file
-    (``__pycache__``), in the user's cache directory or in ``NUMBA_CACHE_DIR``; where none of them
-    is writable (a read-only image with no home directory), compiled in each process instead
-    (~1 s at the first batch) rather than failing the import, as numba's ``cache=True`` does."""
-    try:
-        return numba.njit(cache=True, nogil=True)(function)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(function)
+class _Compiled:
+    """``function`` compiled by numba at its first call (numba itself imported then: ~0.2 s that a
+    command which never runs a CUSUM, ``driftwarden --help``, does not pay), the machine code cached
+    next to this file (``__pycache__``), in the user's cache directory or in ``NUMBA_CACHE_DIR``;
+    where none of them is writable (a read-only image with no home directory), compiled in each
+    process instead (~1 s at the first batch) rather than failing, as numba's ``cache=True`` does."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        self._dispatcher: Any = None
+
+    def compile(self) -> Any:
+        """The numba dispatcher (made at the first call; its machine code at the first call of each types)."""
+        if self._dispatcher is None:
+            import numba
+
+            try:
+                self._dispatcher = numba.njit(cache=True, nogil=True)(self.function)
+            except RuntimeError:  # "cannot cache function ...: no locator available"
+                self._dispatcher = numba.njit(nogil=True)(self.function)
+        return self._dispatcher
+
+    def __call__(self, *args: Any) -> Any:
+        return (self._dispatcher or self.compile())(*args)
 
 
-@_compiled
 def _page_rows(src: np.ndarray, obs: np.ndarray, src_col: np.ndarray, src_weight: np.ndarray, obs_col: np.ndarray,
                obs_weight: np.ndarray, thresholds: np.ndarray, watch: np.ndarray, returns: np.ndarray,
                members: np.ndarray, offsets: np.ndarray, statistic: np.ndarray, changed: np.ndarray,
@@ -311,6 +324,9 @@ def _page_rows(src: np.ndarray, obs: np.ndarray, src_col: np.ndarray, src_weight
         if nd or nr:
             return r, nd, nr
     return n, 0, 0
+
+
+_page_rows = _Compiled(_page_rows)  # type: ignore[assignment]
 
 
 class PageCUSUM:

@@ -140,7 +140,7 @@ def test_the_row_loop_runs_where_its_compiled_code_cannot_be_cached() -> None:
     is compiled in the process instead and gives the same detections."""
     code = ("import numpy as np; from detectors.cusum import PageCUSUM, _page_rows; "
             "bank = PageCUSUM([2.0]).update(np.ones((5, 1))); "
-            "print(type(_page_rows._cache).__name__, [d.row for d in bank.detections])")
+            "print(type(_page_rows.compile()._cache).__name__, [d.row for d in bank.detections])")
     env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "numba.core.caching.ZipCacheLocator"}
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
