@@ -242,7 +242,7 @@ class _Compiled:
         self._dispatcher: Any = None
 
     def compile(self) -> Any:
-        """The numba dispatcher (made at the first call; its machine code at the first call of each types)."""
+        """The numba dispatcher, made at the first call (its machine code: at the first call with each argument types)."""
         if self._dispatcher is None:
             import numba
 
