@@ -395,9 +395,8 @@ class PageCUSUM:
         m = self.thresholds.size
         if x.ndim != 2 or x.shape[1] != m:
             raise DetectorError(f"expected increments of shape (rows, {m}), got {x.shape}")
-        none = np.zeros(m, dtype=np.int64)
         return self.update_linear(x, np.zeros((x.shape[0], 1)), source_column=np.arange(m), source_weight=np.ones(m),
-                                  observed_column=none, observed_weight=np.zeros(m))
+                                  observed_column=np.zeros(m, dtype=np.int64), observed_weight=np.zeros(m))
 
     def update_linear(self, sources: np.ndarray, observed: np.ndarray, *, source_column: np.ndarray,
                       source_weight: np.ndarray, observed_column: np.ndarray, observed_weight: np.ndarray) -> Self:
@@ -428,12 +427,12 @@ class PageCUSUM:
         if any(a.size != m for a in columns):
             raise DetectorError(f"each column's source, observation and weights are needed ({m} columns)")
         s_col, s_w, o_col, o_w = columns
-        if m and not (0 <= s_col.min() and s_col.max() < max(src.shape[1], 1)
-                      and 0 <= o_col.min() and o_col.max() < max(obs.shape[1], 1)):
-            raise DetectorError("a column names a source or observation the batch does not have")
         n = src.shape[0]
-        if m and (src.shape[1] == 0 or obs.shape[1] == 0):  # nothing to read: every increment is 0
-            src, obs = np.zeros((n, 1)), np.zeros((n, 1))
+        # a batch with no source (or no observation) columns reads 0 from a column of zeros
+        src = src if src.shape[1] else np.zeros((n, 1))
+        obs = obs if obs.shape[1] else np.zeros((n, 1))
+        if m and not (0 <= s_col.min() and s_col.max() < src.shape[1] and 0 <= o_col.min() and o_col.max() < obs.shape[1]):
+            raise DetectorError("a column names a source or observation the batch does not have")
         statistic, changed, back = self.statistic.copy(), self.changed.copy(), self.back.copy()
         size = changed.size
         det_group, det_column = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)

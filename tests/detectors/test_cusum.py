@@ -132,6 +132,16 @@ def test_bank_rejects_bad_shapes_and_cannot_merge() -> None:
     with pytest.raises(DetectorError, match="2 columns"):
         bank.update_linear(np.zeros((3, 2)), np.zeros((3, 1)), source_column=np.array([0]), **linear)
     assert bank.statistic.tolist() == [0.0, 0.0] and bank.n == 0  # refused batches leave the bank as it was
+    # a batch without source columns still reads its observations (and the reverse)
+    one = PageCUSUM([1.0])
+    weights = dict(source_column=np.array([0]), observed_column=np.array([0]))
+    one.update_linear(np.zeros((3, 0)), np.ones((3, 1)), source_weight=np.array([5.0]),
+                      observed_weight=np.array([0.6]), **weights)
+    assert [d.row for d in one.detections] == [1]
+    one = PageCUSUM([1.0])
+    one.update_linear(np.ones((3, 1)), np.zeros((3, 0)), source_weight=np.array([0.6]),
+                      observed_weight=np.array([5.0]), **weights)
+    assert [d.row for d in one.detections] == [1]
 
 
 def test_the_row_loop_runs_where_its_compiled_code_cannot_be_cached() -> None:
