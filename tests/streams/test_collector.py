@@ -56,17 +56,19 @@ def test_nothing_is_collected_until_the_youngest_generation_is_over_its_threshol
     assert gc.get_count()[0] < 10  # the young generation was emptied into the next
 
 
-def _generations_collected(steps: int, manual: bool) -> list[int]:
-    """The generation of every collection while ``steps`` times 150 containers are allocated and
-    kept, collected by CPython itself or (``manual``) by :func:`collect_due` after each step."""
+def _generations_collected(steps: int, manual: bool, containers: int = 150) -> list[int]:
+    """The generation of every collection while ``steps`` times ``containers`` + 1 containers are
+    allocated and kept, collected by CPython itself or (``manual``) by :func:`collect_due` after
+    each step; the collector's tally of the long-lived heap starts at the heap collected first."""
     seen: list[int] = []
     record = lambda phase, info: seen.append(info["generation"]) if phase == "start" else None  # noqa: E731
     held = []
     gc.collect()
+    collector._long_lived = collector._LongLived(total=len(gc.get_objects(2)))
     gc.callbacks.append(record)
     try:
         for _ in range(steps):
-            held.append(_allocate(150))
+            held.append(_allocate(containers))
             if manual:
                 collect_due()
     finally:
@@ -74,9 +76,10 @@ def _generations_collected(steps: int, manual: bool) -> list[int]:
     return seen
 
 
-def test_young_and_middle_generations_are_collected_as_cpython_collects_them() -> None:
+def test_young_and_middle_generations_are_collected_as_cpython_collects_them(monkeypatch) -> None:
     """Oracle: CPython's own automatic collection of the same allocations, which generation each
     collection takes (thresholds 100, 3; the oldest generation's 1,000 keeps full collections out)."""
+    monkeypatch.setattr(collector, "_long_lived", collector._LongLived())
     thresholds = gc.get_threshold()
     gc.set_threshold(100, 3, 1000)
     try:
@@ -108,26 +111,6 @@ def test_a_full_collection_comes_when_the_oldest_generations_count_passes_its_th
     assert generations[16:] == [0, 0, 0, 0, 1] * 3 + [0]
 
 
-def _full_collections(steps: int, manual: bool) -> int:
-    """Full collections while ``steps`` times 101 containers are allocated and kept, collected
-    by CPython itself or (``manual``) by :func:`collect_due` after each step (thresholds 100, 3,
-    2: CPython collects once a step, as the manual collection does)."""
-    fulls = []
-    record = lambda phase, info: fulls.append(1) if phase == "start" and info["generation"] == 2 else None  # noqa: E731
-    held = []
-    gc.collect()
-    collector._long_lived = collector._LongLived(total=len(gc.get_objects(2)))
-    gc.callbacks.append(record)
-    try:
-        for _ in range(steps):
-            held.append(_allocate(100))
-            if manual:
-                collect_due()
-    finally:
-        gc.callbacks.remove(record)
-    return len(fulls)
-
-
 def test_full_collections_wait_for_the_heap_to_grow_by_a_quarter_as_cpython_waits(monkeypatch) -> None:
     """Oracle: CPython's automatic collection of the same allocations. Its full collections wait
     until the containers promoted into the oldest generation are a quarter of what it held after
@@ -138,9 +121,10 @@ def test_full_collections_wait_for_the_heap_to_grow_by_a_quarter_as_cpython_wait
     thresholds = gc.get_threshold()
     gc.set_threshold(100, 3, 2)
     try:
-        automatic = _full_collections(1500, manual=False)
+        # 101 containers a step: CPython collects once a step (thresholds 100, 3, 2), as collect_due does
+        automatic = _generations_collected(1500, manual=False, containers=100).count(2)
         with collection_at_batch_boundaries():
-            manual = _full_collections(1500, manual=True)
+            manual = _generations_collected(1500, manual=True, containers=100).count(2)
     finally:
         gc.set_threshold(*thresholds)
     del heap
